@@ -1,0 +1,3 @@
+from bmupgrade.cli import main
+
+main()
