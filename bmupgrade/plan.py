@@ -1,0 +1,215 @@
+"""The planner: a runbook resolved into the ordered, concrete actions a run will take.
+
+`plan`, `run` and the report all read the same `Plan`, so what the admin signs in the change
+ticket is what the engine executes. Planning is pure: no network, no side effects. `primary`
+and `secondary` stay symbolic ("node holding <ip>, resolved at run time") unless a probe
+result is given, because the engine re-probes the VIP holder just before each such step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bmupgrade import templating
+from bmupgrade.runbook import Check, Node, Runbook, Step, format_duration
+
+
+def template_context(rb: Runbook, node: Node | None, values: dict[str, str]) -> dict[str, Any]:
+    """Names a template can use: vars (with captured values), cluster.*, node.*, peer.*."""
+    ctx: dict[str, Any] = {k: v.value for k, v in rb.vars.items()}
+    ctx.update(values)
+    ctx["cluster"] = {"public_ip": rb.cluster.public_ip}
+    if node is not None:
+        ctx["node"] = node.model_dump()
+        peers = [n for n in rb.cluster.nodes if n.name != node.name]
+        if len(peers) == 1:  # `peer` is defined for two-node clusters, the supported shape
+            ctx["peer"] = peers[0].model_dump()
+    return ctx
+
+
+def captured_names(rb: Runbook) -> list[str]:
+    return [i.capture for i in (*rb.preflight, *rb.steps, *rb.postflight) if i.capture]
+
+
+class Renderer:
+    """Renders a runbook's templates for one node: for sending, or redacted for display."""
+
+    def __init__(self, rb: Runbook, values: dict[str, str] | None = None, *, display: bool = False):
+        self.rb = rb
+        self.values = dict(values or {})
+        self.display = display
+        self.placeholders = (
+            {name: f"<{name}>" for name in captured_names(rb) if name not in self.values} if display else {}
+        )
+
+    def __call__(self, text: str, node: Node | None) -> str:
+        return templating.render(
+            text,
+            template_context(self.rb, node, self.values),
+            secrets=self.rb.secret_vars,
+            redact=self.display,
+            placeholders=self.placeholders,
+        )
+
+
+@dataclass
+class NodeCommands:
+    run: list[str] = field(default_factory=list)
+    verify: str | None = None
+    rollback: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Action:
+    seq: int
+    phase: str  # preflight | step | postflight
+    id: str
+    title: str
+    kind: str  # check | builtin | command | manual
+    target: str  # primary | secondary | all | <node name> | "" (manual)
+    target_text: str
+    nodes: list[str]  # candidate nodes (the resolved ones when probed)
+    commands: dict[str, NodeCommands]  # per candidate node, rendered
+    text: str = ""  # manual steps: what the admin confirms
+    confirm: bool = False
+    parallel: bool = False
+    timeout: float | None = None
+    retries: int = 0
+    ha: str | None = None
+    expect: dict | None = None
+    same_on_all_nodes: bool = False
+    capture: str | None = None
+    severity: str = "error"
+    why: str | None = None
+
+    def distinct_commands(self) -> list[tuple[list[str], NodeCommands]]:
+        """Group nodes whose rendered commands are identical (for compact display)."""
+        groups: list[tuple[list[str], NodeCommands]] = []
+        for name, cmds in self.commands.items():
+            for names, existing in groups:
+                if existing == cmds:
+                    names.append(name)
+                    break
+            else:
+                groups.append(([name], cmds))
+        return groups
+
+
+@dataclass
+class Plan:
+    runbook: Runbook
+    actions: list[Action]
+    probed_holders: list[str] | None = None  # VIP holders found by --probe, if any
+
+    @property
+    def ha_window(self) -> tuple[str | None, str | None]:
+        off = next((a.id for a in self.actions if a.ha == "disable"), None)
+        on = next((a.id for a in self.actions if a.ha == "enable"), None)
+        return off, on
+
+
+def describe_target(rb: Runbook, target: str, holders: list[str] | None) -> tuple[str, list[str]]:
+    names = rb.node_names
+    ip = rb.cluster.public_ip
+    if target == "all":
+        return f"all nodes ({', '.join(names)})", names
+    if target in ("primary", "secondary"):
+        if holders is not None and len(holders) == 1:
+            chosen = holders if target == "primary" else [n for n in names if n not in holders]
+            role = "holds" if target == "primary" else "does not hold"
+            return f"{', '.join(chosen)} ({role} {ip} now; re-probed before the step)", chosen
+        if target == "primary":
+            return f"node holding {ip} (resolved at run time)", names
+        return f"node(s) not holding {ip} (resolved at run time)", names
+    return target, [target]
+
+
+def build_plan(rb: Runbook, *, values: dict[str, str] | None = None, holders: list[str] | None = None,
+               display: bool = True) -> Plan:
+    """Resolve every check and step into actions, in execution order."""
+    render = Renderer(rb, values, display=display)
+    actions: list[Action] = []
+
+    def add_check(phase: str, c: Check) -> None:
+        if c.builtin:
+            text, nodes = describe_target(rb, "all", holders)
+            cmds = {n: NodeCommands(run=[render(rb.cluster.vip_probe, rb.node(n))]) for n in nodes}
+            actions.append(Action(len(actions) + 1, phase, c.id, c.title or c.id, "builtin", "all",
+                                  f"{text}: exactly one must hold {rb.cluster.public_ip}", nodes, cmds,
+                                  why=c.why, severity=c.severity))
+            return
+        text, nodes = describe_target(rb, c.on, holders)
+        cmds = {n: NodeCommands(run=[render(c.run or "", rb.node(n))]) for n in nodes}
+        actions.append(Action(
+            len(actions) + 1, phase, c.id, c.title or c.id, "check", c.on, text, nodes, cmds,
+            timeout=c.timeout, expect=c.expect.model_dump(exclude_none=True) if c.expect else {"exit": [0]},
+            same_on_all_nodes=c.same_on_all_nodes, capture=c.capture, severity=c.severity, why=c.why))
+
+    for c in rb.preflight:
+        add_check("preflight", c)
+    for s in rb.steps:
+        actions.append(step_action(rb, s, len(actions) + 1, render, holders))
+    for c in rb.postflight:
+        add_check("postflight", c)
+    return Plan(rb, actions, holders)
+
+
+def step_action(rb: Runbook, s: Step, seq: int, render: Renderer, holders: list[str] | None) -> Action:
+    if s.manual is not None:
+        return Action(seq, "step", s.id, s.label, "manual", "", "the operator", [], {},
+                      text=render(s.manual, None), confirm=True)
+    text, nodes = describe_target(rb, s.on or "all", holders)
+    cmds = {}
+    for n in nodes:
+        node = rb.node(n)
+        cmds[n] = NodeCommands(
+            run=[render(c, node) for c in s.run or []],
+            verify=render(s.verify, node) if s.verify else None,
+            rollback=[render(c, node) for c in s.rollback or []],
+        )
+    return Action(seq, "step", s.id, s.label, "command", s.on or "all", text, nodes, cmds,
+                  confirm=s.confirm, parallel=s.parallel, timeout=s.timeout, retries=s.retries,
+                  ha=s.ha, capture=s.capture)
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The stable, documented JSON shape of a plan (format `bmupgrade-plan/1`)."""
+    rb = plan.runbook
+    return {
+        "format": "bmupgrade-plan/1",
+        "runbook": {"name": rb.name, "path": rb.source_path, "sha256": rb.source_sha256},
+        "cluster": {
+            "public_ip": rb.cluster.public_ip,
+            "nodes": [{"name": n.name, "host": n.host, "port": n.port, "user": n.user, "sudo": n.sudo}
+                      for n in rb.cluster.nodes],
+            "vip_holders": plan.probed_holders,
+        },
+        "vars": {k: (templating.REDACTED if v.secret else v.value) for k, v in rb.vars.items()},
+        "ha_window": dict(zip(("off", "on"), plan.ha_window)),
+        "actions": [
+            {
+                "seq": a.seq,
+                "phase": a.phase,
+                "id": a.id,
+                "title": a.title,
+                "kind": a.kind,
+                "target": a.target,
+                "target_text": a.target_text,
+                "nodes": {n: {"run": c.run, "verify": c.verify, "rollback": c.rollback}
+                          for n, c in a.commands.items()},
+                "text": a.text or None,
+                "confirm": a.confirm,
+                "parallel": a.parallel,
+                "timeout_s": a.timeout,
+                "timeout": format_duration(a.timeout) if a.timeout else None,
+                "retries": a.retries,
+                "ha": a.ha,
+                "expect": a.expect,
+                "same_on_all_nodes": a.same_on_all_nodes,
+                "capture": a.capture,
+                "severity": a.severity,
+            }
+            for a in plan.actions
+        ],
+    }

@@ -1,0 +1,521 @@
+"""The runbook: what a run does, declared as data, and its strict loader.
+
+One declaration drives `plan`, `run`, `status` and the report (as kubeadm's phases do), so
+the model is strict: unknown keys, wrong types, duplicate ids, unknown nodes, undefined
+template variables and bad durations are all errors, reported together with `file:line:col`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bmupgrade import templating, yamlsource
+from bmupgrade.errors import RunbookError
+
+ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+SYMBOLIC_TARGETS = ("primary", "secondary", "all")
+DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """'45m', '1h30m', '90s', '2h', or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like '90s', '45m' or '1h30m'")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError("a positive duration like '90s', '45m' or '1h30m'")
+        return float(value)
+    if isinstance(value, str):
+        m = DURATION_RE.match(value)
+        if m and any(m.groups()):
+            h, mi, s = (int(g or 0) for g in m.groups())
+            total = h * 3600 + mi * 60 + s
+            if total > 0:
+                return float(total)
+    raise ValueError(f"'{value}' is not a duration; write e.g. '90s', '45m' or '1h30m'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    parts = [f"{h}h" if h else "", f"{m}m" if m else "", f"{s}s" if s else ""]
+    return "".join(parts) or "0s"
+
+
+def _commands(value: Any) -> Any:
+    """`run:` / `rollback:` take one command or a list of commands run in order."""
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+Commands = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_commands)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Node(Strict):
+    """One server of the pair."""
+
+    name: str = Field(pattern=NAME_RE, description="Short name used in `on:` and reports.")
+    host: str = Field(min_length=1, description="Host name or address (an ~/.ssh/config alias works).")
+    port: int | None = Field(None, ge=1, le=65535, description="SSH port (default: ssh config, then 22).")
+    user: str | None = Field(None, description="SSH user (default: ssh config, then the local user).")
+    sudo: bool = Field(False, description="Run commands through sudo (user is not root).")
+    identity_file: str | None = Field(None, description="Private key file (ssh config and agent still apply).")
+    state_dir: str = Field(
+        "/var/lib/bmupgrade", description="Where bmupgrade keeps its lock and HA-off marker on the node."
+    )
+
+
+class Cluster(Strict):
+    public_ip: str = Field(description="The floating IP clients use; its holder is `primary`.")
+    nodes: list[Node] = Field(min_length=2, description="The servers, in the order steps run on them.")
+    vip_probe: str = Field(
+        "ip -o addr show to {{ cluster.public_ip }}",
+        description="Command whose non-empty output means 'this node holds the public IP'.",
+    )
+    known_hosts: Annotated[list[str], BeforeValidator(_commands)] = Field(
+        default_factory=list, description="Extra known_hosts files (besides ~/.ssh/known_hosts)."
+    )
+    ssh_config: str | None = Field(None, description="An ssh_config file to use instead of ~/.ssh/config.")
+
+    @field_validator("public_ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"'{v}' is not an IP address; give the floating IP, e.g. 192.0.2.10") from None
+        return v
+
+
+class Var(Strict):
+    value: str = Field(description="The value (always text; quote versions like '4.10').")
+    secret: bool = Field(False, description="Redact the value in plans, logs and journals.")
+    description: str | None = None
+
+
+class Expect(Strict):
+    """What a check's output must look like. Several conditions must all hold."""
+
+    exit: Annotated[list[int], BeforeValidator(lambda v: [v] if isinstance(v, int) else v)] = Field(
+        default_factory=lambda: [0], description="Accepted exit codes (default 0)."
+    )
+    output: str | None = Field(None, description="stdout, stripped, must equal this.")
+    match: str | None = Field(None, description="stdout must contain a match of this regex.")
+    not_match: str | None = Field(None, description="stdout must not contain a match of this regex.")
+    empty: bool | None = Field(None, description="stdout must be empty (true) or not (false).")
+
+    @field_validator("match", "not_match")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return v
+
+
+def _expect(value: Any) -> Any:
+    return {"output": value} if isinstance(value, str) else value
+
+
+class Check(Strict):
+    """A read-only preflight/postflight check."""
+
+    id: str = Field(pattern=ID_RE)
+    title: str | None = None
+    on: str = Field("all", description="primary | secondary | all | a node name")
+    run: str | None = Field(None, min_length=1, description="A read-only command.")
+    builtin: Literal["single_vip_holder"] | None = Field(None, description="A built-in check.")
+    expect: Annotated[Expect | None, BeforeValidator(_expect)] = None
+    same_on_all_nodes: bool = Field(False, description="stdout must be identical on every node.")
+    capture: str | None = Field(
+        None, pattern=VAR_RE, description="Store stdout (stripped) in this variable (journaled)."
+    )
+    severity: Literal["error", "warning"] = Field("error", description="warning: report, don't stop.")
+    timeout: Duration = Field(60.0)
+    why: str | None = Field(None, description="Shown when the check fails: why it matters, how to fix.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Check":
+        if (self.run is None) == (self.builtin is None):
+            raise ValueError("a check needs exactly one of 'run' or 'builtin'")
+        if self.builtin and (self.expect or self.same_on_all_nodes or self.capture):
+            raise ValueError("a builtin check takes no expect/same_on_all_nodes/capture")
+        return self
+
+
+class Step(Strict):
+    """A change-making step, or (`manual:`) an action the admin does and acknowledges."""
+
+    id: str = Field(pattern=ID_RE)
+    title: str | None = None
+    manual: str | None = Field(None, min_length=1, description="Text of a manual action to acknowledge.")
+    on: str | None = Field(None, description="primary | secondary | all | a node name")
+    run: Commands | None = Field(None, description="Command(s), run in order on each target node.")
+    verify: str | None = Field(None, min_length=1, description="Exit 0 = the step achieved its goal.")
+    rollback: Commands | None = Field(None, description="Command(s) that undo the step.")
+    confirm: bool = Field(False, description="Ask before running (interactive runs).")
+    parallel: bool = Field(False, description="Run on the target nodes at the same time.")
+    timeout: Duration = Field(600.0, description="Per command, e.g. '45m'.")
+    retries: int = Field(0, ge=0, le=20)
+    retry_delay: Duration = Field(5.0)
+    ha: Literal["disable", "enable"] | None = Field(
+        None, description="Marks the steps that turn HA handling off/on (window, debt, STONITH guard)."
+    )
+    capture: str | None = Field(None, pattern=VAR_RE, description="Store stdout of the (single-node) run.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Step":
+        if self.manual is not None:
+            extra = [k for k in ("on", "run", "verify", "rollback", "capture") if getattr(self, k)]
+            if extra:
+                raise ValueError(f"a manual step takes no {', '.join(extra)}")
+            return self
+        if not self.run:
+            raise ValueError("a step needs 'run' (commands) or 'manual' (text the admin acknowledges)")
+        if self.on is None:
+            raise ValueError("a step needs 'on': primary | secondary | all | a node name")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.title or self.id
+
+
+class Runbook(Strict):
+    version: Literal[1] = Field(description="Runbook format version.")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    cluster: Cluster
+    vars: dict[Annotated[str, Field(pattern=VAR_RE)], Var] = Field(default_factory=dict)
+    preflight: list[Check] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+    postflight: list[Check] = Field(default_factory=list)
+
+    # filled by the loader, not part of the file
+    source_path: str = Field("", exclude=True)
+    source_sha256: str = Field("", exclude=True)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.cluster.nodes]
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.cluster.nodes if n.name == name)
+
+    @property
+    def secret_vars(self) -> set[str]:
+        return {k for k, v in self.vars.items() if v.secret}
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _normalise_vars(data: dict, source: yamlsource.Source, overrides: dict[str, str]) -> None:
+    """Plain `name: value` becomes {value: ...}; scalars keep their written text (4.10 != 4.1)."""
+    raw_vars = data.get("vars")
+    if raw_vars is None:
+        raw_vars = {}
+    if not isinstance(raw_vars, dict):
+        return  # the model reports the type error
+    out = {}
+    for k, v in raw_vars.items():
+        if isinstance(v, (str, int, float, bool)) and not isinstance(v, dict):
+            out[k] = {"value": source.raw.get(("vars", k), str(v))}
+        elif isinstance(v, dict) and "value" in v and not isinstance(v["value"], (dict, list)):
+            v = dict(v)
+            v["value"] = source.raw.get(("vars", k, "value"), str(v["value"]))
+            out[k] = v
+        else:
+            out[k] = v
+    for k, value in overrides.items():
+        if k in out and isinstance(out[k], dict):
+            out[k] = {**out[k], "value": value}
+        else:
+            out[k] = {"value": value}
+    data["vars"] = out
+
+
+def _located(source: yamlsource.Source, loc: tuple, message: str, *, key: bool = False) -> str:
+    pos = source.where(loc, key=key)
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    filename = source.filename_for(loc) if hasattr(source, "filename_for") else source.filename
+    return f"{filename}:{pos.line}:{pos.column}: {where}: {message}"
+
+
+def _pydantic_problems(exc: ValidationError, source: yamlsource.Source) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # pydantic puts union/tag names in loc (e.g. 'Expect', 'str'); drop non-document parts
+        loc = tuple(p for p in loc if isinstance(p, int) or p[:1].islower() or p in ("<key>",))
+        kind = err["type"]
+        msg = err["msg"]
+        if kind == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = ", ".join(sorted(parent.model_fields)) if parent else ""
+            problems.append(_located(source, loc, f"unknown key '{loc[-1]}'; valid keys here: {valid}", key=True))
+            continue
+        if kind == "missing":
+            problems.append(_located(source, loc[:-1], f"missing required key '{loc[-1]}'"))
+            continue
+        if kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif kind.endswith("_type") or kind.endswith("_parsing"):
+            got = type(err.get("input")).__name__
+            got = {"NoneType": "nothing", "dict": "a mapping", "list": "a list", "str": "text",
+                   "int": "a number", "bool": "true/false", "float": "a number"}.get(got, got)
+            msg = f"{msg.rstrip('.')} (got {got})"
+        elif kind == "string_pattern_mismatch":
+            msg = "use lower-case letters, digits, '-' and '_' (e.g. 'ha-off')" if loc and loc[-1] == "id" \
+                else f"invalid value {err.get('input')!r}; {msg}"
+        elif kind == "literal_error":
+            msg = f"{err.get('input')!r} is not allowed; {msg}"
+        problems.append(_located(source, loc, msg))
+    return problems
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns keys at this location (for 'valid keys here')."""
+    model: Any = Runbook
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        model = _inner_model(ann)
+        if model is None:
+            return None
+    return model
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found:
+            return found
+    meta = getattr(ann, "__origin__", None)
+    if meta is not None and isinstance(meta, type) and issubclass(meta, BaseModel):
+        return meta
+    return None
+
+
+def _semantic_problems(rb: Runbook, source: yamlsource.Source) -> list[str]:
+    """Cross-field rules pydantic cannot see: ids, targets, templates, addresses."""
+    problems: list[str] = []
+    names = rb.node_names
+    seen_names: dict[str, int] = {}
+    seen_addr: dict[tuple, int] = {}
+    for i, n in enumerate(rb.cluster.nodes):
+        if n.name in SYMBOLIC_TARGETS:
+            problems.append(_located(source, ("cluster", "nodes", i, "name"),
+                                     f"'{n.name}' is reserved for targets; pick another node name"))
+        if n.name in seen_names:
+            problems.append(_located(source, ("cluster", "nodes", i, "name"),
+                                     f"duplicate node name '{n.name}' (also node {seen_names[n.name] + 1})"))
+        seen_names.setdefault(n.name, i)
+        addr = (n.host, n.port or 22)
+        if addr in seen_addr:
+            other = rb.cluster.nodes[seen_addr[addr]].name
+            problems.append(_located(source, ("cluster", "nodes", i, "host"),
+                                     f"{n.host}:{addr[1]} is also node '{other}'; each node needs its own "
+                                     "host:port"))
+        seen_addr.setdefault(addr, i)
+
+    ids: dict[str, tuple] = {}
+    sections = (("preflight", rb.preflight), ("steps", rb.steps), ("postflight", rb.postflight))
+    for section, items in sections:
+        for i, item in enumerate(items):
+            if item.id in ids:
+                first = ".".join(str(p) for p in ids[item.id])
+                problems.append(_located(source, (section, i, "id"),
+                                         f"duplicate id '{item.id}' (first used at {first}); ids must be unique"))
+            ids.setdefault(item.id, (section, i))
+            target = item.on
+            if target is not None and target not in SYMBOLIC_TARGETS and target not in names:
+                problems.append(_located(source, (section, i, "on"),
+                                         f"unknown target '{target}'; use primary, secondary, all or one of: "
+                                         f"{', '.join(names)}"))
+
+    # Template names: vars, captures (available after the check/step that captures them),
+    # cluster.*, node.*, peer.*.
+    defined = set(rb.vars)
+    captures: dict[str, tuple] = {}
+    for section, items in sections:
+        for i, item in enumerate(items):
+            if item.capture:
+                if item.capture in defined or item.capture in captures:
+                    problems.append(_located(source, (section, i, "capture"),
+                                             f"'{item.capture}' is already a variable; capture into a new name"))
+                captures[item.capture] = (section, i)
+                if isinstance(item, Check) and item.on not in ("primary",) and not item.same_on_all_nodes \
+                        and item.on not in names:
+                    problems.append(_located(source, (section, i, "capture"),
+                                             "capture needs one value: target a single node (primary or a "
+                                             "node name) or set same_on_all_nodes: true"))
+                if isinstance(item, Step) and item.on not in ("primary",) and item.on not in names:
+                    problems.append(_located(source, (section, i, "capture"),
+                                             "capture needs one value: target primary or a node name"))
+
+    node_fields = set(Node.model_fields)
+    known_prefixes = {"cluster": {"public_ip"}, "node": node_fields, "peer": node_fields}
+
+    def check_template(text: str, loc: tuple) -> None:
+        try:
+            found = templating.refs(text)
+            for p in templating.quoting_problems(text):
+                problems.append(_located(source, loc, str(p)))
+        except templating.TemplateError as exc:
+            problems.append(_located(source, loc, str(exc)))
+            return
+        for ref in found:
+            head, _, rest = ref.name.partition(".")
+            if head in known_prefixes:
+                if rest not in known_prefixes[head]:
+                    valid = ", ".join(f"{head}.{f}" for f in sorted(known_prefixes[head]))
+                    problems.append(_located(source, loc, f"undefined variable '{ref.name}'; valid: {valid}"))
+            elif rest or (ref.name not in defined and ref.name not in captures):
+                avail = sorted(defined | set(captures))
+                problems.append(_located(
+                    source, loc,
+                    f"undefined variable '{ref.name}'; define it under 'vars:' or pass -e {ref.name}=VALUE"
+                    + (f" (defined: {', '.join(avail)})" if avail else "")))
+
+    check_template(rb.cluster.vip_probe, ("cluster", "vip_probe"))
+    for section, items in sections:
+        for i, item in enumerate(items):
+            for field in ("run", "verify", "rollback", "manual", "title"):
+                value = getattr(item, field, None)
+                if value is None:
+                    continue
+                if isinstance(value, list):
+                    for j, cmd in enumerate(value):
+                        loc = (section, i, field, j) if (section, i, field, j) in source.values else (section, i, field)
+                        check_template(cmd, loc)
+                else:
+                    check_template(value, (section, i, field))
+    return problems
+
+
+def load_runbook(
+    path: str | Path,
+    *,
+    overrides: dict[str, str] | None = None,
+    inventory: str | Path | None = None,
+) -> Runbook:
+    """Load, merge the inventory's `cluster:` (e.g. the lab's), apply `-e` overrides, validate.
+
+    Raises RunbookError listing every problem, each with file:line:column.
+    """
+    try:
+        source = yamlsource.load_file(path)
+    except yamlsource.SourceError as exc:
+        raise RunbookError(exc.problems) from None
+    data = source.data
+    if not isinstance(data, dict):
+        raise RunbookError([f"{source.filename}:1:1: expected a mapping with version, name, cluster and "
+                            f"steps, got {type(data).__name__}"])
+    data = dict(data)
+    inv_source = None
+    if inventory is not None:
+        try:
+            inv_source = yamlsource.load_file(inventory)
+        except yamlsource.SourceError as exc:
+            raise RunbookError(exc.problems) from None
+        inv = inv_source.data
+        if not isinstance(inv, dict) or set(inv) - {"cluster", "vars"}:
+            raise RunbookError([f"{inv_source.filename}:1:1: an inventory is a mapping with 'cluster:' "
+                                "(and optionally 'vars:')"])
+        if isinstance(inv.get("cluster"), dict) and isinstance(data.get("cluster"), dict):
+            data["cluster"] = {**data["cluster"], **inv["cluster"]}
+        if isinstance(inv.get("vars"), dict):
+            merged_vars = dict(data.get("vars") or {})
+            merged_vars.update(inv["vars"])
+            data["vars"] = merged_vars
+    overrides = dict(overrides or {})
+    _normalise_vars(data, source, overrides)
+    # Problems inside the merged cluster point at the inventory file when it supplied them.
+    loc_source = source
+    if inv_source is not None:
+        loc_source = _merged_source(source, inv_source)
+    try:
+        rb = Runbook.model_validate(data)
+    except ValidationError as exc:
+        raise RunbookError(_pydantic_problems(exc, loc_source)) from None
+    problems = _semantic_problems(rb, loc_source)
+    if problems:
+        raise RunbookError(problems)
+    raw = Path(path).read_bytes()
+    digest = hashlib.sha256(raw)
+    if inventory is not None:
+        digest.update(Path(inventory).read_bytes())
+    return rb.model_copy(update={"source_path": str(Path(path).resolve()), "source_sha256": digest.hexdigest()})
+
+
+def _merged_source(rb_src: yamlsource.Source, inv_src: yamlsource.Source) -> yamlsource.Source:
+    """A Source whose positions for `cluster.*` come from the inventory (with its filename)."""
+
+    class Merged(yamlsource.Source):
+        def where(self, path, *, key=False):  # type: ignore[override]
+            return (inv_src if self._from_inv(path) else rb_src).where(path, key=key)
+
+        def _from_inv(self, path) -> bool:
+            return bool(path) and path[0] in ("cluster", "vars") and tuple(path[:2]) in inv_src.values
+
+    m = Merged(rb_src.filename, rb_src.data, rb_src.values, rb_src.keys, rb_src.raw)
+
+    def _located_name(path) -> str:
+        return inv_src.filename if m._from_inv(path) else rb_src.filename
+
+    m.filename_for = _located_name  # type: ignore[attr-defined]
+    return m
+
+
+def json_schema() -> dict:
+    """JSON Schema of the runbook file, for editors' YAML language servers."""
+    schema = Runbook.model_json_schema(mode="validation")
+    props = schema.get("properties", {})
+    props.pop("source_path", None)
+    props.pop("source_sha256", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://bmupgrade.invalid/runbook-v1.schema.json"
+    schema["title"] = "bmupgrade runbook"
+    # vars may be written as plain `name: value`
+    var_ref = schema["properties"]["vars"]["additionalProperties"]
+    schema["properties"]["vars"]["additionalProperties"] = {
+        "anyOf": [var_ref, {"type": ["string", "number", "boolean"]}]
+    }
+    return schema

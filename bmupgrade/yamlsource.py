@@ -1,0 +1,210 @@
+"""Load YAML into plain Python data while remembering where every value came from.
+
+Validation errors must name `file:line:column`; PyYAML's node tree has the marks, but the
+plain objects it builds do not. We compose the node tree ourselves and record, for every
+path (tuple of keys/indexes), the position of its value and of its key.
+
+Hostile input is refused with a located one-line problem instead of a traceback or a hang:
+non-UTF-8/binary bytes, files over `MAX_BYTES`, nesting deeper than `MAX_DEPTH`, alias
+expansion past `MAX_NODES` (a "billion laughs" document), duplicate keys (which PyYAML would
+silently let the last one win — a classic source of a wrong runbook).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 200_000
+
+Path_ = tuple  # a path into the document: keys (str) and list indexes (int)
+
+
+@dataclass(frozen=True)
+class Pos:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+@dataclass
+class Source:
+    """A loaded document: data, where each value is, and where each mapping key is."""
+
+    filename: str
+    data: Any
+    values: dict[Path_, Pos]
+    keys: dict[Path_, Pos]
+    raw: dict[Path_, str]  # scalars as written (so `version: 4.10` stays "4.10", not 4.1)
+
+    def where(self, path: Path_, *, key: bool = False) -> Pos:
+        """The most precise known position for `path` (walks up to the nearest parent)."""
+        table = self.keys if key else self.values
+        p = tuple(path)
+        while True:
+            if p in table:
+                return table[p]
+            if p in self.values:
+                return self.values[p]
+            if not p:
+                return Pos(1, 1)
+            p = p[:-1]
+
+
+class SourceError(Exception):
+    """The file cannot be read as YAML at all; `problems` are located one-line messages."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _pos(mark) -> Pos:
+    return Pos(mark.line + 1, mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.values: dict[Path_, Pos] = {}
+        self.keys: dict[Path_, Pos] = {}
+        self.problems: list[str] = []
+        self.count = 0
+        self.raw: dict[Path_, str] = {}
+        self._scalar = yaml.SafeLoader("")  # used only to construct scalars with YAML's rules
+
+    def build(self, node: yaml.Node, path: Path_ = (), depth: int = 0) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise SourceError(
+                [f"{self.filename}:{_pos(node.start_mark).line}:{_pos(node.start_mark).column}: "
+                 f"document expands to more than {MAX_NODES} values (alias bomb?); "
+                 "a runbook needs far fewer — remove the repeated aliases"]
+            )
+        if depth > MAX_DEPTH:
+            p = _pos(node.start_mark)
+            raise SourceError(
+                [f"{self.filename}:{p.line}:{p.column}: nested deeper than {MAX_DEPTH} levels; "
+                 "a runbook is at most a few levels deep — check the indentation"]
+            )
+        self.values.setdefault(path, _pos(node.start_mark))
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    p = _pos(key_node.start_mark)
+                    self.problems.append(
+                        f"{self.filename}:{p.line}:{p.column}: merge keys ('<<') are not supported; "
+                        "write the keys out"
+                    )
+                    continue
+                # Keys are taken as written: YAML 1.1 would read the key `on:` as True.
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    p = _pos(key_node.start_mark)
+                    self.problems.append(
+                        f"{self.filename}:{p.line}:{p.column}: a mapping key must be a plain word, "
+                        "not a list or mapping"
+                    )
+                    continue
+                if key in result:
+                    p = _pos(key_node.start_mark)
+                    first = self.keys.get(path + (key,))
+                    at = f" (first defined at line {first.line})" if first else ""
+                    self.problems.append(
+                        f"{self.filename}:{p.line}:{p.column}: duplicate key '{key}'{at}; "
+                        "remove one of them"
+                    )
+                    continue
+                self.keys[path + (key,)] = _pos(key_node.start_mark)
+                result[key] = self.build(value_node, path + (key,), depth + 1)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        self.raw[path] = node.value
+        return self._scalar.construct_object(node, deep=True)
+
+
+def load(text_or_bytes: str | bytes, filename: str) -> Source:
+    """Parse one YAML document with positions. Raises SourceError with located problems."""
+    if isinstance(text_or_bytes, bytes):
+        if len(text_or_bytes) > MAX_BYTES:
+            raise SourceError(
+                [f"{filename}:1:1: file is {len(text_or_bytes) / 1e6:.1f} MB; a runbook is at most "
+                 f"{MAX_BYTES // 1024} KiB — is this the right file?"]
+            )
+        if b"\x00" in text_or_bytes:
+            raise SourceError([f"{filename}:1:1: binary data (NUL bytes), not a YAML text file; "
+                               "give the runbook's .yaml file"])
+        try:
+            text = text_or_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = text_or_bytes[: exc.start].count(b"\n") + 1
+            raise SourceError([f"{filename}:{line}:1: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                               "save the runbook as UTF-8"]) from None
+    else:
+        text = text_or_bytes
+    if len(text) > MAX_BYTES:
+        raise SourceError([f"{filename}:1:1: file is larger than {MAX_BYTES // 1024} KiB; "
+                           "a runbook is much smaller — is this the right file?"])
+    if not text.strip() or all(
+        not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
+    ):
+        raise SourceError([f"{filename}:1:1: the file is empty; a runbook needs at least "
+                           "'version: 1', 'cluster:' and 'steps:' (see `bmupgrade schema`)"])
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        what = (exc.problem or exc.context or "invalid YAML").strip()
+        raise SourceError([f"{filename}:{where}: invalid YAML: {what}; check the indentation "
+                           "and quoting around this point"]) from None
+    except RecursionError:
+        raise SourceError([f"{filename}:1:1: nested too deeply to parse; "
+                           "a runbook is at most a few levels deep"]) from None
+    except yaml.YAMLError as exc:  # reader errors (control characters) and the like
+        msg = " ".join(str(exc).split())
+        raise SourceError([f"{filename}:1:1: invalid YAML: {msg}"]) from None
+    if len(nodes) != 1:
+        where = _pos(nodes[1].start_mark) if len(nodes) > 1 else Pos(1, 1)
+        raise SourceError([f"{filename}:{where.line}:{where.column}: expected exactly one YAML "
+                           f"document, found {len(nodes)}; remove the extra '---' sections"])
+    builder = _Builder(filename)
+    try:
+        data = builder.build(nodes[0])
+    except RecursionError:
+        raise SourceError([f"{filename}:1:1: nested too deeply; a runbook is at most a few "
+                           "levels deep"]) from None
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        raise SourceError([f"{filename}:{where}: {exc.problem}; use plain YAML values"]) from None
+    if builder.problems:
+        raise SourceError(builder.problems)
+    return Source(filename, data, builder.values, builder.keys, builder.raw)
+
+
+def load_file(path: str | Path) -> Source:
+    """Read and parse a file; unreadable files are a SourceError too."""
+    p = Path(path)
+    name = str(path)
+    try:
+        if p.is_dir():
+            raise SourceError([f"{name}:1:1: is a directory; give a runbook .yaml file"])
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise SourceError([f"{name}:1:1: file is {size / 1e6:.1f} MB; a runbook is at most "
+                               f"{MAX_BYTES // 1024} KiB — is this the right file?"])
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise SourceError([f"{name}: no such file; check the path"]) from None
+    except PermissionError:
+        raise SourceError([f"{name}: permission denied; check the file's mode"]) from None
+    except OSError as exc:
+        raise SourceError([f"{name}: cannot read: {exc.strerror}"]) from None
+    return load(raw, name)
