@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -51,7 +52,13 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"'{value}' is not a duration; write e.g. '90s', '45m' or '1h30m'")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                              {"type": "string", "pattern": r"^\s*(\d+h)?\s*(\d+m)?\s*(\d+s)?\s*$"}],
+                    "description": "seconds, or e.g. '90s', '45m', '1h30m'"}),
+]
 
 
 def format_duration(seconds: float) -> str:
@@ -121,7 +128,11 @@ class Var(Strict):
 class Expect(Strict):
     """What a check's output must look like. Several conditions must all hold."""
 
-    exit: Annotated[list[int], BeforeValidator(lambda v: [v] if isinstance(v, int) else v)] = Field(
+    exit: Annotated[
+        list[int],
+        BeforeValidator(lambda v: [v] if isinstance(v, int) and not isinstance(v, bool) else v),
+        WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}),
+    ] = Field(
         default_factory=lambda: [0], description="Accepted exit codes (default 0)."
     )
     output: str | None = Field(None, description="stdout, stripped, must equal this.")
@@ -268,16 +279,32 @@ def _normalise_vars(data: dict, source: yamlsource.Source, overrides: dict[str, 
 def _located(source: yamlsource.Source, loc: tuple, message: str, *, key: bool = False) -> str:
     pos = source.where(loc, key=key)
     where = ".".join(str(p) for p in loc) or "(top level)"
+    message = " ".join(message.split())  # one line, whatever the input contained
     filename = source.filename_for(loc) if hasattr(source, "filename_for") else source.filename
     return f"{filename}:{pos.line}:{pos.column}: {where}: {message}"
 
 
-def _pydantic_problems(exc: ValidationError, source: yamlsource.Source) -> list[str]:
+def _document_path(data: Any, loc: tuple) -> tuple:
+    """pydantic's error location without its internal parts (union member names, validator
+    tags): keep the keys and indexes that exist in the document, plus a final missing/extra key."""
+    path: list = []
+    current = data
+    for i, part in enumerate(loc):
+        if isinstance(current, dict) and isinstance(part, str) and part in current:
+            path.append(part)
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            path.append(part)
+            current = current[part]
+        elif i == len(loc) - 1 and isinstance(part, str) and isinstance(current, dict):
+            path.append(part)  # a missing key
+    return tuple(path)
+
+
+def _pydantic_problems(exc: ValidationError, source: yamlsource.Source, data: Any = None) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic puts union/tag names in loc (e.g. 'Expect', 'str'); drop non-document parts
-        loc = tuple(p for p in loc if isinstance(p, int) or p[:1].islower() or p in ("<key>",))
+        loc = _document_path(source.data if data is None else data, err["loc"])
         kind = err["type"]
         msg = err["msg"]
         if kind == "extra_forbidden":
@@ -333,67 +360,84 @@ def _inner_model(ann: Any) -> type[BaseModel] | None:
     return None
 
 
-def _semantic_problems(rb: Runbook, source: yamlsource.Source) -> list[str]:
-    """Cross-field rules pydantic cannot see: ids, targets, templates, addresses."""
-    problems: list[str] = []
-    names = rb.node_names
-    seen_names: dict[str, int] = {}
-    seen_addr: dict[tuple, int] = {}
-    for i, n in enumerate(rb.cluster.nodes):
-        if n.name in SYMBOLIC_TARGETS:
-            problems.append(_located(source, ("cluster", "nodes", i, "name"),
-                                     f"'{n.name}' is reserved for targets; pick another node name"))
-        if n.name in seen_names:
-            problems.append(_located(source, ("cluster", "nodes", i, "name"),
-                                     f"duplicate node name '{n.name}' (also node {seen_names[n.name] + 1})"))
-        seen_names.setdefault(n.name, i)
-        addr = (n.host, n.port or 22)
-        if addr in seen_addr:
-            other = rb.cluster.nodes[seen_addr[addr]].name
-            problems.append(_located(source, ("cluster", "nodes", i, "host"),
-                                     f"{n.host}:{addr[1]} is also node '{other}'; each node needs its own "
-                                     "host:port"))
-        seen_addr.setdefault(addr, i)
+def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
+    """Cross-field rules pydantic cannot see: ids, targets, templates, addresses.
 
+    Works on the raw data, defensively, so these problems are reported together with the
+    type errors instead of only after those are fixed.
+    """
+    problems: list[str] = []
+    cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else {}
+    raw_nodes = cluster.get("nodes") if isinstance(cluster.get("nodes"), list) else []
+    nodes = [(i, n) for i, n in enumerate(raw_nodes) if isinstance(n, dict)]
+    names = [n.get("name") for _, n in nodes if isinstance(n.get("name"), str)]
+    seen_names: dict[str, int] = {}
+    seen_addr: dict[tuple, str] = {}
+    for i, n in nodes:
+        name = n.get("name")
+        if name in SYMBOLIC_TARGETS:
+            problems.append(_located(source, ("cluster", "nodes", i, "name"),
+                                     f"'{name}' is reserved for targets; pick another node name"))
+        if isinstance(name, str) and name in seen_names:
+            problems.append(_located(source, ("cluster", "nodes", i, "name"),
+                                     f"duplicate node name '{name}' (also node {seen_names[name] + 1})"))
+        if isinstance(name, str):
+            seen_names.setdefault(name, i)
+        port = n.get("port") if isinstance(n.get("port"), int) else 22
+        addr = (n.get("host"), port or 22)
+        if isinstance(addr[0], str):
+            if addr in seen_addr:
+                problems.append(_located(source, ("cluster", "nodes", i, "host"),
+                                         f"{addr[0]}:{addr[1]} is also node '{seen_addr[addr]}'; each node "
+                                         "needs its own host:port"))
+            seen_addr.setdefault(addr, str(name))
+
+    def items(section: str) -> list[tuple[int, dict]]:
+        value = data.get(section)
+        return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
+
+    sections = ("preflight", "steps", "postflight")
     ids: dict[str, tuple] = {}
-    sections = (("preflight", rb.preflight), ("steps", rb.steps), ("postflight", rb.postflight))
-    for section, items in sections:
-        for i, item in enumerate(items):
-            if item.id in ids:
-                first = ".".join(str(p) for p in ids[item.id])
-                problems.append(_located(source, (section, i, "id"),
-                                         f"duplicate id '{item.id}' (first used at {first}); ids must be unique"))
-            ids.setdefault(item.id, (section, i))
-            target = item.on
-            if target is not None and target not in SYMBOLIC_TARGETS and target not in names:
+    for section in sections:
+        for i, item in items(section):
+            item_id = item.get("id")
+            if isinstance(item_id, str):
+                if item_id in ids:
+                    first = ".".join(str(p) for p in ids[item_id])
+                    problems.append(_located(source, (section, i, "id"),
+                                             f"duplicate id '{item_id}' (first used at {first}); ids must be unique"))
+                ids.setdefault(item_id, (section, i))
+            target = item.get("on")
+            if isinstance(target, str) and target not in SYMBOLIC_TARGETS and target not in names:
                 problems.append(_located(source, (section, i, "on"),
                                          f"unknown target '{target}'; use primary, secondary, all or one of: "
                                          f"{', '.join(names)}"))
 
-    # Template names: vars, captures (available after the check/step that captures them),
-    # cluster.*, node.*, peer.*.
-    defined = set(rb.vars)
-    captures: dict[str, tuple] = {}
-    for section, items in sections:
-        for i, item in enumerate(items):
-            if item.capture:
-                if item.capture in defined or item.capture in captures:
-                    problems.append(_located(source, (section, i, "capture"),
-                                             f"'{item.capture}' is already a variable; capture into a new name"))
-                captures[item.capture] = (section, i)
-                if isinstance(item, Check) and item.on not in ("primary",) and not item.same_on_all_nodes \
-                        and item.on not in names:
-                    problems.append(_located(source, (section, i, "capture"),
-                                             "capture needs one value: target a single node (primary or a "
-                                             "node name) or set same_on_all_nodes: true"))
-                if isinstance(item, Step) and item.on not in ("primary",) and item.on not in names:
-                    problems.append(_located(source, (section, i, "capture"),
-                                             "capture needs one value: target primary or a node name"))
+    # Template names: vars, captures, cluster.*, node.*, peer.*.
+    defined = set(data["vars"]) if isinstance(data.get("vars"), dict) else set()
+    captures: set[str] = set()
+    for section in sections:
+        for i, item in items(section):
+            cap = item.get("capture")
+            if not isinstance(cap, str):
+                continue
+            if cap in defined or cap in captures:
+                problems.append(_located(source, (section, i, "capture"),
+                                         f"'{cap}' is already a variable; capture into a new name"))
+            captures.add(cap)
+            target = item.get("on", "all" if section != "steps" else None)
+            single = target == "primary" or target in names
+            if not single and not (section != "steps" and item.get("same_on_all_nodes") is True):
+                problems.append(_located(source, (section, i, "capture"),
+                                         "capture needs one value: target primary or a node name"
+                                         + ("" if section == "steps" else ", or set same_on_all_nodes: true")))
 
     node_fields = set(Node.model_fields)
     known_prefixes = {"cluster": {"public_ip"}, "node": node_fields, "peer": node_fields}
 
-    def check_template(text: str, loc: tuple) -> None:
+    def check_template(text: Any, loc: tuple) -> None:
+        if not isinstance(text, str):
+            return
         try:
             found = templating.refs(text)
             for p in templating.quoting_problems(text):
@@ -408,23 +452,20 @@ def _semantic_problems(rb: Runbook, source: yamlsource.Source) -> list[str]:
                     valid = ", ".join(f"{head}.{f}" for f in sorted(known_prefixes[head]))
                     problems.append(_located(source, loc, f"undefined variable '{ref.name}'; valid: {valid}"))
             elif rest or (ref.name not in defined and ref.name not in captures):
-                avail = sorted(defined | set(captures))
+                avail = sorted(defined | captures)
                 problems.append(_located(
                     source, loc,
                     f"undefined variable '{ref.name}'; define it under 'vars:' or pass -e {ref.name}=VALUE"
                     + (f" (defined: {', '.join(avail)})" if avail else "")))
 
-    check_template(rb.cluster.vip_probe, ("cluster", "vip_probe"))
-    for section, items in sections:
-        for i, item in enumerate(items):
+    check_template(cluster.get("vip_probe"), ("cluster", "vip_probe"))
+    for section in sections:
+        for i, item in items(section):
             for field in ("run", "verify", "rollback", "manual", "title"):
-                value = getattr(item, field, None)
-                if value is None:
-                    continue
+                value = item.get(field)
                 if isinstance(value, list):
                     for j, cmd in enumerate(value):
-                        loc = (section, i, field, j) if (section, i, field, j) in source.values else (section, i, field)
-                        check_template(cmd, loc)
+                        check_template(cmd, (section, i, field, j))
                 else:
                     check_template(value, (section, i, field))
     return problems
@@ -471,18 +512,25 @@ def load_runbook(
     loc_source = source
     if inv_source is not None:
         loc_source = _merged_source(source, inv_source)
+    problems = []
     try:
         rb = Runbook.model_validate(data)
     except ValidationError as exc:
-        raise RunbookError(_pydantic_problems(exc, loc_source)) from None
-    problems = _semantic_problems(rb, loc_source)
+        problems = _pydantic_problems(exc, loc_source, data)
+    problems += [p for p in _semantic_problems(data, loc_source) if p not in problems]
     if problems:
-        raise RunbookError(problems)
+        raise RunbookError(sorted(problems, key=_line_order))
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(raw)
     if inventory is not None:
         digest.update(Path(inventory).read_bytes())
     return rb.model_copy(update={"source_path": str(Path(path).resolve()), "source_sha256": digest.hexdigest()})
+
+
+def _line_order(problem: str) -> tuple:
+    """Sort located problems by file, then line and column (as a person reads the file)."""
+    m = re.match(r"^(.*?):(\d+):(\d+): ", problem)
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else (problem, 0, 0)
 
 
 def _merged_source(rb_src: yamlsource.Source, inv_src: yamlsource.Source) -> yamlsource.Source:
@@ -514,8 +562,18 @@ def json_schema() -> dict:
     schema["$id"] = "https://bmupgrade.invalid/runbook-v1.schema.json"
     schema["title"] = "bmupgrade runbook"
     # vars may be written as plain `name: value`
-    var_ref = schema["properties"]["vars"]["additionalProperties"]
-    schema["properties"]["vars"]["additionalProperties"] = {
-        "anyOf": [var_ref, {"type": ["string", "number", "boolean"]}]
-    }
+    for pattern, var_ref in schema["properties"]["vars"]["patternProperties"].items():
+        schema["properties"]["vars"]["patternProperties"][pattern] = {
+            "anyOf": [var_ref, {"type": ["string", "number", "boolean"]}]
+        }
+    schema["properties"]["vars"]["additionalProperties"] = False
+    # `run:`/`rollback:` accept one command or a list; expect accepts a plain string
+    for name in ("Step",):
+        for key in ("run", "rollback"):
+            prop = schema["$defs"][name]["properties"][key]
+            prop["anyOf"] = [{"type": "string"}, *prop.get("anyOf", [])]
+    for name, key in (("Check", "expect"), ("Cluster", "known_hosts")):
+        prop = schema["$defs"][name]["properties"][key]
+        alts = prop.pop("anyOf", None) or [{k: prop.pop(k) for k in list(prop) if k in ("type", "items")}]
+        prop["anyOf"] = [{"type": "string"}, *alts]
     return schema
