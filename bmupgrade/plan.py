@@ -126,8 +126,12 @@ def describe_target(rb: Runbook, target: str, holders: list[str] | None) -> tupl
 
 
 def build_plan(rb: Runbook, *, values: dict[str, str] | None = None, holders: list[str] | None = None,
-               display: bool = True) -> Plan:
-    """Resolve every check and step into actions, in execution order."""
+               display: bool = True, phases: set[str] | None = None) -> Plan:
+    """Resolve every check and step into actions, in execution order.
+
+    `display=False` renders real values (for sending); `phases` limits the plan to some phases
+    (the engine plans checks just before running them, with the values captured so far)."""
+    phases = phases or {"preflight", "step", "postflight"}
     render = Renderer(rb, values, display=display)
     actions: list[Action] = []
 
@@ -146,11 +150,11 @@ def build_plan(rb: Runbook, *, values: dict[str, str] | None = None, holders: li
             timeout=c.timeout, expect=c.expect.model_dump(exclude_none=True) if c.expect else {"exit": [0]},
             same_on_all_nodes=c.same_on_all_nodes, capture=c.capture, severity=c.severity, why=c.why))
 
-    for c in rb.preflight:
+    for c in rb.preflight if "preflight" in phases else ():
         add_check("preflight", c)
-    for s in rb.steps:
+    for s in rb.steps if "step" in phases else ():
         actions.append(step_action(rb, s, len(actions) + 1, render, holders))
-    for c in rb.postflight:
+    for c in rb.postflight if "postflight" in phases else ():
         add_check("postflight", c)
     return Plan(rb, actions, holders)
 

@@ -181,6 +181,23 @@ class Check(Strict):
         return self
 
 
+class Fact(Strict):
+    """A read-only value recorded in the journal at the start, at every stop and on resume, so
+    `resume` can show what changed while nobody was watching (e.g. maintenance mode, versions)."""
+
+    id: str = Field(pattern=ID_RE)
+    title: str | None = None
+    on: str = Field("all", description="all | a node name (facts do not depend on the VIP)")
+    run: str = Field(min_length=1, description="A read-only command; its stdout is the fact.")
+
+    @field_validator("on")
+    @classmethod
+    def _no_vip(cls, v: str) -> str:
+        if v in ("primary", "secondary"):
+            raise ValueError("facts run on 'all' or a node name (they must not depend on the VIP)")
+        return v
+
+
 class Step(Strict):
     """A change-making step, or (`manual:`) an action the admin does and acknowledges."""
 
@@ -225,6 +242,7 @@ class Runbook(Strict):
     description: str | None = None
     cluster: Cluster
     vars: dict[Annotated[str, Field(pattern=VAR_RE)], Var] = Field(default_factory=dict)
+    facts: list[Fact] = Field(default_factory=list)
     preflight: list[Check] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
     postflight: list[Check] = Field(default_factory=list)
@@ -396,7 +414,7 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
         value = data.get(section)
         return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
 
-    sections = ("preflight", "steps", "postflight")
+    sections = ("facts", "preflight", "steps", "postflight")
     ids: dict[str, tuple] = {}
     for section in sections:
         for i, item in items(section):

@@ -1,0 +1,95 @@
+"""Facts read from the nodes: who holds the public IP, and the runbook's recorded facts.
+
+Read-only by construction. `primary` is never cached: the engine calls `probe_vip` just
+before each step that targets it, because a VIP can move at any moment (safety rule 1).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from bmupgrade.errors import BmError
+from bmupgrade.runbook import Runbook
+from bmupgrade.transport.base import CommandResult, Transport
+
+T = TypeVar("T")
+PROBE_TIMEOUT = 30.0
+
+
+def on_each(nodes: list[str], fn: Callable[[str], T], *, parallel: bool = True) -> dict[str, T]:
+    """Call fn(node) for each node, concurrently when asked; results in node order."""
+    if not parallel or len(nodes) <= 1:
+        return {n: fn(n) for n in nodes}
+    with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="node") as pool:
+        futures = {n: pool.submit(fn, n) for n in nodes}
+        return {n: f.result() for n, f in futures.items()}
+
+
+@dataclass
+class VipProbe:
+    results: dict[str, CommandResult]
+
+    @property
+    def holders(self) -> list[str]:
+        return [n for n, r in self.results.items() if r.ok and r.stdout.strip()]
+
+    @property
+    def unreachable(self) -> list[str]:
+        return [n for n, r in self.results.items() if r.exit_code is None]
+
+    def describe(self) -> str:
+        parts = []
+        for n, r in self.results.items():
+            if r.exit_code is None:
+                parts.append(f"{n}: no answer ({r.error or 'connection lost'})")
+            elif not r.ok:
+                parts.append(f"{n}: probe failed (exit {r.exit_code})")
+            elif r.stdout.strip():
+                parts.append(f"{n}: holds it ({r.stdout.strip().splitlines()[0][:80]})")
+            else:
+                parts.append(f"{n}: does not hold it")
+        return "; ".join(parts)
+
+    def single_holder(self, public_ip: str) -> str:
+        """The one holder, or a BmError saying exactly which node answered what."""
+        holders = self.holders
+        if len(holders) == 1 and not self.unreachable:
+            return holders[0]
+        if self.unreachable:
+            why = "cannot tell who holds it"
+        elif not holders:
+            why = "no node holds it (VIP down?)"
+        else:
+            why = f"{len(holders)} nodes hold it (split brain?)"
+        raise BmError(f"public IP {public_ip}: {why} — {self.describe()}. Nothing was sent; fix the "
+                      "cluster, then `bmupgrade resume`")
+
+
+def probe_vip(transport: Transport, rb: Runbook, render: Callable[[str, object], str],
+              nodes: list[str] | None = None) -> VipProbe:
+    nodes = nodes or rb.node_names
+    cmds = {n: render(rb.cluster.vip_probe, rb.node(n)) for n in nodes}
+    return VipProbe(on_each(nodes, lambda n: transport.run(n, cmds[n], timeout=PROBE_TIMEOUT, capture=True)))
+
+
+def probe_vip_holders_once(rb: Runbook) -> list[str]:
+    """For `plan --probe`: connect, ask each node (read-only), disconnect."""
+    from bmupgrade.plan import Renderer
+    from bmupgrade.transport.ssh import SshTransport
+
+    transport = SshTransport()
+    try:
+        transport.connect(node_addresses(rb))
+        return probe_vip(transport, rb, Renderer(rb)).holders
+    finally:
+        transport.close()
+
+
+def node_addresses(rb: Runbook):
+    from bmupgrade.transport.base import NodeAddress
+
+    return [NodeAddress(name=n.name, host=n.host, port=n.port, user=n.user, sudo=n.sudo,
+                        identity_file=n.identity_file, known_hosts=tuple(rb.cluster.known_hosts),
+                        ssh_config=rb.cluster.ssh_config) for n in rb.cluster.nodes]

@@ -1,0 +1,151 @@
+"""Decisions at the right moment: the engine asks a Prompter, never a terminal directly.
+
+Two implementations: `InteractivePrompter` (questionary, only ever with a TTY) and
+`PolicyPrompter` (unattended: the answers the admin wrote down in advance — `--yes`,
+`--on-failure`, `--ack`, an answers file). Tests inject a scripted prompter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bmupgrade.errors import BmError
+
+RETRY, SKIP, ROLLBACK, ABORT = "retry", "skip", "rollback", "abort"
+RERUN, ASSUME_DONE = "rerun", "assume-done"
+
+
+@dataclass
+class FailureContext:
+    step_id: str
+    title: str
+    nodes: list[str]  # nodes where the step failed
+    summary: str  # one line per node: exit code / reason
+    output: str  # the failed command's output tail (redacted)
+    ssh_hint: str  # how to reach the node by hand
+    rollback_preview: list[str] = field(default_factory=list)
+
+
+class Prompter(Protocol):
+    interactive: bool
+
+    def ack_manual(self, step_id: str, title: str, text: str) -> bool: ...
+
+    def confirm_step(self, step_id: str, title: str, where: str, commands: list[str]) -> str:
+        """'yes' | 'skip' | 'abort'"""
+
+    def on_failure(self, ctx: FailureContext) -> str:
+        """retry | skip | rollback | abort"""
+
+    def unknown_outcome(self, step_id: str, title: str, nodes: list[str], commands: list[str]) -> str:
+        """rerun | assume-done | abort — a step found `started` on resume, with no verify."""
+
+    def confirm_rollback(self, undo: list[str], cannot: list[str]) -> bool: ...
+
+
+@dataclass
+class PolicyPrompter:
+    """Unattended answers. Anything it was not told is refused, never guessed."""
+
+    on_failure_policy: str = ABORT
+    acks: set[str] = field(default_factory=set)
+    rerun: set[str] = field(default_factory=set)
+    assume_done: set[str] = field(default_factory=set)
+    interactive: bool = False
+
+    def ack_manual(self, step_id: str, title: str, text: str) -> bool:
+        return step_id in self.acks or "all" in self.acks
+
+    def confirm_step(self, step_id, title, where, commands) -> str:
+        return "yes"
+
+    def on_failure(self, ctx: FailureContext) -> str:
+        return self.on_failure_policy
+
+    def unknown_outcome(self, step_id, title, nodes, commands) -> str:
+        if step_id in self.rerun:
+            return RERUN
+        if step_id in self.assume_done:
+            return ASSUME_DONE
+        return ABORT
+
+    def confirm_rollback(self, undo, cannot) -> bool:
+        return True
+
+
+class InteractivePrompter:
+    """questionary prompts at a terminal. Imported lazily: questionary costs start-up time."""
+
+    interactive = True
+
+    def __init__(self, console, *, step_mode: bool = False):
+        if not _isatty():
+            raise BmError("no terminal to ask questions on: use --yes (and --on-failure abort|rollback, "
+                          "--ack ID,...) for an unattended run", exit_code=2)
+        self.console = console
+        self.step_mode = step_mode
+
+    def _select(self, message: str, choices: list[tuple[str, str]], default: str | None = None) -> str:
+        import questionary
+
+        qchoices = [questionary.Choice(title=t, value=v) for v, t in choices]
+        answer = questionary.select(message, choices=qchoices, default=next(
+            (c for c in qchoices if c.value == default), None)).ask()
+        if answer is None:  # Ctrl-C / Ctrl-D inside the prompt
+            raise KeyboardInterrupt
+        return answer
+
+    def ack_manual(self, step_id, title, text) -> bool:
+        self.console.print(f"\n[bold yellow]Manual action[/bold yellow] [{step_id}] {title}\n  {text}")
+        return self._select("Is this done?", [("yes", "Yes, it is done"), ("no", "No — stop here")]) == "yes"
+
+    def confirm_step(self, step_id, title, where, commands) -> str:
+        self.console.print(f"\n[bold]Run[/bold] {title} [dim][{step_id}][/dim] on {where}?")
+        for c in commands:
+            self.console.print(f"  $ {c}", markup=False, highlight=False)
+        return self._select("Proceed?", [("yes", "Run it"), ("skip", "Skip this step (recorded as skipped)"),
+                                         ("abort", "Stop here (resumable)")], default="yes")
+
+    def on_failure(self, ctx: FailureContext) -> str:
+        self.console.print(f"\n[bold red]Step failed:[/bold red] {ctx.title} [{ctx.step_id}]\n{ctx.summary}")
+        while True:
+            choice = self._select("What now?", [
+                (RETRY, "Retry the step"),
+                (SKIP, "Skip it (recorded as skipped; later steps may fail or be unsafe)"),
+                (ROLLBACK, "Roll back the done steps, in reverse order"),
+                (ABORT, "Abort (stop here; `bmupgrade resume` continues later)"),
+                ("output", "Show the full output of the failed command"),
+                ("shell", "How do I get a shell on that node?"),
+            ])
+            if choice == "output":
+                self.console.print(ctx.output or "(no output)", markup=False, highlight=False)
+            elif choice == "shell":
+                self.console.print(ctx.ssh_hint, markup=False, highlight=False)
+            else:
+                return choice
+
+    def unknown_outcome(self, step_id, title, nodes, commands) -> str:
+        self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {title} [{step_id}] was started on "
+                           f"{', '.join(nodes)} when the previous run stopped, and has no verify command.")
+        for c in commands:
+            self.console.print(f"  $ {c}", markup=False, highlight=False)
+        return self._select("Check on the node(s), then:", [
+            (ASSUME_DONE, "It completed: record it as done"),
+            (RERUN, "It did not run (or must run again): run it now"),
+            (ABORT, "Stop here"),
+        ])
+
+    def confirm_rollback(self, undo, cannot) -> bool:
+        self.console.print("\n[bold]Rollback plan[/bold] (reverse order):")
+        for line in undo:
+            self.console.print(f"  ↶ {line}", markup=False, highlight=False)
+        for line in cannot:
+            self.console.print(f"  ✗ {line}: cannot be undone automatically", markup=False, highlight=False)
+        return self._select("Roll back now?", [("yes", "Yes, roll back"), ("no", "No")]) == "yes"
+
+
+def _isatty() -> bool:
+    import sys
+
+    return sys.stdin.isatty() and sys.stdout.isatty()

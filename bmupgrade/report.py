@@ -1,0 +1,226 @@
+"""What the admin sees: live step status, remote output with a node prefix, the final report.
+
+`ConsoleReporter` writes for people (rich; NO_COLOR honoured by rich; a live "current step,
+node, elapsed" line on a terminal only). `JsonReporter` writes one JSON event per line for
+schedulers and wrappers (`--json`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bmupgrade.checks import CheckResult
+
+
+@dataclass
+class StepRow:
+    id: str
+    title: str
+    state: str
+    nodes: dict[str, str]  # node -> state
+    duration: float | None = None
+    rollback_state: str | None = None
+    can_undo: bool = True
+
+
+@dataclass
+class Summary:
+    run_id: str
+    status: str
+    exit_code: int
+    message: str
+    rows: list[StepRow] = field(default_factory=list)
+    ha_window: float | None = None  # seconds from the HA-off step's start to the HA-on step's end
+    ha_off_open: bool = False
+    ha_restore_hint: str | None = None
+    next_commands: list[str] = field(default_factory=list)
+    cannot_undo: list[str] = field(default_factory=list)
+    log_paths: list[str] = field(default_factory=list)
+
+
+class _Elapsed:
+    def __init__(self, text: str):
+        self.text = text
+        self.t0 = time.monotonic()
+
+    def __rich__(self):
+        from rich.text import Text
+
+        return Text(f"⏳ {self.text} — {time.monotonic() - self.t0:,.0f}s", style="cyan")
+
+
+class ConsoleReporter:
+    def __init__(self, console=None, *, show_output: bool = True):
+        if console is None:
+            from rich.console import Console
+
+            console = Console(highlight=False)
+        self.console = console
+        self.show_output = show_output
+        self._lock = threading.Lock()
+        self._partial: dict[tuple[str, str], str] = {}
+        self._live = None
+
+    # ------------------------------------------------------------- simple lines
+    def info(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"[bold yellow]![/bold yellow] {_esc(text)}")
+
+    def error(self, text: str) -> None:
+        self.console.print(f"[bold red]✗[/bold red] {_esc(text)}")
+
+    def banner(self, text: str) -> None:
+        """Loud: used for the HA debt."""
+        self.console.print(f"[bold white on red] {_esc(text)} [/bold white on red]")
+
+    def phase(self, title: str) -> None:
+        self.console.rule(f"[bold]{_esc(title)}[/bold]", align="left")
+
+    # ------------------------------------------------------------- checks
+    def check(self, res: CheckResult) -> None:
+        if res.ok:
+            self.console.print(f"[green]✓[/green] {_esc(res.title)} [dim]{_esc('[' + res.id + ']')}[/dim]")
+            return
+        mark = "[yellow]![/yellow]" if res.severity == "warning" else "[red]✗[/red]"
+        self.console.print(f"{mark} {_esc(res.title)} [dim]{_esc('[' + res.id + ']')}[/dim]")
+        for p in res.problems:
+            self.console.print(f"    {_esc(p)}")
+        if res.diff:
+            for line in res.diff.splitlines()[:40]:
+                style = "red" if line.startswith("-") else "green" if line.startswith("+") else "dim"
+                self.console.print(f"    [{style}]{_esc(line)}[/{style}]")
+        if res.why:
+            self.console.print(f"    [dim]{_esc(res.why)}[/dim]")
+
+    # ------------------------------------------------------------- steps
+    def step_start(self, seq: int, total: int, step_id: str, title: str, where: str) -> None:
+        counter = _esc(f"[{seq}/{total}] ") if total else ""
+        self.console.print(f"[bold]▶ {counter}{_esc(title)}[/bold] [dim]{_esc('[' + step_id + ']')}[/dim] "
+                           f"on {_esc(where)}")
+        if self.console.is_terminal and self._live is None:
+            from rich.live import Live
+
+            self._live = Live(_Elapsed(f"{step_id} on {where}"), console=self.console, transient=True,
+                              refresh_per_second=4)
+            self._live.start()
+
+    def output(self, node: str, stream: str, text: str) -> None:
+        if not self.show_output:
+            return
+        with self._lock:
+            key = (node, stream)
+            buf = self._partial.get(key, "") + text
+            *lines, rest = buf.split("\n")
+            self._partial[key] = rest[-65536:]
+            for line in lines[-200:]:  # a flood is logged in full, not all echoed
+                self.console.print(f"  [dim]{node} │[/dim] {_esc(line)}", highlight=False)
+
+    def _flush(self, node: str) -> None:
+        for stream in ("stdout", "stderr"):
+            rest = self._partial.pop((node, stream), "")
+            if rest and self.show_output:
+                self.console.print(f"  [dim]{node} │[/dim] {_esc(rest)}", highlight=False)
+
+    def node_done(self, step_id: str, node: str, ok: bool, detail: str, duration: float) -> None:
+        with self._lock:
+            self._flush(node)
+        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
+        self.console.print(f"  {mark} {node}: {_esc(detail)} ({duration:.1f}s)")
+
+    def step_end(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    # ------------------------------------------------------------- the end
+    def final(self, s: Summary) -> None:
+        self.step_end()
+        from rich.table import Table
+
+        table = Table(title=f"Run {s.run_id}: {s.status}", title_justify="left")
+        table.add_column("step")
+        table.add_column("outcome")
+        table.add_column("nodes")
+        table.add_column("time", justify="right")
+        for r in s.rows:
+            nodes = ", ".join(f"{n}={st}" for n, st in r.nodes.items()) or "-"
+            outcome = r.state + (f", rollback {r.rollback_state}" if r.rollback_state else "")
+            table.add_row(r.id, outcome, nodes, f"{r.duration:.1f}s" if r.duration is not None else "")
+        self.console.print(table)
+        if s.ha_window is not None:
+            self.console.print(f"HA-off window: {s.ha_window:.1f}s (from the HA-off step's start to the HA-on "
+                               "step's end)")
+        for item in s.cannot_undo:
+            self.console.print(f"[yellow]Cannot be undone automatically:[/yellow] {_esc(item)}")
+        if s.ha_off_open:
+            self.banner("HA handling is OFF: the cluster will not fail over. Restore it with:")
+            self.console.print(f"    {_esc(s.ha_restore_hint or '')}")
+        for cmd in s.next_commands:
+            self.console.print(f"Next: {_esc(cmd)}")
+        for p in s.log_paths:
+            self.console.print(f"[dim]log: {_esc(p)}[/dim]")
+        style = "green" if s.exit_code == 0 else "red"
+        self.console.print(f"[bold {style}]{_esc(s.message)}[/bold {style}]")
+
+
+class JsonReporter:
+    """One JSON object per line on stdout: {"event": ..., ...}."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        with self._lock:
+            self.stream.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+            self.stream.flush()
+
+    def info(self, text):
+        self._emit("info", text=text)
+
+    def warn(self, text):
+        self._emit("warning", text=text)
+
+    def error(self, text):
+        self._emit("error", text=text)
+
+    def banner(self, text):
+        self._emit("warning", text=text, loud=True)
+
+    def phase(self, title):
+        self._emit("phase", title=title)
+
+    def check(self, res: CheckResult):
+        self._emit("check", id=res.id, ok=res.ok, severity=res.severity, problems=res.problems, diff=res.diff)
+
+    def step_start(self, seq, total, step_id, title, where):
+        self._emit("step_start", seq=seq, total=total, id=step_id, title=title, where=where)
+
+    def output(self, node, stream, text):
+        self._emit("output", node=node, stream=stream, text=text)
+
+    def node_done(self, step_id, node, ok, detail, duration):
+        self._emit("node_done", id=step_id, node=node, ok=ok, detail=detail, duration=duration)
+
+    def step_end(self):
+        pass
+
+    def final(self, s: Summary):
+        self._emit("summary", run_id=s.run_id, status=s.status, exit_code=s.exit_code, message=s.message,
+                   ha_window=s.ha_window, ha_off=s.ha_off_open, ha_restore=s.ha_restore_hint,
+                   next=s.next_commands, cannot_undo=s.cannot_undo,
+                   steps=[{"id": r.id, "state": r.state, "nodes": r.nodes, "duration": r.duration,
+                           "rollback": r.rollback_state} for r in s.rows])
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
