@@ -12,6 +12,10 @@ from typing import Callable, Protocol
 # Called with (node name, stream name "stdout"|"stderr", a chunk of decoded text) as output arrives.
 OutputSink = Callable[[str, str, str], None]
 
+# Returns the sudo password for a node's user, or None (NOPASSWD: sudo -n). Called at most once
+# per node by a transport, which keeps the answer in memory only.
+PasswordProvider = Callable[["NodeAddress"], "str | None"]
+
 
 @dataclass(frozen=True)
 class NodeAddress:
@@ -37,7 +41,15 @@ class CommandResult:
     stdout: str = ""  # kept only when the caller asked capture=True (probes, checks)
     timed_out: bool = False
     connection_lost: bool = False
-    error: str = ""  # a one-line reason when exit_code is None
+    error: str = ""  # a one-line reason when exit_code is None (or sudo rejected the password)
+    # Added (all defaulted, backward compatible):
+    stdout_truncated: bool = False  # capture=True kept only the first CAPTURE_BYTES of stdout
+    # False only when the transport is sure the command never reached the node (connection
+    # already gone, session refused): then it is safe to run it again. True otherwise, which
+    # with exit_code None means "outcome unknown" (DESIGN §3.3: verify or ask, never re-run).
+    sent: bool = True
+    # This command ran on a new connection, opened because the previous one was lost.
+    reconnected: bool = False
 
     @property
     def ok(self) -> bool:
@@ -45,6 +57,7 @@ class CommandResult:
 
 
 OUTPUT_TAIL_BYTES = 64 * 1024
+CAPTURE_BYTES = 1024 * 1024  # capture=True keeps at most this much of stdout
 
 
 class TransportError(Exception):
@@ -73,6 +86,10 @@ class Transport(Protocol):
         on_output: OutputSink | None = None,
     ) -> CommandResult:
         """Run one shell command on a node, reusing its connection. Never raises for a
-        non-zero exit, a timeout or a lost connection: those are in the result."""
+        non-zero exit, a timeout or a lost connection: those are in the result.
+
+        After a lost connection the next run() on that node makes one attempt to reconnect
+        (result.reconnected); a lost command is never re-sent by the transport. Raises
+        TransportError only for a node that was never connected or a closed transport."""
 
     def close(self) -> None: ...
