@@ -69,6 +69,9 @@ class TransportError(Exception):
     def __init__(self, node: str, message: str):
         super().__init__(f"{node}: {message}")
         self.node = node
+        self.reason = message  # the message without the node prefix
+        # connect(): every node that failed, by name (this error is the first of them)
+        self.errors: dict[str, TransportError] = {node: self}
 
 
 class Transport(Protocol):

@@ -224,7 +224,7 @@ class MemoryTransport:
         }
         if errors:
             first = next(iter(errors.values()))
-            first.errors = errors  # type: ignore[attr-defined]
+            first.errors = errors
             raise first
         for n in nodes:
             if n.name not in self.connected:

@@ -287,6 +287,7 @@ class _Node:
         self.last_seen = time.monotonic()
         self.active = 0  # commands waiting on this node
         self.probe_started: float | None = None
+        self.probe_transport: paramiko.Transport | None = None  # the probe's connection
         self.state_lock = threading.Lock()
 
     @property
@@ -368,7 +369,7 @@ class SshTransport:
                 self._close_node(n)
                 self._nodes.pop(n.address.name, None)
             first = errors[next(n.address.name for n in new if n.address.name in errors)]
-            first.errors = errors  # type: ignore[attr-defined]
+            first.errors = errors
             raise first
         self._start_watchdog()
 
@@ -572,6 +573,8 @@ class SshTransport:
             return
         now = time.monotonic()
         with node.state_lock:
+            if node.probe_started is not None and node.probe_transport is not t:
+                node.probe_started = None  # a probe of a connection since replaced
             if node.probe_started is not None:
                 if now - node.probe_started > self.keepalive_timeout:
                     silent = now - node.last_seen
@@ -582,6 +585,7 @@ class SshTransport:
             if now - node.last_seen < self.keepalive_interval:
                 return
             node.probe_started = now
+            node.probe_transport = t
         threading.Thread(target=self._probe, args=(node, t), name="ssh-probe", daemon=True).start()
 
     def _probe(self, node: _Node, t: paramiko.Transport) -> None:
@@ -591,9 +595,11 @@ class SshTransport:
         except Exception:
             pass
         with node.state_lock:
-            if t.is_active():
-                node.seen()
-            node.probe_started = None
+            if node.probe_transport is t:
+                if t.is_active():
+                    node.seen()
+                node.probe_started = None
+                node.probe_transport = None
 
     def _declare_lost(self, node: _Node, t: paramiko.Transport, reason: str) -> None:
         if node.lost is None:
@@ -646,7 +652,7 @@ class SshTransport:
                     return result(
                         connection_lost=True,
                         sent=False,
-                        error=f"{why}; reconnect failed: {_strip_node(e, node)}",
+                        error=f"{why}; reconnect failed: {e.reason}",
                     )
                 reconnected = True
                 log.info("%s: reconnected after: %s", node, why)
@@ -687,9 +693,12 @@ class SshTransport:
                     )
                 return result(sent=False, reconnected=reconnected, error=f"the server refused the command: {_one_line(e)}")
             n.seen()
-            if password is not None:
-                chan.sendall((password + "\n").encode("utf-8"))
-            chan.shutdown_write()  # commands get EOF on stdin, like `ssh host cmd </dev/null`
+            try:
+                if password is not None:
+                    chan.sendall((password + "\n").encode("utf-8"))
+                chan.shutdown_write()  # commands get EOF on stdin, like `ssh host cmd </dev/null`
+            except (OSError, paramiko.SSHException):
+                pass  # the command already ended or the connection died: the loop below tells
 
             # --- wait: stream output until exit status + EOF, timeout, or loss
             deadline = start + timeout if timeout is not None else None
@@ -828,12 +837,6 @@ def _tune_socket(sock) -> None:
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text or type(e).__name__
-
-
-def _strip_node(e: TransportError, node: str) -> str:
-    text = str(e)
-    prefix = f"{node}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 __all__ = ["SshTransport", "fingerprint", "sudo_wrap"]
