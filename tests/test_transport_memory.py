@@ -229,3 +229,22 @@ def test_records_keep_details_and_results(t):
     c = t.records[0]
     assert (c.node, c.command, c.timeout, c.capture, c.index) == ("bm1", "probe", 3, True, 0)
     assert c.result is not None and c.result.ok
+
+
+def test_zero_argument_password_provider_asked_once_for_all_nodes():
+    asked = []
+    tr = MemoryTransport(password_provider=lambda: asked.append(1) or "pw")
+    tr.connect([BM2, NodeAddress("bm3", "h", user="admin", sudo=True)])
+    tr.run("bm2", "a")
+    tr.run("bm3", "b")
+    assert asked == [1]
+
+
+def test_package_import_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, bmupgrade.transport, bmupgrade.transport.memory; "
+            "print('paramiko' in sys.modules or 'fabric' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

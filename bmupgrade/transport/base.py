@@ -12,9 +12,10 @@ from typing import Callable, Protocol
 # Called with (node name, stream name "stdout"|"stderr", a chunk of decoded text) as output arrives.
 OutputSink = Callable[[str, str, str], None]
 
-# Returns the sudo password for a node's user, or None (NOPASSWD: sudo -n). Called at most once
-# per node by a transport, which keeps the answer in memory only.
-PasswordProvider = Callable[["NodeAddress"], "str | None"]
+# Returns the sudo password, or None (NOPASSWD: sudo -n). Either `f()`: one password for all
+# nodes, asked once per transport; or `f(address: NodeAddress)`: asked once per node. Called
+# lazily, at the first command that needs sudo; the answer is kept in memory only.
+PasswordProvider = Callable[..., "str | None"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +97,30 @@ class Transport(Protocol):
         TransportError only for a node that was never connected or a closed transport."""
 
     def close(self) -> None: ...
+
+
+def ask_password(provider, address: NodeAddress, cache: dict, lock) -> str | None:
+    """Call a PasswordProvider once (per node if it takes the address, else once for all)."""
+    per_node = _takes_an_argument(provider)
+    key = address.name if per_node else "*"
+    with lock:
+        if key not in cache:
+            pw = provider(address) if per_node else provider()
+            cache[key] = pw or None
+        return cache[key]
+
+
+def forget_password(provider, address: NodeAddress, cache: dict, lock) -> None:
+    with lock:
+        cache.pop(address.name if _takes_an_argument(provider) else "*", None)
+
+
+def _takes_an_argument(f) -> bool:
+    import inspect
+
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return True
+    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    return bool(params)

@@ -36,6 +36,7 @@ from bmupgrade.transport.base import (
     OutputSink,
     PasswordProvider,
     TransportError,
+    ask_password,
 )
 
 ANY = None  # node selector: every node
@@ -274,11 +275,8 @@ class MemoryTransport:
                 reconnected = True
 
             password = None
-            if effective_sudo:
-                if node not in self._passwords:
-                    pw = self._password_provider(address) if self._password_provider else None
-                    self._passwords[node] = pw or None
-                password = self._passwords[node]
+            if effective_sudo and self._password_provider is not None:
+                password = ask_password(self._password_provider, address, self._passwords, self._lock)
 
             rule = next((r for r in reversed(self._rules) if r.matches(node, command)), None)
             if rule is None:

@@ -53,6 +53,8 @@ from bmupgrade.transport.base import (
     OutputSink,
     PasswordProvider,
     TransportError,
+    ask_password,
+    forget_password,
 )
 
 log = logging.getLogger(__name__)
@@ -308,8 +310,9 @@ class _Node:
 class SshTransport:
     """Runs commands on nodes over SSH. See the module docstring for the decisions.
 
-    ``password_provider(address)`` returns the sudo password for that node's user (or
-    None for NOPASSWD); it is called at most once per node, from the first sudo command.
+    ``password_provider()`` (one password for all nodes) or ``password_provider(address)``
+    (per node) returns the sudo password, or None for NOPASSWD (``sudo -n``); it is called
+    once, at the first command that needs sudo, and the answer stays in memory only.
     """
 
     def __init__(
@@ -614,12 +617,9 @@ class SshTransport:
         return (sudo or node.address.sudo) and user != "root"
 
     def _sudo_password(self, node: _Node) -> str | None:
-        name = node.address.name
-        with self._password_lock:
-            if name not in self._passwords:
-                pw = self._password_provider(node.address) if self._password_provider else None
-                self._passwords[name] = pw or None
-            return self._passwords[name]
+        if self._password_provider is None:
+            return None
+        return ask_password(self._password_provider, node.address, self._passwords, self._password_lock)
 
     # ----------------------------------------------------------------- running
 
@@ -765,8 +765,8 @@ class SshTransport:
                 finished = True
                 res = result(exit_code=status, **common)
                 if use_sudo and password is not None and status != 0 and "incorrect password" in res.output_tail:
-                    with self._password_lock:
-                        self._passwords.pop(node, None)  # ask again next time
+                    # ask again next time
+                    forget_password(self._password_provider, n.address, self._passwords, self._password_lock)
                     res.error = "sudo rejected the password"
                 return res
             if not t.is_active():
