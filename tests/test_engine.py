@@ -1,0 +1,227 @@
+"""Engine logic on the in-memory transport: order, targets, journal-first, failures, resume."""
+
+import json
+import re
+
+import pytest
+
+from bmupgrade.errors import UsageError
+from bmupgrade.journal import RunStore
+from bmupgrade.prompts import PolicyPrompter
+from bmupgrade.report import ConsoleReporter
+from bmupgrade.runner import Session, resume_run, start_run
+from bmupgrade.engine import RunOptions
+from bmupgrade.transport.memory import ANY, MemoryTransport, Reply
+from tests.runbook_samples import MINIMAL
+
+CHANGES = re.compile(r"^(crm_attribute .*--update|apt-get install|bm-cli)")
+
+
+def sim(holder="bm1"):
+    """A tiny simulated cluster: VIP holder(s), bm-full versions, maintenance mode."""
+    t = MemoryTransport()
+    t.state.update(vip={holder}, version={"bm1": "4.9.2", "bm2": "4.9.2"}, maint="false")
+    t.on(ANY, re.compile(r"^ip -o addr show"),
+         lambda c: "4: eth0 inet 192.0.2.10/32 scope global" if c.node in c.transport.state["vip"] else "")
+    t.on(ANY, re.compile(r"dpkg-query"), lambda c: c.transport.state["version"][c.node])
+
+    def install(c):
+        c.transport.state["version"][c.node] = re.search(r"bm-full=(\S+)", c.command).group(1)
+
+    t.on(ANY, re.compile(r"apt-get install"), install)
+    t.on(ANY, re.compile(r"maintenance-mode --update (\w+)"),
+         lambda c: c.transport.state.update(maint=c.command.rsplit(" ", 1)[1]))
+    return t
+
+
+def changes(t):
+    return [(n, c) for n, c in t.calls if CHANGES.search(c)]
+
+
+@pytest.fixture
+def rb_path(tmp_path):
+    p = tmp_path / "rb.yaml"
+    p.write_text(MINIMAL)
+    return p
+
+
+def session(tmp_path, t, prompter=None, **opts):
+    return Session(tmp_path / "state", ConsoleReporter(show_output=False), prompter or PolicyPrompter(),
+                   lambda rb: t, RunOptions(**opts))
+
+
+def journal(tmp_path):
+    return RunStore(tmp_path / "state").find(None).data
+
+
+def test_full_run_order_and_targets(tmp_path, rb_path):
+    t = sim("bm1")
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 0, s.message
+    assert changes(t) == [
+        ("bm1", "crm_attribute --type crm_config --name maintenance-mode --update true"),
+        ("bm1", "apt-get install -y bm-full=4.9.3"),
+        ("bm2", "apt-get install -y bm-full=4.9.3"),
+        ("bm1", "bm-cli setup upgrade --password hunter2secret"),
+        ("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false"),
+    ]
+    j = journal(tmp_path)
+    assert j["status"] == "succeeded"
+    assert {sid: e["state"] for sid, e in j["steps"].items()} == dict.fromkeys(
+        ["ha-off", "packages", "post-install", "ha-on"], "done")
+    assert j["captured"] == {"from_version": "4.9.2"}
+    assert s.ha_window is not None and s.ha_window >= 0 and not s.ha_off_open
+
+
+def test_post_install_follows_vip(tmp_path, rb_path):
+    t = sim("bm2")
+    assert start_run(rb_path, session(tmp_path, t)).exit_code == 0
+    assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm2"]
+
+
+def test_vip_moves_mid_run_reprobe_follows(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm2", re.compile(r"apt-get install"), lambda c: (c.transport.state.update(vip={"bm2"}),
+                                                            c.transport.state["version"].update(bm2="4.9.3"))[0])
+    assert start_run(rb_path, session(tmp_path, t)).exit_code == 0
+    assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm2"]
+
+
+@pytest.mark.parametrize("holders", [set(), {"bm1", "bm2"}])
+def test_no_or_two_holders_stop_before_post_install(tmp_path, rb_path, holders):
+    t = sim("bm1")
+    t.on("bm2", re.compile(r"apt-get install"), lambda c: t.state.update(vip=holders))
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 1
+    assert "nothing was sent" in s.message.lower() and "bm1:" in s.message and "bm2:" in s.message
+    assert not any(c.startswith("bm-cli") for _, c in t.calls)
+    j = journal(tmp_path)
+    assert j["steps"]["post-install"]["state"] == "pending"
+    assert s.ha_off_open and "maintenance-mode --update false" in s.ha_restore_hint
+
+
+def test_preflight_lists_every_failure_and_changes_nothing(tmp_path, rb_path):
+    t = sim("bm1")
+    t.state["version"]["bm2"] = "4.9.1"
+    t.state["vip"] = {"bm1", "bm2"}
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 3
+    assert "vip (" in s.message and "ver (" in s.message and "Nothing was changed" in s.message
+    assert changes(t) == []
+
+
+def test_journal_started_before_command_is_sent(tmp_path, rb_path):
+    t = sim("bm1")
+    seen = {}
+
+    def spy(c):
+        data = json.loads(next((tmp_path / "state" / "runs").glob("*.json")).read_text())
+        seen[c.node] = data["steps"]["post-install"]["nodes"][c.node]["state"]
+
+    t.on(ANY, re.compile(r"^bm-cli"), spy)
+    assert start_run(rb_path, session(tmp_path, t)).exit_code == 0
+    assert seen == {"bm1": "started"}
+
+
+def test_retries_then_success(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm2", re.compile(r"^apt-get install -y bm-full"), fail_times=1,
+         fail=Reply(exit_code=100, stderr="E: Could not get lock"))
+    text = MINIMAL.replace("    timeout: 45m\n", "    timeout: 45m\n    retries: 1\n    retry_delay: 1s\n")
+    rb_path.write_text(text)
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 0
+    assert journal(tmp_path)["steps"]["packages"]["nodes"]["bm2"]["state"] == "done"
+    assert [c for n, c in t.calls if n == "bm2" and c.startswith("apt-get")] == ["apt-get install -y bm-full=4.9.3"] * 2
+
+
+def test_failure_rollback_policy_reverses_done_steps(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm2", "apt-get install -y bm-full=4.9.3", exit_code=100, stderr="E: boom")
+    s = start_run(rb_path, session(tmp_path, t, PolicyPrompter(on_failure_policy="rollback")))
+    assert s.exit_code == 1 and s.status == "rolled-back"
+    after = changes(t)[3:]
+    assert after[:2] == [("bm1", "apt-get install -y --allow-downgrades bm-full=4.9.2"),
+                         ("bm2", "apt-get install -y --allow-downgrades bm-full=4.9.2")] or \
+        sorted(after[:2]) == [("bm1", "apt-get install -y --allow-downgrades bm-full=4.9.2"),
+                              ("bm2", "apt-get install -y --allow-downgrades bm-full=4.9.2")]
+    assert after[2] == ("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false")
+    assert t.state["version"] == {"bm1": "4.9.2", "bm2": "4.9.2"} and t.state["maint"] == "false"
+    assert not s.ha_off_open
+    j = journal(tmp_path)
+    assert j["steps"]["ha-off"]["state"] == "rolled-back" and j["rollback"]["ha-off"]["state"] == "done"
+
+
+def test_abort_then_resume_does_not_repeat_done_steps(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm2", "apt-get install -y bm-full=4.9.3", exit_code=100, stderr="E: boom")
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 1 and s.ha_off_open and s.next_commands[0].startswith("bmupgrade resume")
+    t2 = sim("bm1")  # a new process: a new transport; the cluster state is the same
+    t2.state = t.state  # and the admin fixed the cause (no failing rule on t2)
+    s2 = resume_run(session(tmp_path, t2), None)
+    assert s2.exit_code == 0, s2.message
+    assert changes(t2) == [
+        ("bm2", "apt-get install -y bm-full=4.9.3"),
+        ("bm1", "bm-cli setup upgrade --password hunter2secret"),
+        ("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false"),
+    ]
+
+
+def _crash_journal(tmp_path, rb_path, step, node):
+    """A run whose journal says `step` started on `node` (as after a SIGKILL)."""
+    t = sim("bm1")
+    t.on(node, re.compile(r"^bm-cli"), exit_code=None, connection_lost=True)
+    start_run(rb_path, session(tmp_path, t))
+    path = next((tmp_path / "state" / "runs").glob("*.json"))
+    data = json.loads(path.read_text())
+    data["steps"][step]["nodes"][node]["state"] = "started"
+    data["steps"][step]["state"] = "started"
+    data["status"] = "interrupted"
+    path.write_text(json.dumps(data))
+
+
+def test_resume_unknown_outcome_without_verify_stops_unattended(tmp_path, rb_path):
+    _crash_journal(tmp_path, rb_path, "post-install", "bm1")
+    t = sim("bm1")
+    s = resume_run(session(tmp_path, t), None)
+    assert s.exit_code == 1 and "--assume-done post-install" in s.message
+    assert not any(c.startswith("bm-cli") for _, c in t.calls)
+    t2 = sim("bm1")
+    s2 = resume_run(session(tmp_path, t2, PolicyPrompter(rerun={"post-install"})), None)
+    assert s2.exit_code == 0
+    assert [n for n, c in t2.calls if c.startswith("bm-cli")] == ["bm1"]
+
+
+def test_deadline_stops_before_a_step_that_cannot_fit(tmp_path, rb_path):
+    import time
+
+    t = sim("bm1")
+    s = start_run(rb_path, session(tmp_path, t, deadline=time.time() + 20 * 60))  # packages: timeout 45m
+    assert s.exit_code == 4 and "packages" in s.message
+    assert not any(c.startswith("apt-get") for _, c in t.calls)
+
+
+def test_unattended_run_needs_acks_before_anything(tmp_path, rb_path):
+    rb_path.write_text(MINIMAL.replace("steps:\n", "steps:\n  - {id: backup, manual: Backup taken}\n"))
+    t = sim("bm1")
+    with pytest.raises(UsageError, match="--ack backup"):
+        start_run(rb_path, session(tmp_path, t))
+    assert t.calls == []
+    assert start_run(rb_path, session(tmp_path, t, PolicyPrompter(acks={"backup"}))).exit_code == 0
+
+
+def test_secrets_never_in_journal_or_audit(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm1", re.compile(r"^bm-cli"), stdout="using password hunter2secret\n")
+    assert start_run(rb_path, session(tmp_path, t)).exit_code == 0
+    for f in (tmp_path / "state" / "runs").iterdir():
+        assert "hunter2secret" not in f.read_text(), f
+        assert oct(f.stat().st_mode & 0o777) == "0o600"
+
+
+def test_node_down_at_start_is_preflight_refusal(tmp_path, rb_path):
+    t = sim("bm1")
+    t.unreachable("bm2", "connection refused")
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 3 and "bm2" in s.message and t.calls == []
