@@ -137,6 +137,8 @@ def plan(
     extra: List[str] = ExtraOpt,
     probe: bool = typer.Option(False, "--probe", help="Ask the nodes (read-only) which one holds the "
                                "public IP now, to show concrete nodes for primary/secondary."),
+    deadline: Optional[str] = typer.Option(None, "--deadline", help="Show each step's latest start for a "
+                                           "maintenance window ending then (04:00, ISO time, +90m)."),
 ) -> None:
     """Print every command, on which node, in order. No side effects; no network unless --probe."""
     from bmupgrade.plan import build_plan
@@ -149,6 +151,10 @@ def plan(
 
         holders = probe_vip_holders_once(rb)
     p = build_plan(rb, holders=holders)
+    if deadline:
+        from bmupgrade.timeparse import parse_deadline
+
+        p.deadline = parse_deadline(deadline)
     if fmt is PlanFormat.json:
         typer.echo(render_json(p))
     elif fmt is PlanFormat.markdown:
@@ -213,7 +219,7 @@ def _split(values: list[str]) -> set[str]:
 
 
 def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, step_mode,
-             rerun=(), assume_done=(), from_step=None, break_lock=False):
+             rerun=(), assume_done=(), from_step=None, break_lock=False, answers=None, save_answers=None):
     from bmupgrade.engine import RunOptions
     from bmupgrade.journal import default_state_dir
     from bmupgrade.prompts import InteractivePrompter, PolicyPrompter
@@ -225,7 +231,14 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     options = RunOptions(on_failure=on_failure.value, on_deadline=on_deadline.value,
                          deadline=parse_deadline(deadline) if deadline else None, from_step=from_step,
                          break_lock=break_lock)
-    if yes:
+    if answers is not None:
+        from bmupgrade.prompts import Answers, AnswersPrompter
+
+        loaded = Answers.load(answers)
+        prompter = AnswersPrompter(acks=_split(acks), rerun=_split(list(rerun)),
+                                   assume_done=_split(list(assume_done)), answers=loaded)
+        options.on_failure = loaded.on_failure
+    elif yes:
         prompter = PolicyPrompter(on_failure_policy=on_failure.value, acks=_split(acks),
                                   rerun=_split(list(rerun)), assume_done=_split(list(assume_done)))
     else:
@@ -233,11 +246,23 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
             raise UsageError("--json needs --yes: there is no one to answer prompts in a JSON stream")
         console = reporter.console
         prompter = InteractivePrompter(console, step_mode=step_mode)
+        if save_answers is not None:
+            from bmupgrade.prompts import RecordingPrompter
+
+            prompter = RecordingPrompter(prompter)
+    if save_answers is not None and answers is None and yes:
+        raise UsageError("--save-answers records an interactive run's answers; drop --yes")
     return Session(state_dir or default_state_dir(), reporter, prompter, ssh_transport_factory(), options)
 
 
 def _finish(summary, reporter) -> None:
     reporter.final(summary)
+    if summary.exit_code == 130:
+        # Second Ctrl-C: the journal is saved; do not wait for worker threads still reading
+        # from a node (their remote commands go on by themselves).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     raise typer.Exit(summary.exit_code)
 
 
@@ -258,6 +283,10 @@ def run(
     as_json: bool = JsonOpt,
     break_lock: bool = typer.Option(False, "--break-lock", help="Take over the cluster lock of a dead run "
                                     "(only after checking that it is dead)."),
+    answers: Optional[Path] = typer.Option(None, "--answers", help="Unattended, with the answers saved by an "
+                                           "interactive run; every missing answer is listed before anything."),
+    save_answers: Optional[Path] = typer.Option(None, "--save-answers", help="Interactive: save your answers "
+                                                "(confirmations, acknowledgements, failure policy) to FILE."),
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Preflight, steps, postflight — journaled, resumable. Exit: 0 ok, 1 failed/aborted, 2 bad input,
@@ -265,8 +294,15 @@ def run(
     from bmupgrade.runner import start_run
 
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
-                       from_step=from_step, break_lock=break_lock)
-    _finish(start_run(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra)), session.reporter)
+                       from_step=from_step, break_lock=break_lock, answers=answers, save_answers=save_answers)
+    try:
+        summary = start_run(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra))
+    finally:
+        if save_answers is not None and hasattr(session.prompter, "answers"):
+            session.prompter.answers.runbook = str(runbook)
+            session.prompter.answers.save(save_answers)
+            session.reporter.info(f"Answers saved to {save_answers}; replay with --answers {save_answers}")
+    _finish(summary, session.reporter)
 
 
 @app.command()

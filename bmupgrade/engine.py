@@ -86,6 +86,37 @@ class Engine:
         secrets = [v.value for v in rb.vars.values() if v.secret]
         self.redact = Redactor(secrets)
         self._locked: list[str] = []
+        self._interrupts = 0  # Ctrl-C count during this run
+
+    # ================================================================== Ctrl-C
+    def _on_sigint(self, signum, frame) -> None:
+        """First Ctrl-C: let the running remote command finish, then decide at a safe point.
+        Second: stop at once (the journal keeps the step `started`, so resume asks)."""
+        self._interrupts += 1
+        if self._interrupts == 1:
+            self.reporter.warn("Interrupt: waiting for the running command to finish, then you decide "
+                               "(Ctrl-C again to stop now; the step stays 'started' and resume will ask).")
+            return
+        raise KeyboardInterrupt
+
+    def _checkpoint(self, step: Step | None = None) -> None:
+        """A safe point between commands: act on a pending first Ctrl-C."""
+        if self._interrupts != 1:
+            return
+        self._interrupts = 0
+        if self.prompter.interactive:
+            ctx = FailureContext(step.id if step else "-", step.label if step else "-", [],
+                                 "  Interrupted by Ctrl-C (the last command finished).", "", "",
+                                 self._undo_preview()[0])
+            decision = self.prompter.on_failure(ctx)
+            if decision == ROLLBACK:
+                done = self._rollback()
+                raise Stop(EXIT_FAILED, ROLLED_BACK_RUN if done else FAILED_RUN,
+                           "Interrupted; " + ("rolled back." if done else "rollback incomplete — see above."))
+            if decision in (RETRY, SKIP):
+                return  # carry on (retry = continue where we were)
+        raise Stop(EXIT_INTERRUPTED, INTERRUPTED,
+                   f"Interrupted by Ctrl-C at a safe point; `bmupgrade resume {self.journal.run_id}` continues.")
 
     # ================================================================== rendering
     def render(self, text: str, node: str | None) -> str:
@@ -100,6 +131,13 @@ class Engine:
     def execute(self, *, resuming: bool = False) -> Summary:
         """Run (or resume) to the end or to a stop; always returns a Summary with the exit code."""
         exit_code, status, message = EXIT_OK, SUCCEEDED, "Upgrade complete."
+        import signal
+        import threading
+
+        old_handler = None
+        hard_stop = False
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             self._connect(resuming)
             self._lock_cluster()
@@ -117,13 +155,17 @@ class Engine:
             self._record_facts_quietly("stop")
             self.journal.set_status(status, ended_at=now(), exit={"code": exit_code, "message": message})
         except KeyboardInterrupt:
+            hard_stop = True
             exit_code, status = EXIT_INTERRUPTED, INTERRUPTED
             message = ("Interrupted. A command in flight may still be running on its node (SSH does not "
                        "stop it); its step stays 'started' and resume will ask about it.")
             self.journal.set_status(status, ended_at=now(), exit={"code": exit_code, "message": message})
         finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
             self.reporter.step_end()
-            self._unlock_cluster()
+            if not hard_stop:  # after a second Ctrl-C, leave now: keep the lock
+                self._unlock_cluster()  # (resume of this run takes it over)
         return self.summary(exit_code, status, message)
 
     # ================================================================== connect and lock
@@ -401,6 +443,7 @@ class Engine:
         for seq, step in enumerate(self.rb.steps, 1):
             if self.journal.step(step.id)["state"] in (DONE, SKIPPED):
                 continue
+            self._checkpoint(step)
             self._check_deadline(step)
             if step.manual is not None:
                 self._manual(seq, total, step)
@@ -489,6 +532,7 @@ class Engine:
             self.reporter.step_end()
             if not failures:
                 self._finish(step, nodes)
+                self._checkpoint(step)
                 return
             decision = self._decide(step, failures)
             if decision == RETRY:

@@ -101,6 +101,14 @@ class Plan:
     runbook: Runbook
     actions: list[Action]
     probed_holders: list[str] | None = None  # VIP holders found by --probe, if any
+    deadline: float | None = None  # epoch seconds, if the run has a maintenance-window deadline
+
+    def latest_start(self, a: Action, history: dict[str, float] | None = None) -> float | None:
+        """The engine does not start a step whose timeout (or measured duration) would end past
+        the deadline: this is the last moment it may start."""
+        if self.deadline is None or a.phase != "step" or a.kind != "command" or not a.timeout:
+            return None
+        return self.deadline - (history or {}).get(a.id, a.timeout)
 
     @property
     def ha_window(self) -> tuple[str | None, str | None]:
@@ -191,6 +199,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         },
         "vars": {k: (templating.REDACTED if v.secret else v.value) for k, v in rb.vars.items()},
         "ha_window": dict(zip(("off", "on"), plan.ha_window)),
+        "deadline": _iso(plan.deadline),
         "actions": [
             {
                 "seq": a.seq,
@@ -213,7 +222,16 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "same_on_all_nodes": a.same_on_all_nodes,
                 "capture": a.capture,
                 "severity": a.severity,
+                "latest_start": _iso(plan.latest_start(a)),
             }
             for a in plan.actions
         ],
     }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="minutes")

@@ -12,8 +12,16 @@ from bmupgrade.plan import Action, Plan, plan_json
 from bmupgrade.runbook import format_duration
 
 
-def _flags(a: Action) -> str:
+def _hhmm(epoch: float) -> str:
+    import time
+
+    return time.strftime("%H:%M", time.localtime(epoch))
+
+
+def _flags(a: Action, plan: Plan | None = None) -> str:
     flags = []
+    if plan is not None and (latest := plan.latest_start(a)) is not None:
+        flags.append(f"latest start {_hhmm(latest)}")
     if a.confirm and a.kind != "manual":
         flags.append("confirm")
     if a.parallel:
@@ -79,7 +87,7 @@ def render_text(plan: Plan, console) -> None:
             body = Text()
             body.append(a.title, style="bold")
             body.append(f"  [{a.id}]", style="dim")
-            flags = _flags(a)
+            flags = _flags(a, plan)
             if flags:
                 body.append(f"  ({flags})", style="cyan")
             if a.kind == "manual":
@@ -111,6 +119,9 @@ def render_text(plan: Plan, console) -> None:
     else:
         console.print(f"primary = the node holding {ip}, resolved at run time just before each step; "
                       "secondary = the other node.")
+    if plan.deadline is not None:
+        console.print(f"Deadline {_hhmm(plan.deadline)}: a step is not started unless its timeout (or measured "
+                      "duration) fits; each step shows its latest start.")
     off, on = plan.ha_window
     if off:
         console.print(f"HA handling is off from step '{off}' until step '{on or '(never turned back on!)'}'.")
@@ -143,6 +154,9 @@ def render_markdown(plan: Plan) -> str:
         out.append(f"| `{k}` | `{'***' if v.secret else v.value}`{' — ' + v.description if v.description else ''} |")
     if off:
         out.append(f"| HA handling off | from step `{off}` to step `{on or 'NEVER'}` |")
+    if plan.deadline is not None:
+        out.append(f"| Deadline | {_hhmm(plan.deadline)} — a step is not started unless its timeout fits "
+                   "(see each step's latest start) |")
     out += ["", "`primary` = the node holding the public IP, probed again just before each step "
             "that targets it; `secondary` = the other node.", ""]
 
@@ -156,7 +170,7 @@ def render_markdown(plan: Plan) -> str:
                 out.extend([f"{a.seq}. **{a.title}** (`{a.id}`) — manual, the operator confirms:", "",
                             f"   > {a.text}", "", "   - [ ] done", ""])
                 continue
-            flags = _flags(a)
+            flags = _flags(a, plan)
             out.append(f"{a.seq}. **{a.title}** (`{a.id}`) — on {a.target_text}" + (f"; {flags}" if flags else ""))
             out.append("")
             groups = a.distinct_commands()

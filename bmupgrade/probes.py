@@ -22,9 +22,14 @@ def on_each(nodes: list[str], fn: Callable[[str], T], *, parallel: bool = True) 
     """Call fn(node) for each node, concurrently when asked; results in node order."""
     if not parallel or len(nodes) <= 1:
         return {n: fn(n) for n in nodes}
-    with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="node") as pool:
+    # No `with`: on a second Ctrl-C the main thread must leave at once, not join the workers
+    # (their remote commands go on; the journal says `started`).
+    pool = ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="node")
+    try:
         futures = {n: pool.submit(fn, n) for n in nodes}
         return {n: f.result() for n, f in futures.items()}
+    finally:
+        pool.shutdown(wait=False)
 
 
 @dataclass

@@ -36,11 +36,13 @@ def cluster_id(rb: Runbook) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def missing_acks(rb: Runbook, prompter) -> list[str]:
-    """Manual steps an unattended run has no acknowledgement for (checked before anything)."""
+def missing_answers(rb: Runbook, prompter) -> list[str]:
+    """What an unattended run would need to ask but has no answer for (checked before anything)."""
     if getattr(prompter, "interactive", False):
         return []
-    return [s.id for s in rb.steps if s.manual is not None and not prompter.ack_manual(s.id, s.label, "")]
+    if hasattr(prompter, "missing"):
+        return prompter.missing(rb)
+    return [f"ack {s.id}" for s in rb.steps if s.manual is not None and not prompter.ack_manual(s.id, s.label, "")]
 
 
 def step_history(store: RunStore, rb: Runbook) -> dict[str, float]:
@@ -87,10 +89,12 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
               overrides: dict[str, str] | None = None):
     overrides = overrides or {}
     rb = load_runbook(runbook_path, overrides=overrides, inventory=inventory)
-    missing = missing_acks(rb, session.prompter)
+    missing = missing_answers(rb, session.prompter)
     if missing:
-        raise UsageError("unattended run: the manual step(s) " + ", ".join(missing) + " need the operator's "
-                         f"acknowledgement; after doing them, add --ack {','.join(missing)}. Nothing was changed.")
+        acks = [m.split(" ", 1)[1] for m in missing if m.startswith("ack ")]
+        hint = f" After doing the manual step(s), add --ack {','.join(acks)}." if acks else ""
+        raise UsageError("unattended run: no answer for " + ", ".join(missing) + "." + hint
+                         + " (Or record them with an interactive `--save-answers FILE`.) Nothing was changed.")
     store = RunStore(session.state_dir)
     session.options.history = step_history(store, rb)
     secret_names = {k for k, v in rb.vars.items() if v.secret}

@@ -66,7 +66,7 @@ def test_json_shape_and_secrets(tmp_path):
     dumped = json.dumps(data)
     assert "hunter2secret" not in dumped
     assert data["format"] == "bmupgrade-plan/1"
-    assert set(data) == {"format", "runbook", "cluster", "vars", "ha_window", "actions"}
+    assert set(data) == {"format", "runbook", "cluster", "vars", "ha_window", "deadline", "actions"}
     assert data["vars"]["password"] == "***"
     post = next(a for a in data["actions"] if a["id"] == "post-install")
     assert post["nodes"]["bm1"]["run"] == ["bm-cli setup upgrade --password ***"]
@@ -83,3 +83,14 @@ def test_markdown_is_a_change_ticket():
                    "| HA handling off | from step `ha-off` to step `ha-on` |",
                    "- `post-install`: cannot be undone automatically"):
         assert needle in md, needle
+
+
+def test_deadline_budget_per_step():
+    plan = build_plan(load_runbook(PACEMAKER))
+    plan.deadline = 1_000_000.0
+    data = plan_json(plan)
+    pkg = next(a for a in data["actions"] if a["id"] == "packages")
+    import datetime as dt
+
+    assert dt.datetime.fromisoformat(pkg["latest_start"]).timestamp() == 1_000_000.0 - 45 * 60
+    assert next(a for a in data["actions"] if a["id"] == "backup")["latest_start"] is None
