@@ -87,10 +87,10 @@ def test_markdown_is_a_change_ticket():
 
 def test_deadline_budget_per_step():
     plan = build_plan(load_runbook(PACEMAKER))
-    plan.deadline = 1_000_000.0
+    plan.deadline = 1_000_020.0
     data = plan_json(plan)
     pkg = next(a for a in data["actions"] if a["id"] == "packages")
     import datetime as dt
 
-    assert dt.datetime.fromisoformat(pkg["latest_start"]).timestamp() == 1_000_000.0 - 45 * 60
+    assert dt.datetime.fromisoformat(pkg["latest_start"]).timestamp() == 1_000_020.0 - 45 * 60
     assert next(a for a in data["actions"] if a["id"] == "backup")["latest_start"] is None
