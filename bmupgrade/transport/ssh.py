@@ -367,6 +367,8 @@ class SshTransport:
                     fut.result()
                 except TransportError as e:
                     errors[name] = e
+                except Exception as e:  # a bug, but never leave half-open connections behind
+                    errors[name] = TransportError(name, f"cannot connect: {type(e).__name__}: {_one_line(e)}")
         if errors:
             for n in new:
                 self._close_node(n)
@@ -438,7 +440,12 @@ class SshTransport:
 
     def _open(self, node: _Node) -> None:
         name = node.address.name
-        conn = self._make_connection(node.address)
+        try:
+            conn = self._make_connection(node.address)
+        except TransportError:
+            raise
+        except Exception as e:  # unreadable/invalid ssh config, bad ProxyJump spec...
+            raise TransportError(name, f"cannot use the ssh configuration: {_one_line(e)}") from None
         node.conn = conn
         try:
             conn.open()
@@ -673,7 +680,8 @@ class SshTransport:
         try:
             # --- start: open a session and send the command
             try:
-                chan = t.open_session(timeout=self.keepalive_interval + self.keepalive_timeout)
+                # longer than the watchdog bound: a dead peer is reported as lost, not as "cannot open"
+                chan = t.open_session(timeout=self.keepalive_interval + self.keepalive_timeout + 5)
             except Exception as e:
                 if not t.is_active():
                     self._mark_lost(n, f"connection to {n.where} lost")
