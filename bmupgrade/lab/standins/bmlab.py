@@ -1,0 +1,2262 @@
+#!/usr/bin/env python3
+"""bmlab: the stand-in commands of the bmupgrade lab (one multi-call script).
+
+Installed as `<lab>/bin/bmlab` and symlinked under each command name (`apt-get`, `dpkg-query`,
+`crm_attribute`, `ip`, `systemctl`, `bm-cli`, ...). sshd puts `<lab>/bin` first on PATH and sets
+`BMLAB_NODE_DIR=<lab>/nodes/<name>`, which is how a call knows which simulated node it runs on
+(fallback: the server address in SSH_CONNECTION, 127.0.0.11 = bm1, 127.0.0.12 = bm2).
+
+Every call reads and changes JSON state (`<lab>/nodes/<name>/state.json`, `<lab>/cluster.json`,
+all guarded by one `fcntl.flock` on `<lab>/state.lock`) and is appended to the node's ledger
+(`<lab>/nodes/<name>/ledger.jsonl`). Arguments, output and exit codes follow the real tools
+closely enough that real runbooks run unchanged; unknown options fail loudly with the real
+tool's usage exit code.
+
+Stdlib only, and it must not import bmupgrade: it runs under the sshd session, possibly as
+another user, with the system python. The lab's Python API (bmupgrade.lab.core) loads this same
+file as a module to share the state format, defaults, failover and fault logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+
+FORMAT = 1
+PUBLIC_IP = "192.0.2.10"
+START_VERSION = "4.9.2"
+REPO_VERSIONS = ["4.9.2", "4.9.3"]
+REPO_URL = "https://pkg.bluemind.net/bm/4.9"
+CLUSTER_NAME = "bmcluster"
+PACEMAKER_VERSION = "2.1.5-a3f44794f94"
+
+# bm-full is the meta-package; it pins every other bm-* package to its own version.
+BM_FULL = "bm-full"
+PINNED = ["bm-conf", "bm-core", "bm-elasticsearch", "bm-node", "bm-webmail"]
+BM_PACKAGES = [BM_FULL] + PINNED
+DESCRIPTIONS = {
+    "bm-full": "BlueMind full installation (meta-package)",
+    "bm-conf": "BlueMind configuration",
+    "bm-core": "BlueMind core server",
+    "bm-elasticsearch": "BlueMind Elasticsearch",
+    "bm-node": "BlueMind node agent",
+    "bm-webmail": "BlueMind webmail",
+}
+TRIGGER_PACKAGE = "bm-node"  # its postinst starts bluemind.target, also on the passive node
+UNITS = {
+    "bluemind.target": "BlueMind",
+    "keepalived.service": "LVS and VRRP High Availability Monitor",
+    "pacemaker.service": "Pacemaker High Availability Cluster Manager",
+    "corosync.service": "Corosync Cluster Engine",
+}
+BM_UNITS = ["bm-core", "bm-cyrus-imapd", "bm-elasticsearch", "bm-nginx", "bm-node", "bm-postfix", "bm-webserver"]
+RESOURCES = [  # (id, agent); vip follows cluster["vip"], bluemind follows bluemind.target
+    ("vip", "ocf:heartbeat:IPaddr2"),
+    ("storage", "ocf:heartbeat:Filesystem"),
+    ("bluemind", "systemd:bluemind.target"),
+]
+SYNCED_FILES = [
+    "/etc/aliases",
+    "/etc/aliases.db",
+    "/etc/sysctl.conf",
+    "/etc/ssl/certs/bm_cert.pem",
+    "/var/lib/bm-ca/ca-cert.pem",
+    "/usr/share/bm-elasticsearch/config/elasticsearch.yml",
+]
+DPKG_LOCKS = ["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock"]
+NODE_ADDR = {"bm1": "192.0.2.11", "bm2": "192.0.2.12"}  # "eth0" addresses shown by `ip`
+BOOL_TRUE = {"true", "yes", "y", "on", "1"}
+BOOL_FALSE = {"false", "no", "n", "off", "0"}
+
+
+# --------------------------------------------------------------------------- defaults
+def default_mounts() -> dict:
+    def fs(fstype, source, blocks, used):
+        return {"fstype": fstype, "source": source, "blocks": blocks, "bfree": blocks - used,
+                "bavail": max(0, blocks - used - blocks // 20), "bsize": 4096,
+                "files": blocks // 4, "ffree": blocks // 4 - used // 16}
+    return {
+        "/": fs("ext4", "/dev/vda1", 5242880, 1572864),
+        "/var/spool/cyrus": fs("ext4", "/dev/mapper/shared-cyrus", 26214400, 7864320),
+        "/var/lib/postgresql": fs("ext4", "/dev/mapper/shared-pgsql", 10485760, 3145728),
+    }
+
+
+def default_node_state(name: str, primary: bool) -> dict:
+    return {
+        "format": FORMAT,
+        "name": name,
+        "installed": {p: START_VERSION for p in BM_PACKAGES},
+        "repo_versions": list(REPO_VERSIONS),  # what the repository serves
+        "known_versions": [START_VERSION],  # what apt knows: `apt-get update` refreshes it
+        "cache": [],  # downloaded archives, "pkg=version"
+        "services": {
+            "bluemind.target": "active" if primary else "inactive",
+            "keepalived.service": "active",
+            "pacemaker.service": "active",
+            "corosync.service": "active",
+        },
+        "held": [],
+        "dpkg_lock": None,  # {"pid": int, "command": str, "fault": bool}
+        "half_configured": [],
+        "pending_install": None,  # {"pid": int, "versions": {...}} while apt-get installs
+        "setup_version": START_VERSION,
+        "apt_delays": {"download": 0.0, "install": 0.0},
+        "mounts": default_mounts(),
+        "sudo_password": None,  # None: NOPASSWD
+        "faults": [],  # command faults matched on this node
+    }
+
+
+def default_cluster_state(nodes: list[str]) -> dict:
+    return {
+        "format": FORMAT,
+        "cluster_name": CLUSTER_NAME,
+        "public_ip": PUBLIC_IP,
+        "properties": {  # crm_config; maintenance-mode and stonith-enabled unset = defaults
+            "cluster-infrastructure": "corosync",
+            "cluster-name": CLUSTER_NAME,
+            "dc-version": PACEMAKER_VERSION,
+            "have-watchdog": "false",
+        },
+        "vip": [nodes[0]],  # node(s) holding the public IP (split brain: 2, none: [])
+        "resources": {"storage": [nodes[0]]},
+        "faults": [],  # every fault switched on (for status and `fault clear`)
+        "last_change": time.time(),
+    }
+
+
+def _pem(label: str, seed: str) -> bytes:
+    import base64
+    import hashlib
+    body = b"".join(hashlib.sha256((seed + str(i)).encode()).digest() for i in range(12))
+    b64 = base64.b64encode(body).decode()
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    return ("-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, "\n".join(lines), label)).encode()
+
+
+def synced_file_content(path: str) -> bytes:
+    """The pristine content of a synchronized config file (identical on both nodes)."""
+    if path == "/etc/aliases":
+        return b"# /etc/aliases (managed by BlueMind)\nmailer-daemon: postmaster\npostmaster: root\nroot: admin@example.org\n"
+    if path == "/etc/aliases.db":
+        return b"\x00\x06\x15\x61BDB-hash\x00" + b"postmaster\x00root\x00root\x00admin@example.org\x00" * 4
+    if path == "/etc/sysctl.conf":
+        return b"# BlueMind HA node\nvm.swappiness = 1\nnet.ipv4.ip_nonlocal_bind = 1\nfs.file-max = 500000\n"
+    if path == "/etc/ssl/certs/bm_cert.pem":
+        return _pem("PRIVATE KEY", "bm-key") + _pem("CERTIFICATE", "bm-cert")
+    if path == "/var/lib/bm-ca/ca-cert.pem":
+        return _pem("CERTIFICATE", "bm-ca")
+    if path == "/usr/share/bm-elasticsearch/config/elasticsearch.yml":
+        return b"cluster.name: bluemind\nnode.name: bluemind\npath.data: /var/spool/bm-elasticsearch/data\nnetwork.host: 127.0.0.1\n"
+    raise KeyError(path)
+
+
+def init_node_root(root: str) -> None:
+    """Create a node's filesystem root with the synchronized files and the usual dirs."""
+    for d in ("var/spool/cyrus/meta", "var/spool/cyrus/data", "var/cache/apt/archives/partial",
+              "var/lib/dpkg", "var/lib/bmupgrade", "var/lib/postgresql", "var/lib/apt/lists",
+              "etc/apt/sources.list.d", "etc/nginx/bm-local.d", "tmp"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    for path in SYNCED_FILES:
+        write_file(os.path.join(root, path.lstrip("/")), synced_file_content(path))
+    for lock in DPKG_LOCKS + ["/var/cache/apt/archives/lock"]:
+        write_file(os.path.join(root, lock.lstrip("/")), b"")
+    write_file(os.path.join(root, "etc/apt/sources.list.d/bm.list"),
+               ("deb %s bookworm main\n" % REPO_URL).encode())
+
+
+def write_file(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- state store
+class Store:
+    """JSON state of one lab; every change goes through `txn()` (one flock for the lab)."""
+
+    def __init__(self, lab_dir: str):
+        self.lab = os.path.abspath(lab_dir)
+
+    def node_dir(self, name: str) -> str:
+        return os.path.join(self.lab, "nodes", name)
+
+    def node_root(self, name: str) -> str:
+        return os.path.join(self.lab, "nodes", name, "root")
+
+    def ledger_path(self, name: str) -> str:
+        return os.path.join(self.lab, "nodes", name, "ledger.jsonl")
+
+    def _read(self, path: str) -> dict:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def _write(self, path: str, data: dict) -> None:
+        write_file(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+    def meta(self) -> dict:
+        return self._read(os.path.join(self.lab, "lab.json"))
+
+    def node_names(self) -> list[str]:
+        return sorted(self.meta()["nodes"])
+
+    def read_node(self, name: str) -> dict:
+        return self._read(os.path.join(self.node_dir(name), "state.json"))
+
+    def read_cluster(self) -> dict:
+        return self._read(os.path.join(self.lab, "cluster.json"))
+
+    @contextlib.contextmanager
+    def locked(self):
+        fd = os.open(os.path.join(self.lab, "state.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    @contextlib.contextmanager
+    def txn(self):
+        with self.locked():
+            tx = Txn(self)
+            yield tx
+            tx.commit()
+
+
+class Txn:
+    def __init__(self, store: Store):
+        self.store = store
+        self._nodes: dict[str, tuple[str, dict]] = {}
+        self._cluster: tuple[str, dict] | None = None
+
+    def node(self, name: str) -> dict:
+        if name not in self._nodes:
+            d = self.store.read_node(name)
+            self._nodes[name] = (json.dumps(d, sort_keys=True), d)
+        return self._nodes[name][1]
+
+    def cluster(self) -> dict:
+        if self._cluster is None:
+            d = self.store.read_cluster()
+            self._cluster = (json.dumps(d, sort_keys=True), d)
+        return self._cluster[1]
+
+    def node_names(self) -> list[str]:
+        return self.store.node_names()
+
+    def commit(self) -> None:
+        for name, (before, d) in self._nodes.items():
+            if json.dumps(d, sort_keys=True) != before:
+                self.store._write(os.path.join(self.store.node_dir(name), "state.json"), d)
+        if self._cluster is not None:
+            before, d = self._cluster
+            if json.dumps(d, sort_keys=True) != before:
+                d["last_change"] = time.time()
+                self.store._write(os.path.join(self.store.lab, "cluster.json"), d)
+
+
+# --------------------------------------------------------------------------- shared logic
+def pid_alive(pid) -> bool:
+    """True when pid is a live (non-zombie) process."""
+    try:
+        with open("/proc/%d/stat" % int(pid)) as f:
+            data = f.read()
+    except (OSError, ValueError, TypeError):
+        return False
+    return data.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def sshd_pid(store: Store, name: str) -> int | None:
+    """The pid of a node's sshd listener, or None when the node is down (stale pid files ignored)."""
+    try:
+        with open(os.path.join(store.node_dir(name), "sshd.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return None
+    cfg = os.path.join(store.node_dir(name), "sshd_config").encode()
+    return pid if b"sshd" in cmd and cfg in cmd else None
+
+
+def node_online(store: Store, tx: Txn, name: str) -> bool:
+    """In the cluster's eyes: the machine is up (sshd runs) and pacemaker + corosync are active."""
+    svc = tx.node(name)["services"]
+    return (sshd_pid(store, name) is not None and svc.get("pacemaker.service") == "active"
+            and svc.get("corosync.service") == "active")
+
+
+def resource_nodes(tx: Txn, rid: str) -> list[str]:
+    c = tx.cluster()
+    if rid == "vip":
+        return list(c["vip"])
+    if rid == "bluemind":
+        return [n for n in tx.node_names() if tx.node(n)["services"].get("bluemind.target") == "active"]
+    return list(c["resources"].get(rid, []))
+
+
+def failover(tx: Txn, to: str | None = None) -> str:
+    """Move the VIP, the storage and BlueMind to `to` (default: away from the current holder)."""
+    names = tx.node_names()
+    c = tx.cluster()
+    if to is None:
+        current = (c["vip"] or c["resources"].get("storage") or [names[0]])[0]
+        others = [n for n in names if n != current]
+        to = others[0] if others else current
+    if to not in names:
+        raise ValueError("unknown node %r (nodes: %s)" % (to, ", ".join(names)))
+    c["vip"] = [to]
+    c["resources"]["storage"] = [to]
+    for n in names:
+        tx.node(n)["services"]["bluemind.target"] = "active" if n == to else "inactive"
+    return to
+
+
+def command_matches(pattern, argv: list[str]) -> bool:
+    """A fault's command matches when its first word is the command and its other words appear
+    in the arguments in the same order (options in between are ignored)."""
+    words = pattern.split() if isinstance(pattern, str) else list(pattern)
+    if not words or not argv or os.path.basename(words[0]) != os.path.basename(argv[0]):
+        return False
+    it = iter(argv[1:])
+    return all(any(w == a for a in it) for w in words[1:])
+
+
+def vcmp(a: str, b: str) -> int:
+    """Debian version comparison (epoch:upstream-revision), returns -1, 0 or 1."""
+    def split(v):
+        epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
+        up, _, rev = rest.rpartition("-") if "-" in rest else (rest, "", "0")
+        return int(epoch or 0), up, rev
+
+    def order(ch):
+        if ch == "~":
+            return -1
+        if ch.isalpha():
+            return ord(ch)
+        return ord(ch) + 256
+
+    def cmp_part(x, y):
+        while x or y:
+            nx = ""
+            while x and not x[0].isdigit():
+                nx, x = nx + x[0], x[1:]
+            ny = ""
+            while y and not y[0].isdigit():
+                ny, y = ny + y[0], y[1:]
+            for i in range(max(len(nx), len(ny)) + 1):
+                ox = order(nx[i]) if i < len(nx) else 0
+                oy = order(ny[i]) if i < len(ny) else 0
+                if ox != oy:
+                    return -1 if ox < oy else 1
+            dx = ""
+            while x and x[0].isdigit():
+                dx, x = dx + x[0], x[1:]
+            dy = ""
+            while y and y[0].isdigit():
+                dy, y = dy + y[0], y[1:]
+            if int(dx or 0) != int(dy or 0):
+                return -1 if int(dx or 0) < int(dy or 0) else 1
+        return 0
+
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    if ea != eb:
+        return -1 if ea < eb else 1
+    return cmp_part(ua, ub) or cmp_part(ra, rb)
+
+
+def vmax(versions) -> str | None:
+    best = None
+    for v in versions:
+        if best is None or vcmp(v, best) > 0:
+            best = v
+    return best
+
+
+def broken_packages(st: dict) -> list[str]:
+    """Half-configured packages, including those of an apt-get that died mid-install."""
+    out = list(st.get("half_configured") or [])
+    p = st.get("pending_install")
+    if p and not (p.get("pid") != os.getpid() and pid_alive(p.get("pid"))):
+        out += [x for x in p["versions"] if x not in out]
+    return out
+
+
+def lock_holder(st: dict) -> dict | None:
+    h = st.get("dpkg_lock")
+    if h and (h.get("fault") or (h.get("pid") != os.getpid() and pid_alive(h.get("pid")))):
+        return h
+    return None
+
+
+def stat_fstype(fstype: str) -> str:
+    return {"ext4": "ext2/ext3", "ext3": "ext2/ext3", "ext2": "ext2/ext3", "nfs4": "nfs"}.get(fstype, fstype)
+
+
+def mount_for(st: dict, path: str) -> tuple[str, dict]:
+    path = os.path.normpath(path)
+    best = "/"
+    for m in st["mounts"]:
+        if (path == m or path.startswith(m.rstrip("/") + "/")) and len(m) > len(best):
+            best = m
+    return best, st["mounts"][best]
+
+
+# --------------------------------------------------------------------------- faults (state part)
+COMMAND_FAULTS = {"fail", "hang", "drop", "vip-move"}
+
+
+def set_fault(tx: Txn, name: str, nodes: list[str], opts: dict) -> None:
+    """Switch a fault on in the state (node-down is process control, done by the lab itself)."""
+    c = tx.cluster()
+    names = tx.node_names()
+    record = {"name": name, "nodes": nodes, "options": dict(opts), "at": time.time()}
+    if name in COMMAND_FAULTS:
+        f = {"kind": name, "command": opts.get("command"), "remaining": opts.get("times")}
+        if name == "fail":
+            f.update(exit_code=int(opts.get("exit_code", 1)), message=opts.get("message"))
+        elif name == "hang":
+            f.update(seconds=float(opts.get("seconds", 30)))
+        elif name == "drop":
+            f.update(when=opts.get("when", "after"))
+        elif name == "vip-move":
+            f.update(to=opts.get("to"))
+        for n in nodes:
+            tx.node(n)["faults"].append(dict(f))
+    elif name == "slow-apt":
+        for n in nodes:
+            d = tx.node(n)["apt_delays"]
+            if "download" in opts:
+                d["download"] = float(opts["download"])
+            if "install" in opts:
+                d["install"] = float(opts["install"])
+    elif name == "split-brain":
+        c["vip"] = list(names)
+    elif name == "no-vip":
+        c["vip"] = []
+    elif name == "stonith-disabled":
+        c["properties"]["stonith-enabled"] = "false"
+    elif name == "nfs-meta":
+        for n in nodes:
+            tx.node(n)["mounts"]["/var/spool/cyrus/meta"] = {
+                "fstype": "nfs4", "source": "nas.example.org:/export/cyrus-meta", "blocks": 26214400,
+                "bfree": 20000000, "bavail": 20000000, "bsize": 4096, "files": 6553600, "ffree": 6000000}
+    elif name == "config-drift":
+        path = opts.get("file", "/etc/aliases")
+        for n in nodes:
+            p = os.path.join(tx.store.node_root(n), path.lstrip("/"))
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""
+            write_file(p, data + ("# edited by hand on %s only\n" % n).encode())
+    elif name == "half-configured":
+        for n in nodes:
+            hc = tx.node(n)["half_configured"]
+            pkg = opts.get("package", "bm-core")
+            if pkg not in hc:
+                hc.append(pkg)
+    elif name == "dpkg-lock":
+        for n in nodes:
+            tx.node(n)["dpkg_lock"] = {"pid": int(opts.get("pid", 4242)),
+                                       "command": opts.get("process", "unattended-upgr"), "fault": True}
+    elif name == "held-package":
+        for n in nodes:
+            held = tx.node(n)["held"]
+            if opts.get("package", "bm-core") not in held:
+                held.append(opts.get("package", "bm-core"))
+    elif name == "node-down":
+        pass  # the lab stops the node's sshd; recorded here for status and clear
+    else:
+        raise ValueError("unknown fault %r" % name)
+    c["faults"].append(record)
+
+
+def clear_faults(tx: Txn) -> list[dict]:
+    """Undo every fault switched on; returns the records (the lab restarts downed nodes)."""
+    c = tx.cluster()
+    records = list(c["faults"])
+    for n in tx.node_names():
+        tx.node(n)["faults"] = []
+    for r in records:
+        name, nodes, opts = r["name"], r["nodes"], r["options"]
+        if name == "slow-apt":
+            for n in nodes:
+                tx.node(n)["apt_delays"] = {"download": 0.0, "install": 0.0}
+        elif name in ("split-brain", "no-vip"):
+            c["vip"] = list(c["resources"].get("storage") or tx.node_names()[:1])
+        elif name == "stonith-disabled":
+            c["properties"].pop("stonith-enabled", None)
+        elif name == "nfs-meta":
+            for n in nodes:
+                tx.node(n)["mounts"].pop("/var/spool/cyrus/meta", None)
+        elif name == "config-drift":
+            path = opts.get("file", "/etc/aliases")
+            for n in nodes:
+                p = os.path.join(tx.store.node_root(n), path.lstrip("/"))
+                try:
+                    write_file(p, synced_file_content(path))
+                except KeyError:  # not a known synced file: copy it from another node
+                    for other in tx.node_names():
+                        if other not in nodes:
+                            with open(os.path.join(tx.store.node_root(other), path.lstrip("/")), "rb") as f:
+                                write_file(p, f.read())
+                            break
+        elif name == "half-configured":
+            for n in nodes:
+                tx.node(n)["half_configured"] = []
+                tx.node(n)["pending_install"] = None
+        elif name == "dpkg-lock":
+            for n in nodes:
+                tx.node(n)["dpkg_lock"] = None
+        elif name == "held-package":
+            for n in nodes:
+                held = tx.node(n)["held"]
+                if opts.get("package", "bm-core") in held:
+                    held.remove(opts.get("package", "bm-core"))
+    c["faults"] = []
+    return records
+
+
+# --------------------------------------------------------------------------- command runtime
+class Exit(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+class Signalled(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Ctx:
+    def __init__(self, lab_dir: str, node: str, argv: list[str]):
+        self.store = Store(lab_dir)
+        self.lab = self.store.lab
+        self.node = node
+        self.node_dir = self.store.node_dir(node)
+        self.root = self.store.node_root(node)
+        self.argv = argv
+        self.notes: dict = {}
+        self.registered = False
+
+    # output
+    def out(self, text: str = "", end: str = "\n") -> None:
+        sys.stdout.write(text + end)
+
+    def err(self, text: str = "", end: str = "\n") -> None:
+        sys.stderr.write(text + end)
+
+    def die(self, code: int, msg: str | None = None):
+        if msg:
+            self.err(msg)
+        raise Exit(code)
+
+    # state
+    def state(self) -> dict:
+        return self.store.read_node(self.node)
+
+    def txn(self):
+        return self.store.txn()
+
+    def map(self, path: str) -> str:
+        """Absolute node paths live under the node's root; lab paths are left alone."""
+        if os.path.isabs(path) and not (path == self.lab or path.startswith(self.lab + "/")):
+            return self.root + os.path.normpath(path) if path != "/" else self.root + "/"
+        return path
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, registered in <node>/run/ so `lab down` can find and stop a sleeping call."""
+        if seconds <= 0:
+            return
+        if not self.registered:
+            run = os.path.join(self.node_dir, "run")
+            os.makedirs(run, exist_ok=True)
+            with open(os.path.join(run, str(os.getpid())), "w") as f:
+                f.write(" ".join(self.argv))
+            self.registered = True
+        time.sleep(seconds)
+
+    def unregister(self) -> None:
+        if self.registered:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.node_dir, "run", str(os.getpid())))
+
+    def other_nodes(self) -> list[str]:
+        return [n for n in self.store.node_names() if n != self.node]
+
+    def resolve_host(self, host: str) -> str | None:
+        host = host.rsplit("@", 1)[-1].strip("[]")
+        meta = self.store.meta()
+        for n, info in meta["nodes"].items():
+            if host in (n, info.get("host"), NODE_ADDR.get(n), n + ".example.org"):
+                return n
+        return None
+
+    def user(self) -> str:
+        try:
+            import pwd
+            return pwd.getpwuid(os.getuid()).pw_name
+        except (KeyError, ImportError):
+            return str(os.getuid())
+
+
+def getopts(ctx: Ctx, args, short: str, long: list[str], usage):
+    """GNU-style option parsing; `usage(bad_option)` prints the tool's error and raises Exit."""
+    import getopt
+    try:
+        return getopt.gnu_getopt(args, short, long)
+    except getopt.GetoptError as e:
+        usage(e.opt or e.msg, e.msg)
+        raise Exit(2)
+
+
+# --------------------------------------------------------------------------- apt-get
+APT_LONG = ["yes", "assume-yes", "assume-no", "quiet", "simulate", "just-print", "dry-run",
+            "recon", "no-act", "download-only", "allow-downgrades", "allow-change-held-packages",
+            "allow-remove-essential", "no-install-recommends", "install-recommends",
+            "fix-broken", "fix-missing", "reinstall", "only-upgrade", "force-yes",
+            "allow-unauthenticated", "print-uris", "option=", "target-release=",
+            "default-release=", "config-file=", "show-upgraded", "verbose-versions",
+            "no-download", "ignore-missing", "purge", "auto-remove", "autoremove",
+            "no-upgrade", "show-progress", "with-new-pkgs"]
+
+
+def apt_usage_error(ctx, opt, _msg=None):
+    opt = opt.lstrip("-")
+    if len(opt) == 1:
+        ctx.err("E: Command line option '%s' [from -%s] is not understood in combination with the other options." % (opt, opt))
+    else:
+        ctx.err("E: Command line option --%s is not understood in combination with the other options" % opt)
+    raise Exit(100)
+
+
+class AptOpts:
+    def __init__(self):
+        self.quiet = 0
+        self.yes = False
+        self.simulate = False
+        self.download_only = False
+        self.allow_downgrades = False
+        self.allow_held = False
+        self.lock_timeout = 0.0
+        self.options: list[str] = []
+
+
+def parse_apt(ctx: Ctx, args: list[str], tool="apt-get"):
+    o = AptOpts()
+    pre = []
+    for a in args:  # -q=2 / --quiet=2 are not getopt-friendly
+        if a.startswith("-q=") or a.startswith("--quiet="):
+            try:
+                o.quiet = int(a.split("=", 1)[1])
+            except ValueError:
+                apt_usage_error(ctx, "q")
+            continue
+        pre.append(a)
+    opts, rest = getopts(ctx, pre, "yqsdfmVho:t:c:", APT_LONG, lambda opt, m: apt_usage_error(ctx, opt))
+    for k, v in opts:
+        if k in ("-y", "--yes", "--assume-yes", "--force-yes"):
+            o.yes = True
+        elif k in ("-q", "--quiet"):
+            o.quiet += 1
+        elif k in ("-s", "--simulate", "--just-print", "--dry-run", "--recon", "--no-act"):
+            o.simulate = True
+        elif k in ("-d", "--download-only"):
+            o.download_only = True
+        elif k == "--allow-downgrades":
+            o.allow_downgrades = True
+        elif k == "--allow-change-held-packages":
+            o.allow_held = True
+        elif k in ("-o", "--option"):
+            if "=" not in v:
+                ctx.die(100, "E: Missing the equals sign in option %s" % v)
+            name, val = v.split("=", 1)
+            o.options.append(v)
+            low = name.lower()
+            if low == "dpkg::lock::timeout":
+                try:
+                    o.lock_timeout = float(val)
+                except ValueError:
+                    ctx.die(100, "E: Option %s: Configuration item specification must have an =<val>." % v)
+            elif low == "apt::get::assume-yes" and val.lower() in BOOL_TRUE:
+                o.yes = True
+            elif low in ("apt::get::simulate",) and val.lower() in BOOL_TRUE:
+                o.simulate = True
+            elif low == "apt::get::download-only" and val.lower() in BOOL_TRUE:
+                o.download_only = True
+    if o.quiet >= 2:
+        o.yes = True  # apt: -qq implies -y
+    return o, rest
+
+
+def cmd_apt_get(ctx: Ctx, args):
+    o, rest = parse_apt(ctx, args)
+    if not rest:
+        ctx.out("apt 2.6.1 (amd64)\nUsage: apt-get [options] command\n       apt-get [options] install|remove pkg1 [pkg2 ...]")
+        return 1
+    op, pkgs = rest[0], rest[1:]
+    if op == "update":
+        return apt_update(ctx, o)
+    if op in ("install", "upgrade", "dist-upgrade", "full-upgrade"):
+        return apt_install(ctx, o, op, pkgs)
+    if op in ("clean", "autoclean"):
+        with ctx.txn() as tx:
+            tx.node(ctx.node)["cache"] = []
+        arch = os.path.join(ctx.root, "var/cache/apt/archives")
+        for f in os.listdir(arch):
+            if f.endswith(".deb"):
+                os.unlink(os.path.join(arch, f))
+        return 0
+    if op == "check":
+        st = ctx.state()
+        if broken_packages(st):
+            ctx.die(100, "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem. ")
+        if o.quiet < 2:
+            ctx.out("Reading package lists...\nBuilding dependency tree...\nReading state information...")
+        return 0
+    ctx.die(100, "E: Invalid operation %s" % op)
+
+
+def apt_update(ctx: Ctx, o: AptOpts):
+    with ctx.txn() as tx:
+        st = tx.node(ctx.node)
+        st["known_versions"] = list(st["repo_versions"])
+    if o.quiet < 2:
+        ctx.out("Hit:1 http://deb.debian.org/debian bookworm InRelease")
+        ctx.out("Hit:2 http://security.debian.org/debian-security bookworm-security InRelease")
+        ctx.out("Get:3 %s bookworm InRelease [3,174 B]" % REPO_URL)
+        ctx.out("Get:4 %s bookworm/main amd64 Packages [12.6 kB]" % REPO_URL)
+        ctx.out("Fetched 15.8 kB in 0s (%s kB/s)" % "63.2")
+        ctx.out("Reading package lists...")
+    return 0
+
+
+def pkg_size(p):
+    return 1000 + 97 * len(p) * (len(p) % 7 + 3)
+
+
+def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
+    st = ctx.state()
+    quiet = o.quiet
+    if broken_packages(st):
+        ctx.die(100, "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem. ")
+    known = st["known_versions"]
+    candidate = vmax(known)
+    installed = st["installed"]
+    requested: dict[str, str] = {}
+    if op == "install":
+        if not pkgs:
+            ctx.out("Reading package lists...") if quiet < 2 else None
+            ctx.out("Building dependency tree...\nReading state information...") if quiet < 2 else None
+            ctx.out("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
+            return 0
+        for spec in pkgs:
+            name, _, ver = spec.partition("=")
+            name = name.split("/", 1)[0]
+            if quiet < 2 and not requested:
+                ctx.out("Reading package lists...\nBuilding dependency tree...\nReading state information...")
+            if name not in BM_PACKAGES:
+                ctx.die(100, "E: Unable to locate package %s" % name)
+            if ver and ver not in known:
+                ctx.die(100, "E: Version '%s' for '%s' was not found" % (ver, name))
+            requested[name] = ver or candidate
+    else:
+        if quiet < 2:
+            ctx.out("Reading package lists...\nBuilding dependency tree...\nReading state information...\nCalculating upgrade...")
+    # resolve: bm-full pins every bm-* package to its own version
+    targets = dict(installed)
+    full = requested.get(BM_FULL, candidate if op != "install" else installed.get(BM_FULL))
+    for p in BM_PACKAGES:
+        if op != "install" or BM_FULL in requested:
+            targets[p] = full
+    for p, v in requested.items():
+        if p != BM_FULL and v != full:
+            ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
+            ctx.out("The following packages have unmet dependencies:")
+            ctx.out(" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, v))
+            ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
+        targets[p] = v
+    changes = {p: (installed.get(p), v) for p, v in targets.items() if installed.get(p) != v}
+    held_changed = [p for p in changes if p in st["held"]]
+    if held_changed:
+        not_asked = [p for p in held_changed if p not in requested]
+        if not_asked or op != "install":
+            if op != "install":
+                ctx.out("The following packages have been kept back:\n  %s" % " ".join(sorted(changes)))
+                ctx.out("0 upgraded, 0 newly installed, 0 to remove and %d not upgraded." % len(changes))
+                return 0
+            ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
+            ctx.out("The following packages have unmet dependencies:")
+            for p in not_asked:
+                ctx.out(" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, installed.get(p)))
+            ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
+    downgrades = sorted(p for p, (old, new) in changes.items() if old and vcmp(new, old) < 0)
+    upgrades = sorted(p for p in changes if p not in downgrades)
+    if not changes:
+        for p in requested:
+            ctx.out("%s is already the newest version (%s)." % (p, installed[p]))
+        ctx.out("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
+        return 0
+    if upgrades:
+        ctx.out("The following packages will be upgraded:\n  %s" % " ".join(upgrades))
+    if downgrades:
+        ctx.out("The following packages will be DOWNGRADED:\n  %s" % " ".join(downgrades))
+    if held_changed:
+        ctx.out("The following held packages will be changed:\n  %s" % " ".join(sorted(held_changed)))
+    ctx.out("%d upgraded, 0 newly installed, %d downgraded, 0 to remove and 0 not upgraded." % (len(upgrades), len(downgrades)))
+    if o.simulate:
+        for p in sorted(changes):
+            old, new = changes[p]
+            ctx.out("Inst %s [%s] (%s BlueMind:4.9/bookworm [all])" % (p, old, new))
+        for p in sorted(changes):
+            ctx.out("Conf %s (%s BlueMind:4.9/bookworm [all])" % (p, changes[p][1]))
+        return 0
+    if held_changed and o.yes and not o.allow_held:
+        ctx.die(100, "E: Held packages were changed and -y was used without --allow-change-held-packages.")
+    if downgrades and o.yes and not o.allow_downgrades:
+        ctx.die(100, "E: Packages were downgraded and -y was used without --allow-downgrades.")
+    to_fetch = [p for p in sorted(changes) if "%s=%s" % (p, changes[p][1]) not in st["cache"]]
+    size = sum(pkg_size(p) for p in to_fetch)
+    if to_fetch:
+        ctx.out("Need to get %s kB of archives." % format(size, ","))
+    ctx.out("After this operation, 0 B of additional disk space will be used.")
+    need_prompt = bool(set(changes) - set(requested)) or bool(downgrades) or bool(held_changed) or op != "install"
+    if need_prompt and not o.yes:
+        ctx.out("Do you want to continue? [Y/n] ", end="")
+        sys.stdout.flush()
+        answer = sys.stdin.readline()
+        if not answer or answer.strip().lower() not in ("", "y", "yes"):
+            ctx.out("Abort.")
+            return 1
+    got_lock = False
+    try:
+        if not o.download_only:
+            apt_lock(ctx, o)
+            got_lock = True
+        if to_fetch:
+            for i, p in enumerate(to_fetch, 1):
+                ctx.out("Get:%d %s bookworm/main amd64 %s all %s [%s kB]" % (i, REPO_URL, p, changes[p][1], format(pkg_size(p), ",")))
+            sys.stdout.flush()
+            ctx.sleep(float(st["apt_delays"].get("download", 0)))
+            with ctx.txn() as tx:
+                cache = tx.node(ctx.node)["cache"]
+                for p in to_fetch:
+                    key = "%s=%s" % (p, changes[p][1])
+                    if key not in cache:
+                        cache.append(key)
+            for p in to_fetch:
+                write_file(os.path.join(ctx.root, "var/cache/apt/archives/%s_%s_all.deb" % (p, changes[p][1])), b"!<arch>\n")
+            ctx.out("Fetched %s kB in 0s (%s kB/s)" % (format(size, ","), format(size * 4, ",")))
+        if o.download_only:
+            ctx.out("Download complete and in download only mode")
+            return 0
+        with ctx.txn() as tx:
+            tx.node(ctx.node)["pending_install"] = {"pid": os.getpid(), "versions": {p: changes[p][1] for p in changes}}
+        if quiet < 1:
+            ctx.out("(Reading database ... 61234 files and directories currently installed.)")
+        for p in sorted(changes):
+            old, new = changes[p]
+            ctx.out("Preparing to unpack .../%s_%s_all.deb ..." % (p, new))
+            ctx.out("Unpacking %s (%s) over (%s) ..." % (p, new, old))
+        sys.stdout.flush()
+        ctx.sleep(float(st["apt_delays"].get("install", 0)))
+        with ctx.txn() as tx:
+            node = tx.node(ctx.node)
+            node["installed"].update({p: changes[p][1] for p in changes})
+            node["pending_install"] = None
+            triggered = TRIGGER_PACKAGE in changes
+            if triggered:
+                node["services"]["bluemind.target"] = "active"
+        for p in sorted(changes):
+            ctx.out("Setting up %s (%s) ..." % (p, changes[p][1]))
+        if triggered:
+            ctx.out("Processing triggers for %s (%s) ..." % (TRIGGER_PACKAGE, changes[TRIGGER_PACKAGE][1]))
+            ctx.out("Starting bluemind.target (bm-node postinst)...")
+            ctx.notes["trigger"] = "bluemind.target started"
+        return 0
+    finally:
+        if got_lock:
+            apt_unlock(ctx)
+
+
+def apt_lock(ctx: Ctx, o: AptOpts):
+    deadline = time.time() + o.lock_timeout
+    waited = False
+    while True:
+        with ctx.txn() as tx:
+            st = tx.node(ctx.node)
+            holder = lock_holder(st)
+            if holder is None:
+                st["dpkg_lock"] = {"pid": os.getpid(), "command": "apt-get", "fault": False}
+                return
+        msg = "Could not get lock /var/lib/dpkg/lock-frontend. It is held by process %d (%s)" % (holder["pid"], holder["command"])
+        if time.time() >= deadline:
+            if waited:
+                ctx.err("")
+            ctx.err("E: " + msg)
+            ctx.err("N: Be aware that removing the lock file is not a solution and may break your system.")
+            ctx.die(100, "E: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), is another process using it?")
+        if not waited:
+            ctx.err("Waiting for cache lock: %s..." % msg)
+            waited = True
+        ctx.sleep(min(0.5, max(0.05, deadline - time.time())))
+
+
+def apt_unlock(ctx: Ctx):
+    with ctx.txn() as tx:
+        st = tx.node(ctx.node)
+        h = st.get("dpkg_lock")
+        if h and not h.get("fault") and h.get("pid") == os.getpid():
+            st["dpkg_lock"] = None
+
+
+# --------------------------------------------------------------------------- apt-cache / apt-mark
+def cmd_apt_cache(ctx: Ctx, args):
+    o, rest = parse_apt(ctx, args, "apt-cache")
+    if not rest:
+        ctx.out("apt 2.6.1 (amd64)\nUsage: apt-cache [options] command")
+        return 1
+    op, pkgs = rest[0], rest[1:]
+    st = ctx.state()
+    known = sorted(st["known_versions"], key=_vkey, reverse=True)
+    if op == "policy":
+        if not pkgs:
+            ctx.out("Package files:\n 100 /var/lib/dpkg/status\n     release a=now")
+            ctx.out(" 500 %s bookworm/main amd64 Packages\n     release o=BlueMind,a=bookworm,n=bookworm,c=main,b=amd64" % REPO_URL)
+            ctx.out("Pinned packages:")
+            return 0
+        for p in pkgs:
+            if p not in BM_PACKAGES:
+                ctx.err("N: Unable to locate package %s" % p)
+                continue
+            inst = st["installed"].get(p)
+            ctx.out("%s:\n  Installed: %s\n  Candidate: %s\n  Version table:" % (p, inst or "(none)", known[0] if known else "(none)"))
+            versions = sorted(set(known) | ({inst} if inst else set()), key=_vkey, reverse=True)
+            for v in versions:
+                ctx.out(" %s %s %d" % ("***" if v == inst else "   ", v, 500 if v in known else 100))
+                if v in known:
+                    ctx.out("        500 %s bookworm/main amd64 Packages" % REPO_URL)
+                if v == inst:
+                    ctx.out("        100 /var/lib/dpkg/status")
+        return 0
+    if op == "madison":
+        for p in pkgs:
+            if p not in BM_PACKAGES:
+                ctx.err("N: Unable to locate package %s" % p)
+                continue
+            for v in known:
+                ctx.out("%10s | %10s | %s bookworm/main amd64 Packages" % (p, v, REPO_URL))
+        return 0
+    if op in ("show", "showpkg"):
+        for p in pkgs:
+            if p not in BM_PACKAGES:
+                ctx.die(100, "E: No packages found")
+            for v in known:
+                ctx.out("Package: %s\nVersion: %s\nArchitecture: all\nDescription: %s\n" % (p, v, DESCRIPTIONS[p]))
+        return 0
+    ctx.die(100, "E: Invalid operation %s" % op)
+
+
+def _vkey(v):
+    import functools
+    return functools.cmp_to_key(vcmp)(v)
+
+
+def cmd_apt_mark(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "qsf:", ["quiet", "simulate", "file="], lambda opt, m: apt_usage_error(ctx, opt))
+    if not rest:
+        ctx.out("apt 2.6.1 (amd64)\nUsage: apt-mark [options] {auto|manual} pkg1 [pkg2 ...]")
+        return 1
+    op, pkgs = rest[0], rest[1:]
+    if op == "showhold":
+        for p in sorted(ctx.state()["held"]):
+            ctx.out(p)
+        return 0
+    if op in ("hold", "unhold"):
+        if not pkgs:
+            ctx.die(100, "E: No packages found")
+        with ctx.txn() as tx:
+            held = tx.node(ctx.node)["held"]
+            for p in pkgs:
+                if p not in BM_PACKAGES:
+                    ctx.die(100, "E: Unable to locate package %s" % p)
+            for p in pkgs:
+                if op == "hold":
+                    if p in held:
+                        ctx.out("%s was already set on hold." % p)
+                    else:
+                        held.append(p)
+                        ctx.out("%s set on hold." % p)
+                else:
+                    if p in held:
+                        held.remove(p)
+                        ctx.out("Canceled hold on %s." % p)
+                    else:
+                        ctx.out("%s was already not on hold." % p)
+        return 0
+    if op in ("showmanual", "showauto"):
+        if op == "showmanual":
+            ctx.out(BM_FULL)
+        else:
+            for p in PINNED:
+                ctx.out(p)
+        return 0
+    ctx.die(100, "E: Invalid operation %s" % op)
+
+
+# --------------------------------------------------------------------------- dpkg-query / dpkg
+def dpkg_fields(st, p):
+    v = st["installed"].get(p)
+    broken = p in broken_packages(st)
+    status = "install ok half-configured" if broken else "install ok installed"
+    want = "h" if p in st["held"] else "i"
+    if p in st["held"]:
+        status = status.replace("install", "hold", 1)
+    return {"Package": p, "binary:Package": p, "Version": v or "", "Status": status,
+            "db:Status-Abbrev": want + ("F" if broken else "i") + " ", "Architecture": "all",
+            "Maintainer": "BlueMind <contact@bluemind.net>", "Description": DESCRIPTIONS.get(p, ""),
+            "db:Status-Status": "half-configured" if broken else "installed", "Section": "misc",
+            "Priority": "optional", "Installed-Size": str(pkg_size(p) * 3)}
+
+
+def format_fields(fmt: str, fields: dict) -> str:
+    import re
+    fmt = fmt.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\")
+
+    def sub(m):
+        name, _, width = m.group(1).partition(";")
+        val = fields.get(name, "")
+        if width:
+            w = int(width)
+            val = val.rjust(-w) if w < 0 else val.ljust(w)
+        return val
+    return re.sub(r"\$\{([^}]+)\}", sub, fmt)
+
+
+def dpkg_query_usage(ctx, opt, msg=None, prog="dpkg-query"):
+    ctx.err("%s: error: unknown option %s\n\nUse --help for help about querying packages." % (prog, opt if opt.startswith("-") else ("-" + opt if len(opt) == 1 else "--" + opt)))
+    raise Exit(2)
+
+
+def cmd_dpkg_query(ctx: Ctx, args, prog="dpkg-query"):
+    # dpkg's own parser accepts -f=FORMAT (the '=' is not part of the value)
+    args = [x for a in args for x in (["-f", a[3:]] if a.startswith("-f=") else [a])]
+    opts, rest = getopts(ctx, args, "Wf:slLS", ["show", "showformat=", "status", "list", "listfiles", "search", "admindir=", "no-pager"],
+                         lambda opt, m: dpkg_query_usage(ctx, opt, m, prog))
+    action, fmt = None, "${binary:Package}\t${Version}\n"
+    for k, v in opts:
+        if k in ("-W", "--show"):
+            action = "show"
+        elif k in ("-f", "--showformat"):
+            fmt = v
+        elif k in ("-s", "--status"):
+            action = "status"
+        elif k in ("-l", "--list"):
+            action = "list"
+        elif k in ("-L", "--listfiles", "-S", "--search"):
+            ctx.die(2, "%s: error: %s is not supported in the bmupgrade lab" % (prog, k))
+    if action is None:
+        ctx.die(2, "%s: error: need an action option\n\nUse --help for help about querying packages." % prog)
+    st = ctx.state()
+    import fnmatch
+    patterns = rest or (["*"] if action in ("show", "list") else [])
+    if not patterns:
+        ctx.die(2, "%s: error: --%s needs at least one package name argument" % (prog, action))
+    code = 0
+    matched_any = []
+    for pat in patterns:
+        found = [p for p in BM_PACKAGES if p in st["installed"] and fnmatch.fnmatchcase(p, pat)]
+        if not found:
+            if action == "status":
+                ctx.err("dpkg-query: package '%s' is not installed and no information is available" % pat)
+            else:
+                ctx.err("dpkg-query: no packages found matching %s" % pat)
+            code = 1
+        matched_any += [p for p in found if p not in matched_any]
+    if action == "show":
+        for p in matched_any:
+            sys.stdout.write(format_fields(fmt, dpkg_fields(st, p)))
+    elif action == "status":
+        for p in matched_any:
+            f = dpkg_fields(st, p)
+            ctx.out("Package: %s\nStatus: %s\nPriority: optional\nSection: misc\nMaintainer: %s\nArchitecture: all\nVersion: %s\nDescription: %s\n"
+                    % (p, f["Status"], f["Maintainer"], f["Version"], f["Description"]))
+    elif action == "list" and matched_any:
+        ctx.out("Desired=Unknown/Install/Remove/Purge/Hold\n| Status=Not/Inst/Conf-files/Unpacked/halF-conf/Half-inst/trig-aWait/Trig-pend\n|/ Err?=(none)/Reinst-required (Status,Err: uppercase=bad)")
+        ctx.out("||/ %-20s %-12s %-12s %s" % ("Name", "Version", "Architecture", "Description"))
+        ctx.out("+++-%s-%s-%s-%s" % ("=" * 20, "=" * 12, "=" * 12, "=" * 40))
+        for p in matched_any:
+            f = dpkg_fields(st, p)
+            ctx.out("%-3s %-20s %-12s %-12s %s" % (f["db:Status-Abbrev"].strip(), p, f["Version"], "all", f["Description"]))
+    return code
+
+
+def cmd_dpkg(ctx: Ctx, args):
+    if any(a in ("-W", "--show", "-s", "--status", "-l", "--list", "-L", "-S") or a.startswith("--showformat") for a in args):
+        return cmd_dpkg_query(ctx, args, "dpkg")
+    opts, rest = getopts(ctx, args, "Ca", ["audit", "configure", "pending", "force-confold", "force-confdef", "force-all", "no-triggers"],
+                         lambda opt, m: dpkg_query_usage(ctx, opt, m, "dpkg"))
+    keys = [k for k, _ in opts]
+    if "-C" in keys or "--audit" in keys:
+        st = ctx.state()
+        broken = broken_packages(st)
+        if not broken:
+            return 0
+        ctx.out("The following packages are only half configured, probably due to problems\nconfiguring them the first time.  The configuration should be retried using\ndpkg --configure <package> or the configure menu option in dselect:")
+        for p in broken:
+            ctx.out(" %-20s %s" % (p, DESCRIPTIONS.get(p, "")))
+        return 1
+    if "--configure" in keys:
+        if not ("-a" in keys or "--pending" in keys or rest):
+            ctx.die(2, "dpkg: error: --configure needs at least one package name argument\n\nType dpkg --help for help about installing and deinstalling packages [*];")
+        with ctx.txn() as tx:
+            st = tx.node(ctx.node)
+            holder = lock_holder(st)
+            if holder:
+                ctx.die(2, "dpkg: error: dpkg frontend lock was locked by another process with pid %d\nNote: removing the lock file is always wrong, and can end up damaging the\nlocked area and the entire system. See <https://wiki.debian.org/Teams/Dpkg/FAQ#db-lock>." % holder["pid"])
+            broken = broken_packages(st)
+            pending = st.get("pending_install")
+            if pending and pending.get("pid") != os.getpid() and not pid_alive(pending.get("pid")):
+                st["installed"].update(pending["versions"])
+                if TRIGGER_PACKAGE in pending["versions"]:
+                    st["services"]["bluemind.target"] = "active"
+                st["pending_install"] = None
+            targets = broken if not rest else [p for p in broken if p in rest]
+            st["half_configured"] = [p for p in st["half_configured"] if p not in targets]
+            for p in targets:
+                ctx.out("Setting up %s (%s) ..." % (p, st["installed"].get(p)))
+        return 0
+    ctx.die(2, "dpkg: error: need an action option\n\nType dpkg --help for help about installing and deinstalling packages [*];")
+
+
+# --------------------------------------------------------------------------- pacemaker
+def cib_unavailable(ctx: Ctx, prog: str):
+    st = ctx.state()["services"]
+    if st.get("pacemaker.service") != "active" or st.get("corosync.service") != "active":
+        if prog == "crm_mon":
+            ctx.die(102, "crm_mon: Error: cluster is not available on this node")
+        if prog == "pcs":
+            ctx.die(1, "Error: unable to get cib\nError: error running crm_mon, is pacemaker running?")
+        ctx.die(102, "Could not connect to the CIB: Transport endpoint is not connected\n%s: Error signing on to the CIB service: Transport endpoint is not connected" % prog)
+
+
+def pcmk_usage(ctx, prog, opt, msg=None):
+    ctx.err("%s: %s\n\nUsage:\n  %s [OPTION?]\n" % (prog, "Unknown option %s" % (opt if str(opt).startswith("-") else ("-" + opt if len(opt) == 1 else "--" + opt)), prog))
+    raise Exit(64)
+
+
+def cmd_crm_attribute(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "t:n:Gv:Dqd:l:N:s:i:VUz", [
+        "type=", "name=", "query", "update=", "delete", "quiet", "default=", "lifetime=", "node=",
+        "set-name=", "id=", "verbose", "utilization", "quiet"], lambda opt, m: pcmk_usage(ctx, "crm_attribute", opt))
+    typ, name, op, value, quiet, default, node = "crm_config", None, "query", None, False, None, None
+    for k, v in opts:
+        if k in ("-t", "--type", "-l", "--lifetime"):
+            typ = v
+        elif k in ("-n", "--name"):
+            name = v
+        elif k in ("-G", "--query"):
+            op = "query"
+        elif k in ("-v", "--update"):
+            op, value = "update", v
+        elif k in ("-D", "--delete"):
+            op = "delete"
+        elif k in ("-q", "--quiet"):
+            quiet = True
+        elif k in ("-d", "--default"):
+            default = v
+        elif k in ("-N", "--node"):
+            node = v
+    if rest:
+        pcmk_usage(ctx, "crm_attribute", rest[0])
+    if typ != "crm_config" or node:
+        ctx.die(64, "crm_attribute: only --type crm_config (cluster properties) is simulated in the bmupgrade lab")
+    if not name:
+        ctx.die(64, "crm_attribute: Error: must specify attribute name or pattern")
+    cib_unavailable(ctx, "crm_attribute")
+    with ctx.txn() as tx:
+        props = tx.cluster()["properties"]
+        if op == "query":
+            val = props.get(name, default)
+            if val is None:
+                ctx.die(105, "crm_attribute: Error performing operation: No such device or address")
+            ctx.out(val if quiet else "scope=crm_config  name=%s value=%s" % (name, val))
+        elif op == "update":
+            props[name] = value
+        else:
+            if name in props:
+                del props[name]
+                if not quiet:
+                    ctx.out("Deleted crm_config option: id=cib-bootstrap-options-%s name=%s" % (name, name))
+    return 0
+
+
+def cmd_crm_resource(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "r:WQlLN:Vt:", ["resource=", "locate", "quiet", "list", "list-raw", "list-cts",
+                                                    "node=", "verbose", "resource-type="],
+                         lambda opt, m: pcmk_usage(ctx, "crm_resource", opt))
+    rid, op, quiet = None, None, False
+    for k, v in opts:
+        if k in ("-r", "--resource"):
+            rid = v
+        elif k in ("-W", "--locate"):
+            op = "locate"
+        elif k in ("-Q", "--quiet"):
+            quiet = True
+        elif k in ("-l", "--list-raw", "-L", "--list"):
+            op = "list"
+    if rest:
+        pcmk_usage(ctx, "crm_resource", rest[0])
+    if op is None:
+        ctx.die(64, "crm_resource: No command specified (e.g. --locate, --list)")
+    cib_unavailable(ctx, "crm_resource")
+    with ctx.txn() as tx:
+        if op == "list":
+            for r, agent in RESOURCES:
+                where = resource_nodes(tx, r)
+                ctx.out("  * %s\t(%s):\t %s" % (r, agent, _started(where)))
+            return 0
+        if not rid:
+            ctx.die(64, "crm_resource: Must supply a resource id with -r")
+        if rid not in dict(RESOURCES):
+            ctx.die(105, "crm_resource: Resource '%s' not found\nError performing operation: No such object" % rid)
+        where = resource_nodes(tx, rid)
+    if not where and not quiet:
+        ctx.err("resource %s is NOT running" % rid)
+    for n in where:
+        ctx.out(n if quiet else "resource %s is running on: %s" % (rid, n))
+    return 0
+
+
+def _started(where):
+    if not where:
+        return "Stopped"
+    if len(where) == 1:
+        return "Started %s" % where[0]
+    return "Started [ %s ]" % " ".join(where)
+
+
+def cluster_view(ctx: Ctx, tx: Txn) -> dict:
+    c = tx.cluster()
+    names = tx.node_names()
+    online = [n for n in names if node_online(ctx.store, tx, n)]
+    props = c["properties"]
+    maint = str(props.get("maintenance-mode", "false")).lower() in BOOL_TRUE
+    stonith = str(props.get("stonith-enabled", "true")).lower() in BOOL_TRUE
+    return {"names": names, "online": online, "dc": online[0] if online else None, "maintenance": maint,
+            "stonith": stonith, "resources": [(r, a, resource_nodes(tx, r)) for r, a in RESOURCES],
+            "last_change": c.get("last_change", time.time()), "props": props}
+
+
+def crm_mon_text(ctx: Ctx, v: dict, full_header=True) -> list[str]:
+    lines = []
+    ts = time.strftime("%a %b %d %H:%M:%S %Y")
+    lc = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(v["last_change"]))
+    lines.append("Cluster Summary:")
+    lines.append("  * Stack: corosync")
+    if v["dc"]:
+        lines.append("  * Current DC: %s (version %s) - partition with quorum" % (v["dc"], PACEMAKER_VERSION))
+    else:
+        lines.append("  * Current DC: NONE")
+    lines.append("  * Last updated: %s" % ts)
+    lines.append("  * Last change:  %s by root via cibadmin on %s" % (lc, ctx.node))
+    lines.append("  * %d nodes configured" % len(v["names"]))
+    lines.append("  * %d resource instances configured" % len(RESOURCES))
+    if v["maintenance"]:
+        lines.append("")
+        lines.append("              *** Resource management is DISABLED ***")
+        lines.append("  The cluster will not attempt to start, stop or recover services")
+    lines.append("")
+    lines.append("Node List:")
+    if v["online"]:
+        lines.append("  * Online: [ %s ]" % " ".join(v["online"]))
+    offline = [n for n in v["names"] if n not in v["online"]]
+    if offline:
+        lines.append("  * OFFLINE: [ %s ]" % " ".join(offline))
+    lines.append("")
+    lines.append("Full List of Resources:")
+    for r, agent, where in v["resources"]:
+        suffix = " (unmanaged)" if v["maintenance"] else ""
+        lines.append("  * %s\t(%s):\t %s%s" % (r, agent, _started(where), suffix))
+    return lines
+
+
+def crm_mon_xml(ctx: Ctx, v: dict, request: str) -> str:
+    from xml.sax.saxutils import quoteattr as q
+    b = lambda x: "true" if x else "false"  # noqa: E731
+    out = ['<?xml version="1.0"?>', '<pacemaker-result api-version="2.25" request=%s>' % q(request), "  <summary>",
+           '    <stack type="corosync"/>']
+    if v["dc"]:
+        out.append('    <current_dc present="true" version="%s" name="%s" id="%d" with_quorum="true"/>'
+                   % (PACEMAKER_VERSION, v["dc"], v["names"].index(v["dc"]) + 1))
+    else:
+        out.append('    <current_dc present="false"/>')
+    out.append('    <last_update time=%s/>' % q(time.strftime("%a %b %d %H:%M:%S %Y")))
+    out.append('    <last_change time=%s user="root" client="cibadmin" origin=%s/>'
+               % (q(time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(v["last_change"]))), q(ctx.node)))
+    out.append('    <nodes_configured number="%d"/>' % len(v["names"]))
+    out.append('    <resources_configured number="%d" disabled="0" blocked="0"/>' % len(RESOURCES))
+    out.append('    <cluster_options stonith-enabled="%s" symmetric-cluster="true" no-quorum-policy="stop" '
+               'maintenance-mode="%s" stop-all-resources="false" stonith-timeout-ms="60000" priority-fencing-delay-ms="0"/>'
+               % (b(v["stonith"]), b(v["maintenance"])))
+    out.append("  </summary>")
+    out.append("  <nodes>")
+    for i, n in enumerate(v["names"], 1):
+        running = sum(1 for _, _, w in v["resources"] if n in w)
+        out.append('    <node name="%s" id="%d" online="%s" standby="false" standby_onfail="false" maintenance="false" '
+                   'pending="false" unclean="false" shutdown="false" expected_up="true" is_dc="%s" resources_running="%d" type="member"/>'
+                   % (n, i, b(n in v["online"]), b(n == v["dc"]), running))
+    out.append("  </nodes>")
+    out.append("  <resources>")
+    for r, agent, where in v["resources"]:
+        out.append('    <resource id="%s" resource_agent="%s" role="%s" active="%s" orphaned="false" blocked="false" '
+                   'maintenance="%s" managed="%s" failed="false" failure_ignored="false" nodes_running_on="%d"%s>'
+                   % (r, agent, "Started" if where else "Stopped", b(where), b(v["maintenance"]), b(not v["maintenance"]),
+                      len(where), "" if where else "/"))
+        if where:
+            for n in where:
+                out.append('      <node name="%s" id="%d" cached="true"/>' % (n, v["names"].index(n) + 1))
+            out.append("    </resource>")
+    out.append("  </resources>")
+    out.append('  <status code="0" message="OK"/>')
+    out.append("</pacemaker-result>")
+    return "\n".join(out)
+
+
+def cmd_crm_mon(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "1rfAnXsDQ", ["one-shot", "inactive", "failcounts", "show-node-attributes",
+                                                 "group-by-node", "output-as=", "as-xml", "simple-status",
+                                                 "hide-headers", "quiet", "include=", "exclude="],
+                         lambda opt, m: pcmk_usage(ctx, "crm_mon", opt))
+    one, fmt, simple = False, "text", False
+    for k, v in opts:
+        if k in ("-1", "--one-shot"):
+            one = True
+        elif k == "--output-as":
+            if v not in ("text", "xml"):
+                ctx.die(64, "crm_mon: Error parsing option --output-as: unsupported format '%s'" % v)
+            fmt = v
+        elif k in ("-X", "--as-xml"):
+            fmt = "xml"
+        elif k in ("-s", "--simple-status"):
+            simple, one = True, True
+    if rest:
+        pcmk_usage(ctx, "crm_mon", rest[0])
+    if not one:
+        ctx.die(64, "crm_mon: only one-shot mode (-1) is simulated in the bmupgrade lab")
+    cib_unavailable(ctx, "crm_mon")
+    with ctx.txn() as tx:
+        v = cluster_view(ctx, tx)
+    if simple:
+        offline = len(v["names"]) - len(v["online"])
+        if offline:
+            ctx.out("CLUSTER WARN: offline node: %s" % ", ".join(n for n in v["names"] if n not in v["online"]))
+            return 1
+        ctx.out("CLUSTER OK: %d nodes online, %d resource instances configured" % (len(v["online"]), len(RESOURCES)))
+        return 0
+    if fmt == "xml":
+        ctx.out(crm_mon_xml(ctx, v, " ".join(["crm_mon"] + args)))
+    else:
+        ctx.out("\n".join(crm_mon_text(ctx, v)))
+    return 0
+
+
+PCS_PROPERTIES = {"maintenance-mode": "bool", "stonith-enabled": "bool", "symmetric-cluster": "bool",
+                  "stop-all-resources": "bool", "start-failure-is-fatal": "bool", "no-quorum-policy": "str",
+                  "stonith-timeout": "str", "cluster-recheck-interval": "str", "batch-limit": "str",
+                  "priority-fencing-delay": "str", "cluster-name": "ro", "dc-version": "ro",
+                  "cluster-infrastructure": "ro", "have-watchdog": "ro"}
+
+
+def cmd_pcs(ctx: Ctx, args):
+    force = "--force" in args
+    args = [a for a in args if a not in ("--force", "--debug", "--full", "--all")]
+    for a in args:
+        if a.startswith("-") and a not in ("--defaults",):
+            ctx.die(1, "Error: unknown option '%s'\nUsage: pcs [-f file] [-h] [commands]..." % a)
+    if not args:
+        ctx.die(1, "\nUsage: pcs [-f file] [-h] [commands]...\nControl and configure pacemaker and corosync.")
+    cmd, sub = args[0], args[1:]
+    if cmd == "status":
+        if sub and sub[0] not in ("cluster", "resources", "nodes"):
+            ctx.die(1, "Error: unknown command 'pcs status %s'" % sub[0])
+        cib_unavailable(ctx, "pcs")
+        with ctx.txn() as tx:
+            v = cluster_view(ctx, tx)
+        ctx.out("Cluster name: %s" % CLUSTER_NAME)
+        ctx.out("\n".join(crm_mon_text(ctx, v)))
+        if not sub:
+            ctx.out("\nDaemon Status:\n  corosync: active/enabled\n  pacemaker: active/enabled\n  pcsd: active/enabled")
+        return 0
+    if cmd != "property":
+        ctx.die(1, "Error: the bmupgrade lab simulates only 'pcs property' and 'pcs status' (got 'pcs %s')" % cmd)
+    if not sub:
+        sub = ["config"]
+    op, rest = sub[0], sub[1:]
+    cib_unavailable(ctx, "pcs")
+    with ctx.txn() as tx:
+        props = tx.cluster()["properties"]
+        if op in ("config", "show", "list"):
+            ctx.out("Cluster Properties: cib-bootstrap-options")
+            for k in sorted(props):
+                if not rest or k in rest:
+                    ctx.out("  %s=%s" % (k, props[k]))
+            return 0
+        if op == "set":
+            if not rest:
+                ctx.die(1, "\nUsage: pcs property set <property>=[<value>] ...")
+            changes = {}
+            for item in rest:
+                if "=" not in item:
+                    ctx.die(1, "Error: missing value of '%s' option" % item)
+                k, val = item.split("=", 1)
+                kind = PCS_PROPERTIES.get(k)
+                if kind is None and not force:
+                    ctx.die(1, "Error: invalid cluster property: '%s', use --force to override\nError: Errors have occurred, therefore pcs is unable to continue" % k)
+                if kind == "ro":
+                    ctx.die(1, "Error: cannot set property '%s', it is managed by the cluster" % k)
+                if kind == "bool" and val and val.lower() not in BOOL_TRUE | BOOL_FALSE:
+                    ctx.die(1, "Error: '%s' is not a valid %s value, use '0', '1', 'false', 'n', 'no', 'off', 'on', 'true', 'y', 'yes', use --force to override\nError: Errors have occurred, therefore pcs is unable to continue" % (val, k))
+                changes[k] = val
+            for k, val in changes.items():
+                if val == "":
+                    props.pop(k, None)
+                else:
+                    props[k] = val
+            return 0
+        if op in ("unset", "delete"):
+            for k in rest:
+                if k not in props and not force:
+                    ctx.die(1, "Error: Cannot remove property '%s', it is not present in property set 'cib-bootstrap-options', use --force to override" % k)
+                props.pop(k, None)
+            return 0
+    ctx.die(1, "Error: unknown command 'pcs property %s'" % op)
+
+
+# --------------------------------------------------------------------------- ip / systemctl / bmctl
+def ip_interfaces(ctx: Ctx, tx: Txn) -> list[dict]:
+    c = tx.cluster()
+    eth = [(NODE_ADDR.get(ctx.node, "192.0.2.99"), 24, "global")]
+    if ctx.node in c["vip"]:
+        eth.append((c["public_ip"], 32, "global"))
+    mac = "52:54:00:00:00:%02x" % (ctx.store.node_names().index(ctx.node) + 0x11)
+    return [{"ifindex": 1, "ifname": "lo", "flags": "<LOOPBACK,UP,LOWER_UP>", "mtu": 65536,
+             "link": "link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00",
+             "addrs": [("inet", "127.0.0.1", 8, "host"), ("inet6", "::1", 128, "host")]},
+            {"ifindex": 2, "ifname": "eth0", "flags": "<BROADCAST,MULTICAST,UP,LOWER_UP>", "mtu": 1500,
+             "link": "link/ether %s brd ff:ff:ff:ff:ff:ff" % mac,
+             "addrs": [("inet", a, p, s) for a, p, s in eth] + [("inet6", "fe80::5054:ff:fe00:%x" % int(mac[-2:], 16), 64, "link")]}]
+
+
+def cmd_ip(ctx: Ctx, args):
+    import ipaddress
+    oneline, family, js = False, None, False
+    args = list(args)
+    while args and args[0].startswith("-"):
+        a = args.pop(0)
+        if a in ("-o", "-oneline"):
+            oneline = True
+        elif a in ("-4", "-6"):
+            family = "inet" if a == "-4" else "inet6"
+        elif a in ("-j", "-json"):
+            js = True
+        elif a in ("-p", "-pretty", "-c", "-color", "-br", "-brief", "-s", "-stats"):
+            pass
+        elif a.startswith("-f") and args:
+            family = {"inet": "inet", "inet6": "inet6"}.get(args.pop(0))
+        else:
+            ctx.die(255, 'Option "%s" is unknown, try "ip -help".' % a)
+    if not args:
+        ctx.die(255, "Usage: ip [ OPTIONS ] OBJECT { COMMAND | help }")
+    obj = args.pop(0)
+    if not "address".startswith(obj) or len(obj) < 1:
+        if obj in ("link", "route", "r", "l", "neigh"):
+            ctx.die(255, 'the bmupgrade lab simulates only "ip addr"')
+        ctx.die(255, 'Object "%s" is unknown, try "ip help".' % obj)
+    verb = args.pop(0) if args else "show"
+    if verb not in ("show", "list", "lst", "ls", "sh", "s", "l"):
+        ctx.die(255, 'Command "%s" is unknown, try "ip address help".' % verb)
+    dev, to = None, None
+    while args:
+        a = args.pop(0)
+        if a == "dev" and args:
+            dev = args.pop(0)
+        elif a == "to" and args:
+            try:
+                to = ipaddress.ip_network(args.pop(0), strict=False)
+            except ValueError as e:
+                ctx.die(1, 'Error: any valid prefix is expected rather than "%s".' % str(e).split("'")[1] if "'" in str(e) else 'Error: any valid prefix is expected.')
+        elif a in ("up", "primary", "secondary", "permanent", "dynamic"):
+            pass
+        elif a == "scope" and args:
+            args.pop(0)
+        elif dev is None:
+            dev = a
+        else:
+            ctx.die(255, 'Error: either "dev" is duplicate, or "%s" is a garbage.' % a)
+    with ctx.txn() as tx:
+        ifaces = ip_interfaces(ctx, tx)
+    if dev and dev not in [i["ifname"] for i in ifaces]:
+        ctx.die(1, 'Device "%s" does not exist.' % dev)
+    result = []
+    for i in ifaces:
+        if dev and i["ifname"] != dev:
+            continue
+        addrs = []
+        for fam, a, plen, scope in i["addrs"]:
+            if family and fam != family:
+                continue
+            if to is not None and (ipaddress.ip_address(a).version != to.version or ipaddress.ip_address(a) not in to):
+                continue
+            addrs.append((fam, a, plen, scope))
+        if to is not None and not addrs:
+            continue
+        result.append((i, addrs))
+    if js:
+        data = [{"ifindex": i["ifindex"], "ifname": i["ifname"], "mtu": i["mtu"], "operstate": "UP" if i["ifindex"] > 1 else "UNKNOWN",
+                 "addr_info": [{"family": f, "local": a, "prefixlen": p, "scope": s, "label": i["ifname"],
+                                "valid_life_time": 4294967295, "preferred_life_time": 4294967295}
+                               for f, a, p, s in addrs]} for i, addrs in result]
+        ctx.out(json.dumps(data))
+        return 0
+    for i, addrs in result:
+        if oneline:
+            for f, a, p, s in addrs:
+                label = (" " + i["ifname"]) if f == "inet" else ""
+                ctx.out("%d: %-6s %s %s/%d scope %s%s\\       valid_lft forever preferred_lft forever"
+                        % (i["ifindex"], i["ifname"], f, a, p, s, label))
+        else:
+            ctx.out("%d: %s: %s mtu %d qdisc noqueue state UP group default qlen 1000" % (i["ifindex"], i["ifname"], i["flags"], i["mtu"]))
+            ctx.out("    " + i["link"])
+            for f, a, p, s in addrs:
+                ctx.out("    %s %s/%d scope %s%s" % (f, a, p, s, (" " + i["ifname"]) if f == "inet" else ""))
+                ctx.out("       valid_lft forever preferred_lft forever")
+    return 0
+
+
+def unit_name(u: str) -> str:
+    return u if "." in u else u + ".service"
+
+
+def cmd_systemctl(ctx: Ctx, args):
+    quiet = False
+    rest = []
+    for a in args:
+        if a in ("-q", "--quiet"):
+            quiet = True
+        elif a in ("--no-pager", "--no-block", "-l", "--full", "--no-legend", "--plain", "--now", "--system") or a.startswith("--lines=") or a.startswith("-n"):
+            pass
+        elif a.startswith("-"):
+            ctx.die(1, "systemctl: unrecognized option '%s'" % a if a.startswith("--") else "systemctl: invalid option -- '%s'" % a.lstrip("-")[:1])
+        else:
+            rest.append(a)
+    if not rest:
+        st = ctx.state()["services"]
+        ctx.out("  UNIT%s LOAD   ACTIVE   SUB     DESCRIPTION" % (" " * 20))
+        for u, desc in UNITS.items():
+            s = st.get(u, "inactive")
+            ctx.out("  %-24s loaded %-8s %-7s %s" % (u, s, "running" if s == "active" else "dead", desc))
+        return 0
+    verb, units = rest[0], [unit_name(u) for u in rest[1:]]
+    if verb in ("is-active", "is-failed", "start", "stop", "restart", "reload", "try-restart", "status", "is-enabled", "enable", "disable") and not units:
+        if verb != "status":
+            ctx.die(1, "Too few arguments.")
+    st = ctx.state()["services"]
+    if verb == "is-active":
+        any_active = False
+        for u in units:
+            s = st.get(u, "inactive")
+            any_active |= s == "active"
+            if not quiet:
+                ctx.out(s)
+        return 0 if any_active else 3
+    if verb == "is-failed":
+        if not quiet:
+            for u in units:
+                ctx.out(st.get(u, "inactive"))
+        return 1
+    if verb == "is-enabled":
+        for u in units:
+            if u not in UNITS:
+                ctx.die(1, "Failed to get unit file state for %s: No such file or directory" % u)
+            if not quiet:
+                ctx.out("enabled")
+        return 0
+    if verb in ("start", "stop", "restart", "reload", "try-restart", "enable", "disable"):
+        for u in units:
+            if u not in UNITS:
+                word = {"stop": "stop", "restart": "restart", "reload": "reload"}.get(verb, "start")
+                ctx.die(5, "Failed to %s %s: Unit %s %s." % (word, u, u, "not loaded" if verb == "stop" else "not found"))
+        with ctx.txn() as tx:
+            svc = tx.node(ctx.node)["services"]
+            for u in units:
+                if verb in ("start", "restart"):
+                    svc[u] = "active"
+                elif verb == "stop":
+                    svc[u] = "inactive"
+                elif verb == "try-restart":
+                    pass
+        return 0
+    if verb == "status":
+        units = units or list(UNITS)
+        code = 0
+        for u in units:
+            if u not in UNITS:
+                ctx.err("Unit %s could not be found." % u)
+                code = 4
+                continue
+            s = st.get(u, "inactive")
+            ctx.out("%s %s - %s" % ("●" if s == "active" else "○", u, UNITS[u]))
+            ctx.out("     Loaded: loaded (/lib/systemd/system/%s; enabled; preset: enabled)" % u)
+            ctx.out("     Active: %s" % ("active (running)" if s == "active" else "inactive (dead)"))
+            if s != "active" and code == 0:
+                code = 3
+        return code
+    ctx.die(1, "Unknown command verb %s." % verb)
+
+
+def cmd_bmctl(ctx: Ctx, args):
+    if len(args) != 1 or args[0] not in ("start", "stop", "restart", "status"):
+        ctx.die(1, "Usage: bmctl start|stop|restart|status")
+    op = args[0]
+    if op == "status":
+        s = ctx.state()["services"].get("bluemind.target", "inactive")
+        ctx.out("bluemind.target: %s" % s)
+        for u in BM_UNITS:
+            ctx.out("  %-20s %s" % (u, s))
+        return 0 if s == "active" else 1
+    with ctx.txn() as tx:
+        tx.node(ctx.node)["services"]["bluemind.target"] = "inactive" if op == "stop" else "active"
+    ctx.out("%s bluemind.target: done" % {"start": "Starting", "stop": "Stopping", "restart": "Restarting"}[op])
+    return 0
+
+
+# --------------------------------------------------------------------------- bm-cli
+def cmd_bm_cli(ctx: Ctx, args):
+    def usage(msg):
+        ctx.err(msg)
+        ctx.err("Usage: bm-cli [COMMAND]\nCommands:\n  setup  Setup and upgrade BlueMind")
+        raise Exit(51)
+    if not args:
+        usage("Missing required subcommand")
+    if args[0] != "setup":
+        usage("Unmatched argument at index 0: '%s'" % args[0])
+    if len(args) < 2:
+        usage("Missing required subcommand: 'upgrade' or 'check-upgrade-5'")
+    sub, rest = args[1], args[2:]
+    if sub == "upgrade":
+        for a in rest:
+            usage("Unknown option: '%s'" % a if a.startswith("-") else "Unmatched argument at index 2: '%s'" % a)
+        st = ctx.state()
+        inst = st["installed"]
+        full = inst.get(BM_FULL)
+        odd = sorted(p for p in BM_PACKAGES if inst.get(p) != full)
+        if odd:
+            ctx.die(1, "Setup upgrade refused: bm-* packages are not all at bm-full's version %s (%s)"
+                    % (full, ", ".join("%s=%s" % (p, inst.get(p)) for p in odd)))
+        if vcmp(full, st["setup_version"]) <= 0:
+            ctx.die(1, "Setup upgrade refused: nothing to upgrade, setup already ran for %s (installed %s)" % (st["setup_version"], full))
+        if st["services"].get("bluemind.target") != "active":
+            ctx.die(1, "Setup upgrade refused: bluemind.target is not active on %s (start it with bmctl start)" % ctx.node)
+        ctx.out("Upgrading BlueMind data and configuration from %s to %s on %s..." % (st["setup_version"], full, ctx.node))
+        with ctx.txn() as tx:
+            tx.node(ctx.node)["setup_version"] = full
+        ctx.notes["setup_version"] = full
+        ctx.out("Upgrade to %s finished successfully." % full)
+        return 0
+    if sub == "check-upgrade-5":
+        pct = 100
+        for a in rest:
+            if a.startswith("--sampling-percentage="):
+                try:
+                    pct = int(a.split("=", 1)[1])
+                except ValueError:
+                    usage("Invalid value for option '--sampling-percentage': '%s' is not an int" % a.split("=", 1)[1])
+                if not 1 <= pct <= 100:
+                    usage("Invalid value for option '--sampling-percentage': must be between 1 and 100")
+            else:
+                usage("Unknown option: '%s'" % a)
+        st = ctx.state()
+        _, pg = mount_for(st, "/var/lib/postgresql")
+        used = 1 - pg["bfree"] / pg["blocks"]
+        ctx.out("Checking eligibility for BlueMind 5 (sampling %d%%)..." % pct)
+        if used >= 0.5:
+            ctx.die(1, "NOT ELIGIBLE: /var/lib/postgresql is %d%% full (must be under 50%%)" % round(used * 100))
+        ctx.out("/var/lib/postgresql: %d%% used, OK\nEligible for upgrade to BlueMind 5." % round(used * 100))
+        return 0
+    usage("Unmatched argument at index 1: '%s'" % sub)
+
+
+# --------------------------------------------------------------------------- fuser / stat / findmnt / sha256sum
+def cmd_fuser(ctx: Ctx, args):
+    verbose = silent = False
+    files = []
+    for a in args:
+        if a.startswith("-") and len(a) > 1:
+            for ch in a[1:]:
+                if ch == "v":
+                    verbose = True
+                elif ch == "s":
+                    silent = True
+                elif ch in "amu":
+                    pass
+                elif ch == "k":
+                    ctx.die(1, "fuser: -k (kill) is refused in the bmupgrade lab: never kill the dpkg lock holder")
+                else:
+                    ctx.die(1, "fuser: Invalid option %s\nUsage: fuser [-fIMuvw] [-a|-s] [-4|-6] [-c|-m|-n SPACE]\n             [-k [-i] [-SIGNAL]] NAME..." % a)
+        else:
+            files.append(a)
+    if not files:
+        ctx.die(1, "No process specification given\nUsage: fuser [-fIMuvw] [-a|-s] [-4|-6] [-c|-m|-n SPACE] NAME...")
+    st = ctx.state()
+    holder = lock_holder(st)
+    found = False
+    for f in files:
+        mapped = ctx.map(f)
+        if not os.path.exists(mapped):
+            ctx.err("Specified filename %s does not exist." % f)
+            continue
+        path = os.path.normpath(f)
+        if holder and path in DPKG_LOCKS:
+            found = True
+            if silent:
+                continue
+            if verbose:
+                ctx.err("%21s%-11s %5s %s %s" % ("", "USER", "PID", "ACCESS", "COMMAND"))
+                ctx.err("%s:" % f)
+                ctx.err("%21s%-11s %5d %s %s" % ("", "root", holder["pid"], "F....", holder["command"]))
+            else:
+                ctx.err("%s:" % f, end="")
+                sys.stderr.flush()
+                ctx.out(" %d" % holder["pid"], end="")
+        elif verbose and not silent:
+            pass
+    if found and not verbose and not silent:
+        ctx.err("")
+    return 0 if found else 1
+
+
+def cmd_stat(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "fc:Lt", ["file-system", "format=", "printf=", "dereference", "terse"],
+                         lambda opt, m: _coreutils_usage(ctx, "stat", opt))
+    fs = any(k in ("-f", "--file-system") for k, _ in opts)
+    fmt, printf = None, False
+    for k, v in opts:
+        if k in ("-c", "--format"):
+            fmt = v
+        elif k == "--printf":
+            fmt, printf = v, True
+    if not rest:
+        ctx.die(1, "stat: missing operand\nTry 'stat --help' for more information.")
+    if not fs:  # plain stat: the real tool on the node-local path
+        import subprocess
+        cmd = ["/usr/bin/stat"] + [a for a in args if a not in rest] + [ctx.map(p) for p in rest]
+        sys.stdout.flush()
+        return subprocess.call(cmd)
+    st = ctx.state()
+    code = 0
+    for p in rest:
+        if not os.path.exists(ctx.map(p)):
+            ctx.err("stat: cannot read file system information for '%s': No such file or directory" % p)
+            code = 1
+            continue
+        mnt, m = mount_for(st, p if os.path.isabs(p) else "/")
+        t = stat_fstype(m["fstype"])
+        fields = {"a": m["bavail"], "b": m["blocks"], "c": m["files"], "d": m["ffree"], "f": m["bfree"],
+                  "i": "%x" % (abs(hash(mnt)) & 0xFFFFFFFFFFFF), "l": 255, "n": p, "s": m["bsize"], "S": m["bsize"],
+                  "t": {"nfs": "6969", "ext2/ext3": "ef53", "tmpfs": "1021994"}.get(t, "0"), "T": t, "%": "%"}
+        if fmt is None:
+            ctx.out('  File: "%s"\n    ID: %s Namelen: 255     Type: %s\nBlock size: %-10d Fundamental block size: %d\n'
+                    'Blocks: Total: %-10d Free: %-10d Available: %d\nInodes: Total: %-10d Free: %d'
+                    % (p, fields["i"], t, m["bsize"], m["bsize"], m["blocks"], m["bfree"], m["bavail"], m["files"], m["ffree"]))
+            continue
+        import re
+        text = re.sub(r"%(.)", lambda mm: str(fields.get(mm.group(1), "?")), fmt)
+        if printf:
+            sys.stdout.write(text.replace("\\n", "\n").replace("\\t", "\t"))
+        else:
+            ctx.out(text)
+    return code
+
+
+def cmd_findmnt(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "no:T:", ["noheadings", "output=", "target="], lambda opt, m: _coreutils_usage(ctx, "findmnt", opt))
+    heads, cols, target = True, ["TARGET", "SOURCE", "FSTYPE", "OPTIONS"], None
+    for k, v in opts:
+        if k in ("-n", "--noheadings"):
+            heads = False
+        elif k in ("-o", "--output"):
+            cols = [c.upper() for c in v.split(",")]
+        elif k in ("-T", "--target"):
+            target = v
+    if target is None and rest:
+        target = rest[0]
+    if target is None:
+        ctx.die(1, "findmnt: the bmupgrade lab simulates only findmnt --target PATH")
+    st = ctx.state()
+    if not os.path.exists(ctx.map(target)):
+        ctx.die(1, "")
+    mnt, m = mount_for(st, target)
+    vals = {"TARGET": mnt, "SOURCE": m["source"], "FSTYPE": m["fstype"], "OPTIONS": "rw,relatime"}
+    for c in cols:
+        if c not in vals:
+            ctx.die(1, "findmnt: unknown column: %s" % c)
+    if heads:
+        ctx.out(" ".join(cols))
+    ctx.out(" ".join(vals[c] for c in cols))
+    return 0
+
+
+def _coreutils_usage(ctx, prog, opt):
+    o = opt if opt.startswith("-") else ("-" + opt if len(opt) == 1 else "--" + opt)
+    if o.startswith("--"):
+        ctx.err("%s: unrecognized option '%s'" % (prog, o))
+    else:
+        ctx.err("%s: invalid option -- '%s'" % (prog, o[1:]))
+    ctx.err("Try '%s --help' for more information." % prog)
+    raise Exit(1)
+
+
+def cmd_sha256sum(ctx: Ctx, args):
+    import hashlib
+    opts, rest = getopts(ctx, args, "bctwz", ["binary", "check", "text", "tag", "quiet", "status", "strict", "warn", "zero", "ignore-missing"],
+                         lambda opt, m: _coreutils_usage(ctx, "sha256sum", opt))
+    keys = {k for k, _ in opts}
+    check = "-c" in keys or "--check" in keys
+    tag = "--tag" in keys
+    quiet, status = "--quiet" in keys, "--status" in keys
+
+    def digest(path):
+        h = hashlib.sha256()
+        if path == "-":
+            h.update(sys.stdin.buffer.read())
+        else:
+            with open(ctx.map(path), "rb") as f:
+                for chunk in iter(lambda: f.read(65536), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+    code = 0
+    if not check:
+        for p in rest or ["-"]:
+            try:
+                d = digest(p)
+            except IsADirectoryError:
+                ctx.err("sha256sum: %s: Is a directory" % p)
+                code = 1
+                continue
+            except OSError:
+                ctx.err("sha256sum: %s: No such file or directory" % p)
+                code = 1
+                continue
+            ctx.out("SHA256 (%s) = %s" % (p, d) if tag else "%s  %s" % (d, p))
+        return code
+    failed = 0
+    for listing in rest or ["-"]:
+        try:
+            text = sys.stdin.read() if listing == "-" else open(ctx.map(listing), encoding="utf-8").read()
+        except OSError:
+            ctx.err("sha256sum: %s: No such file or directory" % listing)
+            return 1
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            want, _, path = line.partition("  ")
+            path = path.lstrip("*")
+            try:
+                ok = digest(path) == want.strip()
+            except OSError:
+                ctx.err("sha256sum: %s: No such file or directory" % path)
+                ok = False
+            if not ok:
+                failed += 1
+            if not status and (not ok or not quiet):
+                ctx.out("%s: %s" % (path, "OK" if ok else "FAILED"))
+    if failed and not status:
+        ctx.err("sha256sum: WARNING: %d computed checksum%s did NOT match" % (failed, "" if failed == 1 else "s"))
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- rsync / scp
+def _split_remote(arg: str):
+    """'host:path' -> (host, path); local paths -> (None, path)."""
+    if ":" in arg and not arg.startswith("/") and "/" not in arg.split(":", 1)[0]:
+        host, path = arg.split(":", 1)
+        return host, path or "."
+    return None, arg
+
+
+def copy_tree(ctx: Ctx, prog: str, sources: list[str], dest: str, recursive: bool, relative: bool,
+              verbose: bool, dry_run: bool = False, delete: bool = False) -> int:
+    import shutil
+    dhost, dpath = _split_remote(dest)
+    code = 0
+
+    def side(host):
+        if host is None:
+            return ctx.node
+        n = ctx.resolve_host(host)
+        if n is None:
+            ctx.err("ssh: Could not resolve hostname %s: Name or service not known" % host.rsplit("@", 1)[-1])
+            return None
+        if n != ctx.node and sshd_pid(ctx.store, n) is None:
+            ctx.err("ssh: connect to host %s port 22: Connection refused" % ctx.store.meta()["nodes"][n]["host"])
+            return None
+        return n
+
+    def fail_conn():
+        if prog == "rsync":
+            ctx.err("rsync: connection unexpectedly closed (0 bytes received so far) [sender]")
+            ctx.err("rsync error: unexplained error (code 255) at io.c(231) [sender=3.2.7]")
+        raise Exit(255)
+
+    dnode = side(dhost)
+    if dnode is None:
+        fail_conn()
+    droot = ctx.store.node_root(dnode)
+
+    def in_root(root, path):
+        if not os.path.isabs(path):
+            return path if root == ctx.root else os.path.join(root, path)  # remote relative: home = root
+        return root + os.path.normpath(path) if path != "/" else root + "/"
+
+    dest_abs = in_root(droot, dpath)
+    multi = len(sources) > 1
+    for src in sources:
+        shost, spath = _split_remote(src)
+        snode = side(shost)
+        if snode is None:
+            fail_conn()
+        sroot = ctx.store.node_root(snode)
+        s_abs = in_root(sroot, spath) if shost else ctx.map(spath)
+        if not os.path.lexists(s_abs):
+            if prog == "rsync":
+                ctx.err('rsync: [sender] link_stat "%s" failed: No such file or directory (2)' % spath)
+            else:
+                ctx.err("scp: %s: No such file or directory" % spath)
+            code = 23 if prog == "rsync" else 1
+            continue
+        if os.path.isdir(s_abs) and not recursive:
+            if prog == "rsync":
+                ctx.out('skipping directory %s' % spath)
+            else:
+                ctx.err("scp: %s: not a regular file" % spath)
+                code = 1
+            continue
+        if relative:
+            target = dest_abs.rstrip("/") + "/" + os.path.normpath(spath).lstrip("/")
+        elif os.path.isdir(s_abs) and spath.endswith("/"):
+            target = dest_abs
+        elif dpath.endswith("/") or os.path.isdir(dest_abs) or multi:
+            target = os.path.join(dest_abs, os.path.basename(os.path.normpath(spath)))
+        else:
+            target = dest_abs
+        if verbose:
+            ctx.out(os.path.normpath(spath).lstrip("/") if relative else os.path.basename(os.path.normpath(spath)))
+        if dry_run:
+            continue
+        if os.path.isdir(s_abs):
+            os.makedirs(target, exist_ok=True)
+            shutil.copytree(s_abs, target, dirs_exist_ok=True, symlinks=True)
+            if delete:
+                for dirpath, dirnames, filenames in os.walk(target, topdown=False):
+                    rel = os.path.relpath(dirpath, target)
+                    for f in filenames + dirnames:
+                        if not os.path.lexists(os.path.join(s_abs, rel, f)):
+                            p = os.path.join(dirpath, f)
+                            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        else:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            shutil.copy2(s_abs, target)
+    return code
+
+
+def cmd_rsync(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "avzrRne:ctpoglDHAXPqiuh", [
+        "archive", "verbose", "compress", "recursive", "relative", "dry-run", "rsh=", "checksum", "times",
+        "perms", "owner", "group", "links", "devices", "specials", "hard-links", "acls", "xattrs", "partial",
+        "progress", "quiet", "itemize-changes", "update", "delete", "numeric-ids", "inplace", "stats",
+        "human-readable", "no-motd", "timeout=", "mkpath"],
+        lambda opt, m: (ctx.err("rsync: %s: unknown option" % (("-" + opt) if len(opt) == 1 else ("--" + opt))),
+                        ctx.err("rsync error: syntax or usage error (code 1) at main.c(1795) [client=3.2.7]"),
+                        _raise(1)))
+    keys = {k for k, _ in opts}
+    recursive = bool(keys & {"-a", "--archive", "-r", "--recursive"})
+    relative = bool(keys & {"-R", "--relative"})
+    verbose = bool(keys & {"-v", "--verbose"})
+    dry = bool(keys & {"-n", "--dry-run"})
+    if len(rest) < 2:
+        ctx.die(1, "rsync: the bmupgrade lab needs SRC... DEST\nrsync error: syntax or usage error (code 1) at main.c(1795) [client=3.2.7]")
+    if verbose:
+        ctx.out("sending incremental file list")
+    code = copy_tree(ctx, "rsync", rest[:-1], rest[-1], recursive, relative, verbose, dry, "--delete" in keys)
+    if verbose:
+        ctx.out("\nsent 1,234 bytes  received 35 bytes  2,538.00 bytes/sec\ntotal size is 4,321  speedup is 3.41")
+    if code:
+        ctx.err("rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1333) [sender=3.2.7]")
+    return code
+
+
+def _raise(code):
+    raise Exit(code)
+
+
+def cmd_scp(ctx: Ctx, args):
+    opts, rest = getopts(ctx, args, "346ABCOpqRrsTvP:o:i:F:c:l:J:S:", [],
+                         lambda opt, m: (ctx.err("unknown option -- %s" % opt.lstrip("-")),
+                                         ctx.err("usage: scp [-346ABCOpqRrsTv] [-c cipher] [-D sftp_server_path] [-F ssh_config]\n           [-i identity_file] [-J destination] [-l limit] [-o ssh_option]\n           [-P port] [-S program] [-X sftp_option] source ... target"),
+                                         _raise(1)))
+    keys = {k for k, _ in opts}
+    if len(rest) < 2:
+        ctx.die(1, "usage: scp [-346ABCOpqRrsTv] [-c cipher] [-F ssh_config] [-i identity_file] source ... target")
+    return copy_tree(ctx, "scp", rest[:-1], rest[-1], "-r" in keys, False, False)
+
+
+# --------------------------------------------------------------------------- sudo / hostname
+def cmd_sudo(ctx: Ctx, args):
+    import subprocess
+    args = list(args)
+    prompt, noninteractive = None, False
+    while args and args[0].startswith("-"):
+        a = args.pop(0)
+        if a == "--":
+            break
+        if a in ("-S", "-H", "-E", "-k", "-A") or a.startswith("--preserve-env"):
+            continue
+        if a == "-n":
+            noninteractive = True
+        elif a in ("-p", "-u", "-g") and args:
+            v = args.pop(0)
+            if a == "-p":
+                prompt = v
+        elif a.startswith("-p") and len(a) > 2:
+            prompt = a[2:]
+        elif a.startswith("-u") and len(a) > 2:
+            pass
+        else:
+            ctx.die(1, "sudo: invalid option -- '%s'\nusage: sudo [-AbEHknPS] [-C num] [-D directory] [-g group] [-h host] [-p prompt] [-R directory] [-T timeout] [-u user] [VAR=value] [-i|-s] [<command>]" % a.lstrip("-")[:1])
+    if not args:
+        ctx.die(1, "usage: sudo -h | -K | -k | -V\nusage: sudo [-AbEHknPS] [-u user] [VAR=value] [-i|-s] [<command>]")
+    pw = ctx.state().get("sudo_password")
+    if pw is not None:
+        if noninteractive:
+            ctx.die(1, "sudo: a password is required")
+        for attempt in range(3):
+            sys.stderr.write((prompt or "[sudo] password for %s: " % ctx.user()).replace("%p", ctx.user()))
+            sys.stderr.flush()
+            line = sys.stdin.readline()
+            if line.rstrip("\n") == pw:
+                break
+            if not line:
+                ctx.die(1, "\nsudo: no password was provided")
+            ctx.err("Sorry, try again.")
+        else:
+            ctx.die(1, "sudo: 3 incorrect password attempts")
+    env = dict(os.environ)
+    while args and "=" in args[0] and not args[0].startswith("="):
+        k, v = args.pop(0).split("=", 1)
+        env[k] = v
+    sys.stdout.flush()
+    try:
+        return subprocess.call(args, env=env)
+    except FileNotFoundError:
+        ctx.die(1, "sudo: %s: command not found" % args[0])
+
+
+def cmd_hostname(ctx: Ctx, args):
+    if not args or args == ["-s"] or args == ["--short"]:
+        ctx.out(ctx.node)
+    elif args in (["-f"], ["--fqdn"], ["-A"]):
+        ctx.out(ctx.node + ".example.org")
+    elif args in (["-I"], ["-i"]):
+        ctx.out(NODE_ADDR.get(ctx.node, ""))
+    else:
+        ctx.die(1, "hostname: the bmupgrade lab cannot change the host name")
+    return 0
+
+
+COMMANDS = {
+    "apt-get": cmd_apt_get,
+    "apt-cache": cmd_apt_cache,
+    "apt-mark": cmd_apt_mark,
+    "dpkg-query": cmd_dpkg_query,
+    "dpkg": cmd_dpkg,
+    "crm_attribute": cmd_crm_attribute,
+    "crm_resource": cmd_crm_resource,
+    "crm_mon": cmd_crm_mon,
+    "pcs": cmd_pcs,
+    "ip": cmd_ip,
+    "systemctl": cmd_systemctl,
+    "bmctl": cmd_bmctl,
+    "bm-cli": cmd_bm_cli,
+    "fuser": cmd_fuser,
+    "stat": cmd_stat,
+    "findmnt": cmd_findmnt,
+    "sha256sum": cmd_sha256sum,
+    "rsync": cmd_rsync,
+    "scp": cmd_scp,
+    "sudo": cmd_sudo,
+    "hostname": cmd_hostname,
+}
+
+
+# --------------------------------------------------------------------------- main
+def locate_node() -> tuple[str, str] | None:
+    """(lab dir, node name) from BMLAB_NODE_DIR, else from the server address of SSH_CONNECTION."""
+    nd = os.environ.get("BMLAB_NODE_DIR")
+    if nd and os.path.isfile(os.path.join(nd, "state.json")):
+        nd = os.path.abspath(nd)
+        return os.path.dirname(os.path.dirname(nd)), os.path.basename(nd)
+    lab = os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0])))
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    if len(conn) == 4 and os.path.isfile(os.path.join(lab, "lab.json")):
+        with open(os.path.join(lab, "lab.json")) as f:
+            for name, info in json.load(f)["nodes"].items():
+                if info.get("host") == conn[2]:
+                    return lab, name
+    return None
+
+
+def run_faults(ctx: Ctx, argv: list[str]) -> list[dict]:
+    """Consume the faults matching this call (decrementing their counters)."""
+    hits = []
+    with ctx.txn() as tx:
+        for f in tx.node(ctx.node)["faults"]:
+            if f.get("remaining") == 0 or not command_matches(f.get("command") or "", argv):
+                continue
+            if f.get("remaining") is not None:
+                f["remaining"] -= 1
+            hits.append(dict(f))
+    return hits
+
+
+def drop_connection(ctx: Ctx) -> bool:
+    """Kill this call's own per-connection sshd processes (the listener keeps running)."""
+    listener = sshd_pid(ctx.store, ctx.node)
+    chain, pid = [], os.getppid()
+    while pid > 1 and pid != listener:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                data = f.read()
+        except OSError:
+            break
+        comm = data[data.index("(") + 1:data.rindex(")")]
+        if comm == "sshd":
+            chain.append(pid)
+        pid = int(data.rsplit(")", 1)[1].split()[1])
+    if listener is None or pid != listener:
+        return False
+    for p in chain:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    cmd = os.path.basename(argv[0])
+    args = argv[1:]
+    if cmd in ("bmlab", "bmlab.py"):
+        if not args or args[0] not in COMMANDS:
+            sys.stderr.write("usage: bmlab COMMAND [ARGS...]  (commands: %s)\n" % " ".join(sorted(COMMANDS)))
+            return 2
+        cmd, args = args[0], args[1:]
+    if cmd not in COMMANDS:
+        sys.stderr.write("bmlab: %s is not a lab stand-in\n" % cmd)
+        return 127
+    where = locate_node()
+    if where is None:
+        sys.stderr.write("%s: bmupgrade lab: cannot tell which node this is (BMLAB_NODE_DIR unset)\n" % cmd)
+        return 127
+    ctx = Ctx(where[0], where[1], [cmd] + args)
+
+    def on_signal(signum, _frame):
+        raise Signalled(signum)
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, on_signal)
+    start = time.time()
+    code, drop, fault_names = None, None, []
+    try:
+        for f in run_faults(ctx, ctx.argv):
+            fault_names.append(f["kind"])
+            if f["kind"] == "vip-move":
+                with ctx.txn() as tx:
+                    ctx.notes["vip_moved_to"] = failover(tx, f.get("to"))
+            elif f["kind"] == "hang":
+                sys.stdout.flush()
+                ctx.sleep(f["seconds"])
+            elif f["kind"] == "fail":
+                ctx.err(f.get("message") or "%s: simulated failure (bmupgrade lab fault)" % cmd)
+                raise Exit(f["exit_code"])
+            elif f["kind"] == "drop":
+                drop = f.get("when", "after")
+                if drop == "before":
+                    raise Exit(-1)
+        code = COMMANDS[cmd](ctx, args)
+        code = 0 if code is None else code
+    except Exit as e:
+        code = e.code
+    except Signalled as s:
+        code = 128 + s.signum
+        ctx.notes["signal"] = signal.Signals(s.signum).name
+    except BrokenPipeError:
+        code = 141
+        ctx.notes["signal"] = "SIGPIPE"
+    except Exception as e:  # a stand-in bug: say so loudly, never pretend success
+        import traceback
+        traceback.print_exc()
+        ctx.notes["error"] = "%s: %s" % (type(e).__name__, e)
+        code = 70
+    finally:
+        ctx.unregister()
+        entry = {"time": round(start, 6), "node": ctx.node, "argv": ctx.argv,
+                 "exit": None if code == -1 else code, "duration": round(time.time() - start, 6),
+                 "pid": os.getpid(), "user": ctx.user()}
+        if fault_names:
+            entry["faults"] = fault_names
+        if drop:
+            entry["dropped"] = True
+        entry.update(ctx.notes)
+        try:
+            fd = os.open(ctx.store.ledger_path(ctx.node), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, (json.dumps(entry) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            sys.stderr.write("bmlab: cannot write the ledger: %s\n" % e)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if drop:
+        drop_connection(ctx)
+        code = 255
+    return code if code is not None and code >= 0 else 255
+
+
+if __name__ == "__main__":
+    try:
+        rc = main()
+    except KeyboardInterrupt:
+        rc = 130
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    sys.exit(rc)
