@@ -1,20 +1,17 @@
-"""SshTransport against a real OpenSSH sshd on loopback.
+"""SshTransport against real OpenSSH servers: the lab (tests/conftest.py `lab` fixture).
 
-The sshd here is self-contained (a throw-away host key, client key and known_hosts in a
-temporary folder, a free port), so this module needs nothing but /usr/sbin/sshd. HOME is
-pointed at an empty folder and SSH_AUTH_SOCK removed, so the developer's own ~/.ssh and
-agent never take part.
+HOME is pointed at an empty folder and SSH_AUTH_SOCK removed, so the developer's own ~/.ssh
+and agent never take part; node addresses use an empty explicit ssh_config for the same
+reason, except where a test exercises the lab's own ssh_config.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,20 +20,17 @@ import pytest
 
 from bmupgrade.transport.base import OUTPUT_TAIL_BYTES, NodeAddress, TransportError
 
-SSHD = "/usr/sbin/sshd"
-
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh-keygen")), reason="needs OpenSSH sshd"),
-]
+pytestmark = pytest.mark.lab
 
 
-# --------------------------------------------------------------------------- the sshd
-
-
-def _keygen(path: Path) -> str:
+def _keygen(path: Path) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True)
-    return path.with_suffix(".pub").read_text().split()[0:2]  # type: ignore[return-value]
+    return path.with_suffix(".pub")
+
+
+def _entry(pub: Path) -> str:
+    """'ssh-ed25519 AAAA...' of a public key file."""
+    return " ".join(pub.read_text().split()[:2])
 
 
 def _fingerprint(pub: Path) -> str:
@@ -44,86 +38,48 @@ def _fingerprint(pub: Path) -> str:
     return out.split()[1]  # "256 SHA256:... comment (ED25519)"
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-class Sshd:
-    def __init__(self, root: Path):
-        self.root = root
-        self.user = os.environ.get("USER") or __import__("getpass").getuser()
-        self.host_key = root / "host_ed25519"
-        self.client_key = root / "client_ed25519"
-        self.other_key = root / "other_ed25519"  # never authorized
-        keytype, blob = _keygen(self.host_key)
-        _keygen(self.client_key)
-        _keygen(self.other_key)
-        (root / "authorized_keys").write_text(self.client_key.with_suffix(".pub").read_text())
-        self.host_fingerprint = _fingerprint(self.host_key.with_suffix(".pub"))
-        self.log = root / "sshd.log"
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.host_entry = f"{keytype} {blob}"
-        self.known_hosts = root / "known_hosts"
-        self.ssh_config = root / "ssh_config"
+class Node:
+    """A lab node seen from these tests."""
 
-    def start(self) -> None:
-        if os.geteuid() == 0:
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
-        for _ in range(5):
-            self.port = _free_port()
-            cfg = self.root / "sshd_config"
-            cfg.write_text(
-                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
-                f"PidFile {self.root / 'sshd.pid'}\nAuthorizedKeysFile {self.root / 'authorized_keys'}\n"
-                "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-                "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                "AllowTcpForwarding yes\nLogLevel VERBOSE\nMaxStartups 50\n"
-            )
-            log = open(self.log, "ab")
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log)
-            log.close()
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if "Server listening" in self.log.read_text(errors="replace"):
-                    break
-                time.sleep(0.02)
-            if self.proc.poll() is None:
-                break
-        else:
-            raise RuntimeError("sshd did not start: " + self.log.read_text())
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_entry}\n")
-        self.ssh_config.write_text(
-            f"Host node\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
-            f"  IdentityFile {self.client_key}\n  IdentitiesOnly yes\n"
-            f"Host jump\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
-            f"  IdentityFile {self.client_key}\n"
-            f"Host viajump\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n"
-            f"  IdentityFile {self.client_key}\n  ProxyJump jump\n"
-        )
+    def __init__(self, lab, name: str, empty_config: Path):
+        self.lab = lab
+        self.name = name
+        self.lab_node = lab.node(name)
+        self.host = self.lab_node.host
+        self.port = self.lab_node.port
+        self.host_pub = Path(str(self.lab_node.host_key) + ".pub")
+        self.host_entry = _entry(self.host_pub)
+        self.host_fingerprint = _fingerprint(self.host_pub)
+        self._empty_config = empty_config
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
+    def address(self, **kw) -> NodeAddress:
+        kw.setdefault("port", self.port)
+        kw.setdefault("user", self.lab.user)
+        kw.setdefault("identity_file", str(self.lab.client_key))
+        kw.setdefault("known_hosts", (str(self.lab.known_hosts),))
+        kw.setdefault("ssh_config", str(self._empty_config))
+        return NodeAddress(self.name, kw.pop("host", self.host), **kw)
 
     def logins(self) -> int:
-        return self.log.read_text(errors="replace").count("Accepted publickey")
-
-    def address(self, name: str = "bm1", host: str = "node", **kw) -> NodeAddress:
-        kw.setdefault("ssh_config", str(self.ssh_config))
-        kw.setdefault("known_hosts", (str(self.known_hosts),))
-        return NodeAddress(name, host, **kw)
+        return Path(self.lab_node.log).read_text(errors="replace").count("Accepted publickey")
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = Sshd(tmp_path_factory.mktemp("sshd"))
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture
+def nodes(lab, tmp_path):
+    empty = tmp_path / "empty_ssh_config"
+    empty.write_text("")
+    return {name: Node(lab, name, empty) for name in ("bm1", "bm2")}
+
+
+@pytest.fixture
+def bm1(nodes):
+    return nodes["bm1"]
 
 
 @pytest.fixture(autouse=True)
@@ -155,8 +111,8 @@ def _kill(pid: int) -> None:
 # --------------------------------------------------------------------------- running
 
 
-def test_run_exit_code_tail_and_capture(sshd, transport):
-    transport.connect([sshd.address()])
+def test_run_exit_code_tail_and_capture(bm1, transport):
+    transport.connect([bm1.address()])
     r = transport.run("bm1", "echo out; echo err >&2; exit 3", capture=True)
     assert (r.node, r.exit_code, r.ok) == ("bm1", 3, False)
     assert "out\n" in r.output_tail and "err\n" in r.output_tail
@@ -166,9 +122,18 @@ def test_run_exit_code_tail_and_capture(sshd, transport):
     assert r.ok and r.output_tail == "hi\n" and r.stdout == ""  # capture not asked
 
 
-def test_one_connection_reused_for_every_command(sshd, transport):
-    before = sshd.logins()
-    transport.connect([sshd.address()])
+def test_lab_ssh_config_and_stand_ins(lab, transport):
+    # the lab's own ssh_config: Host alias, HostName, Port, User, IdentityFile, UserKnownHostsFile
+    transport.connect([NodeAddress("bm1", "bm1", ssh_config=str(lab.ssh_config)),
+                       NodeAddress("bm2", "bm2", ssh_config=str(lab.ssh_config))])
+    r = transport.run("bm1", "dpkg-query -W -f='${Version}' bm-full", capture=True)
+    assert r.ok and r.stdout.strip()
+    assert lab.node("bm1").calls("dpkg-query") and not lab.node("bm2").calls("dpkg-query")
+
+
+def test_one_connection_reused_for_every_command(bm1, transport):
+    before = bm1.logins()
+    transport.connect([bm1.address()])
     paramiko_transport = transport.connection("bm1").transport
     ports = set()
     for _ in range(5):
@@ -176,124 +141,155 @@ def test_one_connection_reused_for_every_command(sshd, transport):
         ports.add(r.stdout.split()[1])
         assert transport.connection("bm1").transport is paramiko_transport
     assert len(ports) == 1
-    assert sshd.logins() - before == 1
+    assert bm1.logins() - before == 1
 
 
-def test_nodes_connect_in_parallel(sshd, transport):
-    before = sshd.logins()
-    transport.connect([sshd.address("bm1"), sshd.address("bm2")])
+def test_nodes_connect_in_parallel(nodes, transport):
+    before = {n: nodes[n].logins() for n in nodes}
+    transport.connect([nodes["bm1"].address(), nodes["bm2"].address()])
     assert transport.nodes == ["bm1", "bm2"]
     assert transport.run("bm2", "true").ok and transport.run("bm1", "true").ok
-    assert sshd.logins() - before == 2
+    assert {n: nodes[n].logins() - before[n] for n in nodes} == {"bm1": 1, "bm2": 1}
 
 
 # --------------------------------------------------------------------------- host keys
 
 
-def test_unknown_host_key_refused_with_fingerprint(sshd, transport):
+def test_unknown_host_key_refused_with_fingerprint(bm1, transport):
     with pytest.raises(TransportError) as e:
-        transport.connect([sshd.address(known_hosts=())])
+        transport.connect([bm1.address(known_hosts=())])
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg.startswith("bm1: unknown host key for 127.0.0.1:%d" % sshd.port)
-    assert "ssh-ed25519 " + sshd.host_fingerprint in msg
-    assert f"ssh-keyscan -t ed25519 -p {sshd.port} 127.0.0.1 >> ~/.ssh/known_hosts" in msg
+    assert msg.startswith(f"bm1: unknown host key for {bm1.host}:{bm1.port}")
+    assert "ssh-ed25519 " + bm1.host_fingerprint in msg
+    assert f"ssh-keyscan -t ed25519 -p {bm1.port} {bm1.host} >> ~/.ssh/known_hosts" in msg
     assert transport.nodes == []
 
 
-def test_changed_host_key_refused(sshd, transport, tmp_path):
-    _keygen(tmp_path / "impostor")
-    impostor = (tmp_path / "impostor.pub").read_text().split()[:2]
+def test_changed_host_key_refused(bm1, transport, tmp_path):
+    impostor = _keygen(tmp_path / "impostor")
     kh = tmp_path / "kh"
-    kh.write_text(f"[127.0.0.1]:{sshd.port} {' '.join(impostor)}\n")
+    kh.write_text(f"[{bm1.host}]:{bm1.port} {_entry(impostor)}\n")
     with pytest.raises(TransportError) as e:
-        transport.connect([sshd.address(known_hosts=(str(kh),))])
+        transport.connect([bm1.address(known_hosts=(str(kh),))])
     msg = str(e.value)
     assert "\n" not in msg and "HOST KEY CHANGED" in msg
-    assert sshd.host_fingerprint in msg and _fingerprint(tmp_path / "impostor.pub") in msg
-    assert f"ssh-keygen -R '[127.0.0.1]:{sshd.port}' -f {kh}" in msg
+    assert bm1.host_fingerprint in msg and _fingerprint(impostor) in msg
+    assert f"ssh-keygen -R '[{bm1.host}]:{bm1.port}' -f {kh}" in msg
 
 
-def test_known_host_from_home_and_hashed_entry(sshd, transport, isolated_home):
+def test_known_host_from_home_and_hashed_entry(bm1, transport, isolated_home):
     kh = isolated_home / ".ssh" / "known_hosts"
-    kh.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_entry}\n")
+    kh.write_text(f"[{bm1.host}]:{bm1.port} {bm1.host_entry}\n")
     subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(kh)], check=True, capture_output=True)
-    assert "127.0.0.1" not in kh.read_text()
-    transport.connect([sshd.address(known_hosts=())])
+    assert bm1.host not in kh.read_text()
+    transport.connect([bm1.address(known_hosts=())])
     assert transport.run("bm1", "true").ok
 
 
-def test_user_known_hosts_file_from_ssh_config(sshd, transport, tmp_path):
+def test_user_known_hosts_file_from_ssh_config(bm1, lab, transport, tmp_path):
     cfg = tmp_path / "cfg"
-    cfg.write_text(sshd.ssh_config.read_text().replace(
-        "Host node\n", f"Host node\n  UserKnownHostsFile {sshd.known_hosts}\n"))
-    transport.connect([sshd.address(known_hosts=(), ssh_config=str(cfg))])
+    cfg.write_text(f"Host *\n  UserKnownHostsFile {lab.known_hosts}\n")
+    transport.connect([bm1.address(known_hosts=(), ssh_config=str(cfg))])
     assert transport.run("bm1", "true").ok
 
 
-def test_insecure_opt_out_accepts_unknown_but_not_changed(sshd, tmp_path):
+def test_insecure_opt_out_accepts_unknown_but_not_changed(bm1, tmp_path):
     from bmupgrade.transport.ssh import SshTransport
 
     with SshTransport(insecure_accept_unknown=True) as t:
-        t.connect([sshd.address(known_hosts=())])
+        t.connect([bm1.address(known_hosts=())])
         assert t.run("bm1", "true").ok
-    _keygen(tmp_path / "impostor")
     kh = tmp_path / "kh"
-    kh.write_text(f"[127.0.0.1]:{sshd.port} {' '.join((tmp_path / 'impostor.pub').read_text().split()[:2])}\n")
+    kh.write_text(f"[{bm1.host}]:{bm1.port} {_entry(_keygen(tmp_path / 'impostor'))}\n")
     with SshTransport(insecure_accept_unknown=True) as t, pytest.raises(TransportError, match="CHANGED"):
-        t.connect([sshd.address(known_hosts=(str(kh),))])
+        t.connect([bm1.address(known_hosts=(str(kh),))])
 
 
-def test_proxyjump_hop_is_checked_too(sshd, transport, tmp_path):
-    # known_hosts knows the final host under another name only: the hop (127.0.0.1) is unknown
-    kh = tmp_path / "kh"
-    kh.write_text(f"[localhost]:{sshd.port} {sshd.host_entry}\n")
-    cfg = tmp_path / "cfg"
-    cfg.write_text(sshd.ssh_config.read_text().replace(
-        "Host viajump\n  HostName 127.0.0.1", "Host viajump\n  HostName localhost"))
-    with pytest.raises(TransportError, match=r"unknown host key for 127\.0\.0\.1"):
-        transport.connect([sshd.address(host="viajump", ssh_config=str(cfg), known_hosts=(str(kh),))])
-    before = sshd.logins()
-    transport.connect([sshd.address(host="viajump", ssh_config=str(cfg), known_hosts=(str(kh), str(sshd.known_hosts)))])
-    assert transport.run("bm1", "true").ok
-    assert sshd.logins() - before == 2  # the hop, then the node through it
+def test_proxyjump_hop_is_checked_too(nodes, lab, transport, tmp_path):
+    # The lab forbids TCP forwarding; run a jump host from bm1's config that allows it.
+    bm1, bm2 = nodes["bm1"], nodes["bm2"]
+    jport = _free_port(bm1.host)
+    cfg_text = Path(bm1.lab_node.sshd_config).read_text()
+    cfg_text = re.sub(r"(?m)^ListenAddress .*$", f"ListenAddress {bm1.host}:{jport}", cfg_text)
+    cfg_text = re.sub(r"(?m)^PidFile .*$", f"PidFile {tmp_path / 'jump.pid'}", cfg_text)
+    cfg_text = re.sub(r"(?m)^AllowTcpForwarding .*$", "AllowTcpForwarding yes", cfg_text)
+    (tmp_path / "jump_sshd_config").write_text(cfg_text)
+    jlog = tmp_path / "jump.log"
+    jump = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(tmp_path / "jump_sshd_config"), "-E", str(jlog)])
+    try:
+        deadline = time.monotonic() + 5
+        while "Server listening" not in (jlog.read_text() if jlog.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ssh_cfg = tmp_path / "ssh_config"
+        ssh_cfg.write_text(
+            f"Host jump\n  HostName {bm1.host}\n  Port {jport}\n  User {lab.user}\n  IdentityFile {lab.client_key}\n"
+            f"Host target\n  HostName {bm2.host}\n  Port {bm2.port}\n  User {lab.user}\n"
+            f"  IdentityFile {lab.client_key}\n  ProxyJump jump\n")
+        addr = dict(host="target", port=None, user=None, identity_file=None, ssh_config=str(ssh_cfg))
+        # the lab's known_hosts knows bm2, not the jump host on its new port
+        with pytest.raises(TransportError, match=rf"^bm2: unknown host key for {re.escape(bm1.host)}:{jport} "):
+            transport.connect([bm2.address(**addr)])
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{jport} {bm1.host_entry}\n")
+        before = bm2.logins()
+        transport.connect([bm2.address(known_hosts=(str(lab.known_hosts), str(kh)), **addr)])
+        r = transport.run("bm2", "echo $SSH_CONNECTION", capture=True)
+        assert r.ok and r.stdout.split()[2:] == [bm2.host, str(bm2.port)]
+        assert bm2.logins() - before == 1 and jlog.read_text().count("Accepted publickey") == 1
+    finally:
+        transport.close()
+        jump.terminate()
+        jump.wait(5)
 
 
 # --------------------------------------------------------------------------- errors
 
 
-def test_connection_refused(sshd, transport, tmp_path):
-    port = _free_port()
-    with pytest.raises(TransportError, match=rf"^bm1: connection refused by 127\.0\.0\.1:{port}"):
-        transport.connect([NodeAddress("bm1", "127.0.0.1", port=port, ssh_config=str(sshd.ssh_config))])
+def test_connection_refused(bm1, transport):
+    port = _free_port(bm1.host)
+    with pytest.raises(TransportError, match=rf"^bm1: connection refused by {re.escape(bm1.host)}:{port}"):
+        transport.connect([bm1.address(port=port)])
 
 
-def test_auth_failure(sshd, transport):
-    addr = sshd.address(host="127.0.0.1", port=sshd.port, user=sshd.user, identity_file=str(sshd.other_key))
-    with pytest.raises(TransportError, match=r"^bm1: authentication failed as \S+ at 127\.0\.0\.1"):
+def test_auth_failure(bm1, transport, tmp_path):
+    _keygen(tmp_path / "stranger")
+    addr = bm1.address(identity_file=str(tmp_path / "stranger"))
+    with pytest.raises(TransportError, match=rf"^bm1: authentication failed as \S+ at {re.escape(bm1.host)}"):
         transport.connect([addr])
 
 
-def test_missing_explicit_ssh_config(transport, tmp_path):
+def test_missing_explicit_ssh_config(bm1, transport, tmp_path):
     with pytest.raises(TransportError, match="ssh config file not found"):
-        transport.connect([NodeAddress("bm1", "node", ssh_config=str(tmp_path / "nope"))])
+        transport.connect([bm1.address(ssh_config=str(tmp_path / "nope"))])
 
 
-def test_run_on_unknown_node_and_after_close(sshd, transport):
+def test_one_failure_closes_all_and_lists_every_error(nodes, transport):
+    from bmupgrade.transport.ssh import SshTransport
+
+    with pytest.raises(TransportError) as e:
+        transport.connect([nodes["bm1"].address(), nodes["bm2"].address(known_hosts=())])
+    assert e.value.node == "bm2" and set(e.value.errors) == {"bm2"}
+    assert transport.nodes == []
+    with SshTransport() as t2:  # and a clean retry works
+        t2.connect([nodes["bm1"].address(), nodes["bm2"].address()])
+
+
+def test_run_on_unknown_node_and_after_close(bm1, transport):
     with pytest.raises(TransportError, match="not connected"):
         transport.run("bm9", "true")
-    transport.connect([sshd.address()])
+    transport.connect([bm1.address()])
     transport.close()
     transport.close()
     with pytest.raises(TransportError, match="closed"):
         transport.run("bm1", "true")
 
 
-def test_context_manager_closes(sshd):
+def test_context_manager_closes(bm1):
     from bmupgrade.transport.ssh import SshTransport
 
     with SshTransport() as t:
-        t.connect([sshd.address()])
+        t.connect([bm1.address()])
         pt = t.connection("bm1").transport
         assert pt.is_active()
     assert not pt.is_active()
@@ -302,8 +298,8 @@ def test_context_manager_closes(sshd):
 # --------------------------------------------------------------------------- output
 
 
-def test_streaming_order_and_node_prefix(sshd, transport):
-    transport.connect([sshd.address("bm2")])
+def test_streaming_order_and_node_prefix(nodes, transport):
+    transport.connect([nodes["bm2"].address()])
     seen = []
     stamps = []
 
@@ -319,12 +315,21 @@ def test_streaming_order_and_node_prefix(sshd, transport):
     assert r.output_tail == "a\nb\nc\n"
 
 
-def test_utf8_split_across_chunks(sshd, transport):
-    transport.connect([sshd.address()])
+def test_utf8_split_across_chunks(bm1, transport):
+    transport.connect([bm1.address()])
     got = []
     r = transport.run("bm1", r"printf '\303'; sleep 0.2; printf '\251t\351\n'", on_output=lambda n, s, t: got.append(t))
     assert "".join(got) == "ét\ufffd\n"
     assert r.output_tail == "ét\ufffd\n"
+
+
+def test_secret_redacted_even_when_split_across_chunks():
+    from bmupgrade.transport.ssh import REDACTED, _StreamText
+
+    st = _StreamText("hunter2")
+    parts = [st.feed(b) for b in (b"pw=hun", b"ter", b"2 and hunter", b"2\n", b"hu")] + [st.feed(b"", final=True)]
+    assert "".join(parts) == f"pw={REDACTED} and {REDACTED}\nhu"
+    assert all("hunter2" not in p for p in parts)
 
 
 def _rss_kb() -> int:
@@ -335,8 +340,8 @@ def _rss_kb() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-def test_bounded_memory_for_huge_output(sshd, transport):
-    transport.connect([sshd.address()])
+def test_bounded_memory_for_huge_output(bm1, transport):
+    transport.connect([bm1.address()])
     transport.run("bm1", "head -c 2000000 /dev/zero | tr '\\0' x", capture=True)  # warm up buffers
     base = _rss_kb()
     peak = [base]
@@ -352,15 +357,14 @@ def test_bounded_memory_for_huge_output(sshd, transport):
     assert r.ok and total[0] == 50_000_000 + 5
     assert r.output_tail.endswith("x\nEND\n") and len(r.output_tail.encode()) == OUTPUT_TAIL_BYTES
     assert r.stdout_truncated and len(r.stdout) == 1024 * 1024 and set(r.stdout) == {"x"}
-    print(f"RSS growth during 50 MB: {(peak[0] - base) / 1024:.1f} MB")
     assert peak[0] - base < 8 * 1024, f"RSS grew by {(peak[0] - base) / 1024:.1f} MB"
 
 
 # --------------------------------------------------------------------------- time and failure
 
 
-def test_timeout(sshd, transport):
-    transport.connect([sshd.address()])
+def test_timeout(bm1, transport):
+    transport.connect([bm1.address()])
     pid = []
     t0 = time.monotonic()
     r = transport.run("bm1", "echo $$; exec sleep 30", timeout=1, on_output=lambda n, s, t: pid.append(int(t)))
@@ -374,17 +378,17 @@ def test_timeout(sshd, transport):
             _kill(p)
 
 
-def test_background_process_holding_output_does_not_block(sshd, transport):
-    transport.connect([sshd.address()])
+def test_background_process_holding_output_does_not_block(bm1, transport):
+    transport.connect([bm1.address()])
     t0 = time.monotonic()
-    r = transport.run("bm1", "echo $$ > /dev/null; sleep 4 & echo started")
+    r = transport.run("bm1", "sleep 4 & echo started")
     took = time.monotonic() - t0
     assert r.ok and r.output_tail == "started\n"
     assert took < 3.5  # EXIT_DRAIN_GRACE after the exit status, not the 4 s of the sleep
 
 
-def test_killed_by_signal_has_no_exit_code(sshd, transport):
-    transport.connect([sshd.address()])
+def test_killed_by_signal_has_no_exit_code(bm1, transport):
+    transport.connect([bm1.address()])
     r = transport.run("bm1", "echo bye; kill -9 $$")
     assert r.exit_code is None and not r.connection_lost and not r.timed_out
     assert "without an exit status" in r.error and r.output_tail == "bye\n"
@@ -392,8 +396,8 @@ def test_killed_by_signal_has_no_exit_code(sshd, transport):
 
 
 def _run_and_hit_session(transport, action):
-    """Run `sleep 30` and apply `action(sshd_session_pid)` to the server-side sshd process
-    of our connection once the command runs. Returns (result, seconds after the action)."""
+    """Run `sleep 30` and apply `action(pid)` to the server-side sshd process of our
+    connection once the command runs. Returns (result, seconds after the action)."""
     pids: dict[str, int] = {}
     hit_at = []
 
@@ -422,8 +426,8 @@ def _run_and_hit_session(transport, action):
             _kill(p)
 
 
-def test_killed_session_gives_connection_lost_then_one_reconnect(sshd, transport):
-    transport.connect([sshd.address()])
+def test_killed_session_gives_connection_lost_then_one_reconnect(bm1, transport):
+    transport.connect([bm1.address()])
     first_port = transport.run("bm1", "echo $SSH_CONNECTION", capture=True).stdout.split()[1]
     r, after = _run_and_hit_session(transport, lambda pid: os.kill(pid, signal.SIGKILL))
     assert r.connection_lost and r.exit_code is None and r.sent and not r.timed_out
@@ -434,8 +438,8 @@ def test_killed_session_gives_connection_lost_then_one_reconnect(sshd, transport
     assert not transport.run("bm1", "true").reconnected
 
 
-def test_unresponsive_peer_detected_by_keepalive(sshd, transport):
-    transport.connect([sshd.address()])
+def test_unresponsive_peer_detected_by_keepalive(bm1, transport):
+    transport.connect([bm1.address()])
     r, after = _run_and_hit_session(transport, lambda pid: os.kill(pid, signal.SIGSTOP))
     assert r.connection_lost and r.exit_code is None
     assert "no answer" in r.error
@@ -443,20 +447,28 @@ def test_unresponsive_peer_detected_by_keepalive(sshd, transport):
     assert after < 5
 
 
-def test_reconnect_failure_is_reported_not_raised(sshd, transport, tmp_path):
-    transport.connect([sshd.address()])
+def test_reconnect_failure_is_reported_not_raised(bm1, transport, tmp_path):
+    kh = tmp_path / "kh"
+    kh.write_text(f"[{bm1.host}]:{bm1.port} {bm1.host_entry}\n")
+    transport.connect([bm1.address(known_hosts=(str(kh),))])
     r, _ = _run_and_hit_session(transport, lambda pid: os.kill(pid, signal.SIGKILL))
     assert r.connection_lost
     # the node's host key "changes" before the reconnect: the reconnect must refuse
-    _keygen(tmp_path / "impostor")
-    Path(sshd.known_hosts).write_text(
-        f"[127.0.0.1]:{sshd.port} {' '.join((tmp_path / 'impostor.pub').read_text().split()[:2])}\n")
-    try:
-        r = transport.run("bm1", "true")
-        assert r.connection_lost and not r.sent and r.exit_code is None
-        assert "reconnect failed: HOST KEY CHANGED" in r.error
-    finally:
-        sshd.known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_entry}\n")
+    kh.write_text(f"[{bm1.host}]:{bm1.port} {_entry(_keygen(tmp_path / 'impostor'))}\n")
+    r = transport.run("bm1", "true")
+    assert r.connection_lost and not r.sent and r.exit_code is None
+    assert "reconnect failed: HOST KEY CHANGED" in r.error
+    kh.write_text(f"[{bm1.host}]:{bm1.port} {bm1.host_entry}\n")
+    r = transport.run("bm1", "true")
+    assert r.ok and r.reconnected
+
+
+def test_node_down_then_up(lab, bm1, transport):
+    transport.connect([bm1.address()])
+    lab.node("bm1").down()  # the machine goes away: every session of it is killed
+    r = transport.run("bm1", "true")
+    assert r.connection_lost and not r.sent and "reconnect failed: connection refused" in r.error
+    lab.node("bm1").up()
     r = transport.run("bm1", "true")
     assert r.ok and r.reconnected
 
@@ -472,34 +484,25 @@ def test_sudo_wrap_strings():
 
 
 @pytest.fixture
-def fake_sudo(sshd, tmp_path, monkeypatch):
-    """A stand-in for sudo on the node: records its argv, checks the password like sudo -S
-    (and, misbehaving on purpose, echoes the line it read to stderr)."""
+def as_sudoer(lab, monkeypatch):
+    """The lab's sudo stand-in checks the password of the node state like `sudo -S`. When the
+    tests run as root the transport would (rightly) not use sudo: make it treat us as a sudoer."""
     import bmupgrade.transport.ssh as ssh_mod
 
-    script = tmp_path / "fakesudo"
-    argv_log = tmp_path / "argv"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"printf '%s\\n' \"$@\" > {argv_log}\n"
-        'if [ "$1" = -n ]; then shift 2; exec "$@"; fi\n'
-        "shift 4\n"
-        "IFS= read -r pw\n"
-        "echo \"read: $pw\" >&2\n"
-        'if [ "$pw" = "correct horse" ]; then exec "$@"; fi\n'
-        "echo 'Sorry, try again.' >&2; echo 'sudo: 1 incorrect password attempt' >&2; exit 1\n"
-    )
-    script.chmod(0o755)
-    real = ssh_mod.sudo_wrap
-    monkeypatch.setattr(ssh_mod, "sudo_wrap", lambda c, with_password: str(script) + real(c, with_password=with_password)[4:])
-    # we may be root here: make the transport treat the login user as a sudoer
-    monkeypatch.setattr(ssh_mod.SshTransport, "_use_sudo", lambda self, node, sudo: sudo or node.address.sudo)
-    return argv_log
+    if lab.user == "root":
+        monkeypatch.setattr(ssh_mod.SshTransport, "_use_sudo", lambda self, node, sudo: sudo or node.address.sudo)
+    return lab
 
 
-def test_sudo_with_password_is_sent_on_stdin_and_never_shown(sshd, fake_sudo):
+def _sudo_argv(lab, node="bm1") -> list[str]:
+    return lab.node(node).calls("sudo")[-1]["argv"]
+
+
+def test_sudo_with_password_is_sent_on_stdin_and_never_shown(as_sudoer, bm1):
     from bmupgrade.transport.ssh import SshTransport
 
+    lab = as_sudoer
+    lab.node("bm1").set_state(sudo_password="correct horse")
     asked = []
 
     def provider(addr):
@@ -507,60 +510,66 @@ def test_sudo_with_password_is_sent_on_stdin_and_never_shown(sshd, fake_sudo):
         return "correct horse"
 
     with SshTransport(password_provider=provider) as t:
-        t.connect([sshd.address(sudo=True)])
+        t.connect([bm1.address(sudo=True)])
         seen = []
         r = t.run("bm1", "echo ran; cat; echo done", capture=True, on_output=lambda *a: seen.append(a))
         assert r.ok, r
-        assert fake_sudo.read_text().splitlines() == ["-S", "-p", "", "--", "sh", "-c", "exec </dev/null; echo ran; cat; echo done"]
-        assert r.stdout == "ran\ndone\n"  # `cat` got /dev/null, not the password line
-        blob = repr(r) + repr(seen)
-        assert "correct horse" not in blob and "read: ********" in r.output_tail
+        assert _sudo_argv(lab)[-4:] == ["--", "sh", "-c", "exec </dev/null; echo ran; cat; echo done"]
+        assert _sudo_argv(lab)[1:4] == ["-S", "-p", ""]
+        assert r.stdout == "ran\ndone\n"  # `cat` read /dev/null, not the password line
+        assert "correct horse" not in repr(r) + repr(seen)
+        assert "correct horse" not in Path(lab.node("bm1").ledger_path).read_text()
         t.run("bm1", "true", sudo=True)
         assert asked == ["bm1"]  # asked once
 
 
-def test_sudo_zero_argument_provider_is_asked_once_for_all_nodes(sshd, fake_sudo):
+def test_sudo_zero_argument_provider_is_asked_once_for_all_nodes(as_sudoer, nodes):
     from bmupgrade.transport.ssh import SshTransport
 
+    for n in ("bm1", "bm2"):
+        as_sudoer.node(n).set_state(sudo_password="pw")
     asked = []
 
     def provider():
         asked.append(1)
-        return "correct horse"
+        return "pw"
 
     with SshTransport(password_provider=provider) as t:
-        t.connect([sshd.address("bm1", sudo=True), sshd.address("bm2", sudo=True)])
+        t.connect([nodes["bm1"].address(sudo=True), nodes["bm2"].address(sudo=True)])
         assert t.run("bm1", "true").ok and t.run("bm2", "true").ok and t.run("bm1", "true").ok
     assert asked == [1]
 
 
-def test_sudo_wrong_password_is_forgotten(sshd, fake_sudo):
+def test_sudo_wrong_password_is_forgotten(as_sudoer, bm1):
     from bmupgrade.transport.ssh import SshTransport
 
+    as_sudoer.node("bm1").set_state(sudo_password="correct horse")
     answers = iter(["wrong one", "correct horse"])
     with SshTransport(password_provider=lambda a: next(answers)) as t:
-        t.connect([sshd.address()])
+        t.connect([bm1.address()])
         r = t.run("bm1", "true", sudo=True)
         assert r.exit_code == 1 and r.error == "sudo rejected the password"
         assert "wrong one" not in repr(r)
         assert t.run("bm1", "true", sudo=True).ok  # asked again
 
 
-def test_sudo_without_password_uses_n(sshd, fake_sudo):
+def test_sudo_without_password_uses_n(as_sudoer, bm1):
     from bmupgrade.transport.ssh import SshTransport
 
+    lab = as_sudoer
     with SshTransport() as t:
-        t.connect([sshd.address()])
-        assert t.run("bm1", "echo x", sudo=True).ok
-        assert fake_sudo.read_text().splitlines() == ["-n", "--", "sh", "-c", "echo x"]
-        assert t.run("bm1", "true").ok  # no sudo asked: plain command
-        assert fake_sudo.read_text().splitlines()[-1] == "echo x"
+        t.connect([bm1.address()])
+        assert t.run("bm1", "echo x", sudo=True).ok  # NOPASSWD node
+        assert _sudo_argv(lab)[1:] == ["-n", "--", "sh", "-c", "echo x"]
+        lab.node("bm1").set_state(sudo_password="secret")
+        r = t.run("bm1", "echo x", sudo=True)
+        assert r.exit_code == 1 and "a password is required" in r.output_tail
+        assert t.run("bm1", "true").ok and len(lab.node("bm1").calls("sudo")) == 2  # no sudo asked
 
 
-def test_root_is_never_wrapped_in_sudo(sshd, transport):
-    if sshd.user != "root":
-        pytest.skip("logs in as a non-root user")
-    transport.connect([sshd.address(sudo=True)])
+def test_root_is_never_wrapped_in_sudo(lab, bm1, transport):
+    if lab.user != "root":
+        pytest.skip("the lab logs in as a non-root user")
+    transport.connect([bm1.address(sudo=True)])
     r = transport.run("bm1", "id -u", sudo=True, capture=True)
-    assert r.ok and r.stdout == "0\n"
-
+    assert r.ok and r.stdout == "0\n" and not lab.node("bm1").calls("sudo")

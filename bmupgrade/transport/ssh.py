@@ -772,7 +772,7 @@ class SshTransport:
             if status != -1:
                 finished = True
                 res = result(exit_code=status, **common)
-                if use_sudo and password is not None and status != 0 and "incorrect password" in res.output_tail:
+                if use_sudo and password is not None and status != 0 and _sudo_refused(res.output_tail):
                     # ask again next time
                     forget_password(self._password_provider, n.address, self._passwords, self._password_lock)
                     res.error = "sudo rejected the password"
@@ -845,6 +845,11 @@ def _tune_socket(sock) -> None:
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text or type(e).__name__
+
+
+def _sudo_refused(output: str) -> bool:
+    # sudo's own words (English locale): "Sorry, try again." / "N incorrect password attempt(s)"
+    return "incorrect password attempt" in output or "Sorry, try again." in output
 
 
 __all__ = ["SshTransport", "fingerprint", "sudo_wrap"]
