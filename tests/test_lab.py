@@ -72,10 +72,15 @@ def test_up_down_leaves_no_process(lab_factory):
         time.sleep(0.02)
     sleeper = [int(p.name) for p in (bm1.dir / "run").iterdir()]
     assert sleeper and _alive(sleeper[0])
+    # an idle session that is no stand-in (a shell waiting on its stdin) must go too
+    idle = subprocess.Popen(["ssh", "-F", str(lab.ssh_config), "bm2", "echo ready; read line"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert idle.stdout.readline() == b"ready\n"
     everything = pids + _tree(pids[0]) + _tree(pids[1])
-    assert sleeper[0] in everything
+    assert sleeper[0] in everything and len(_tree(pids[1])) >= 2
     lab.down()
-    assert client.wait(5) == 255  # the client saw its connection go
+    assert client.wait(5) == 255  # the clients saw their connections go
+    assert idle.wait(5) == 255
     left = [p for p in everything if _alive(p)]
     assert left == [], "processes left behind: %s" % left
     assert bm1.pid is None and bm2.pid is None
@@ -167,15 +172,17 @@ def test_session_environment(lab, batch):
 def test_public_key_only(lab, tmp_path):
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    base = ["ssh", "-F", str(lab.ssh_config)]
-    r = subprocess.run(base + ["-o", "IdentityFile=%s" % other, "-i", str(other), "-o", "IdentitiesOnly=yes",
-                               "-o", "IdentityFile=none", "bm1", "true"], capture_output=True, text=True, timeout=20)
-    r2 = subprocess.run(["ssh", "-o", "UserKnownHostsFile=%s" % lab.known_hosts, "-o", "GlobalKnownHostsFile=/dev/null",
-                         "-o", "BatchMode=yes", "-o", "PreferredAuthentications=password,keyboard-interactive",
-                         "-p", str(lab.nodes[0].port), "127.0.0.11", "true"],
-                        capture_output=True, text=True, timeout=20)
-    assert r2.returncode == 255 and "Permission denied" in r2.stderr
-    assert r.returncode in (0, 255)  # (ssh may still offer the lab key from the config; not the point)
+    common = ["-o", "UserKnownHostsFile=%s" % lab.known_hosts, "-o", "GlobalKnownHostsFile=/dev/null",
+              "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-p", str(lab.nodes[0].port)]
+    good = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(lab.client_key)] + common + ["127.0.0.11", "true"],
+                          capture_output=True, text=True, timeout=20)
+    wrong_key = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(other)] + common + ["127.0.0.11", "true"],
+                               capture_output=True, text=True, timeout=20)
+    password = subprocess.run(["ssh", "-F", "/dev/null", "-o", "PreferredAuthentications=password,keyboard-interactive"]
+                              + common + ["127.0.0.11", "true"], capture_output=True, text=True, timeout=20)
+    assert good.returncode == 0, good.stderr
+    assert wrong_key.returncode == 255 and "Permission denied (publickey)" in wrong_key.stderr
+    assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr
 
 
 def test_fabric_connection_with_strict_host_keys(lab):
@@ -334,9 +341,12 @@ def test_runs_as_non_root_user(tmp_path_factory):
         assert lab.node("bm2").calls("apt-get install")[0]["user"] == user
         assert "user: %s" % user in lab.inventory_path.read_text()
         # the lab belongs to its user: another user cannot start its sshd (it could not log them in)
-        if pre:
-            with pytest.raises(LabError, match="belongs to user"):
-                Lab(d).node("bm1").up() if False else Lab(d)._start([Lab(d).node("bm1")])
+        if pre:  # root must not take over (or rewrite the files of) another user's lab
+            before = lab.known_hosts.stat()
+            with pytest.raises(LabError, match="belongs to user bmlabtest"):
+                Lab(d).up()
+            assert lab.known_hosts.stat().st_ino == before.st_ino
+            assert Lab(d).node("bm1").up().pid == pids[0]  # running: a no-op
         down = subprocess.run(cmd + ["down", "--dir", str(d)], cwd="/", env=env, capture_output=True, text=True,
                               timeout=30)
         assert down.returncode == 0, down.stderr

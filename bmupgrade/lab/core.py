@@ -12,7 +12,8 @@ Layout of a lab directory::
     known_hosts           [127.0.0.11]:PORT ssh-ed25519 ... (strict host-key checking works)
     ssh_config            Host bm1/bm2 for `ssh -F lab/ssh_config bm1`
     inventory.yaml        for `bmupgrade plan|run RUNBOOK -i lab/inventory.yaml`
-    bin/                  bmlab (the stand-ins script) and one symlink per stand-in command
+    bin/                  bmlab.py (the stand-ins script), bmlab (a launcher importing it, so its
+                          bytecode is cached) and one symlink to bmlab per stand-in command
     nodes/<name>/         sshd_config, ssh_host_ed25519_key, sshd.pid, sshd.log, state.json,
                           ledger.jsonl, home/ (the session's HOME), root/ (node filesystem)
 """
@@ -194,7 +195,8 @@ class LabNode:
     # ---- processes
     def up(self) -> "LabNode":
         """Start this node's sshd (same port and host key as before); no-op when running."""
-        self.lab._start([self])
+        if not self.is_up:
+            self.lab._start([self])
         return self
 
     def down(self) -> None:
@@ -296,6 +298,12 @@ class Lab:
     def _write_meta(self, meta: dict) -> None:
         bmlab.write_file(str(self.dir / "lab.json"), (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
 
+    def _check_owner(self) -> None:
+        owner = self._meta()["user"]
+        if owner != self.user:
+            raise LabError("this lab belongs to user %s; run it as that user (sshd can only log in the user "
+                           "it runs as)" % owner)
+
     # ---- lifecycle
     def up(self, *, reset: bool = False) -> "Lab":
         """Create the lab if needed and start both nodes (idempotent). reset=True puts the state
@@ -305,6 +313,8 @@ class Lab:
             raise LabError("%s not found: install openssh-server (Debian: apt-get install openssh-server)" % SSHD)
         if self.dir.exists() and not self.exists() and any(self.dir.iterdir()):
             raise LabError("%s exists and is not a lab; choose another --dir" % self.dir)
+        if self.exists():
+            self._check_owner()
         if not self.exists():
             self._create()
         elif reset:
@@ -366,11 +376,11 @@ class Lab:
     def _install_standins(self) -> None:
         bindir = self.dir / "bin"
         bindir.mkdir(exist_ok=True)
-        target = bindir / "bmlab"
-        src = STANDINS_SRC.read_bytes()
-        if not target.exists() or target.read_bytes() != src:
-            bmlab.write_file(str(target), src)
-        target.chmod(0o755)
+        for name, data in (("bmlab.py", STANDINS_SRC.read_bytes()), ("bmlab", bmlab.LAUNCHER.encode())):
+            target = bindir / name
+            if not target.exists() or target.read_bytes() != data:
+                bmlab.write_file(str(target), data)
+            target.chmod(0o755)
         for cmd in bmlab.COMMANDS:
             link = bindir / cmd
             if not link.is_symlink():
@@ -423,6 +433,10 @@ class Lab:
                 "LoginGraceTime 30",
                 "Subsystem sftp internal-sftp",
                 "LogLevel INFO",
+                # sntrup761x25519 (OpenSSH 9's default) costs ~55 ms a session here; a lab needs no
+                # post-quantum key exchange, and Paramiko negotiates curve25519 anyway
+                "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,"
+                "diffie-hellman-group16-sha512,diffie-hellman-group14-sha256",
                 "",
             ]
             _atomic(n.sshd_config, "\n".join(lines))
@@ -464,10 +478,7 @@ class Lab:
             return
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privsep dir as root
-        meta = self._meta()
-        if meta["user"] != self.user:
-            raise LabError("this lab belongs to user %s; run it as that user (sshd can only log in the user "
-                           "it runs as)" % meta["user"])
+        self._check_owner()
         for attempt in range(3):
             meta = self._meta()
             for n in nodes:

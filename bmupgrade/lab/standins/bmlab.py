@@ -2252,11 +2252,26 @@ def main(argv: list[str] | None = None) -> int:
     return code if code is not None and code >= 0 else 255
 
 
-if __name__ == "__main__":
+def run() -> int:
+    """Entry point: as a script (`python3 bmlab.py`, or a symlink to it) or from the lab's
+    `bin/bmlab` launcher, which imports this file so that its bytecode is cached."""
     try:
         rc = main()
     except KeyboardInterrupt:
         rc = 130
     with contextlib.suppress(Exception):
         sys.stdout.flush()
-    sys.exit(rc)
+    return rc
+
+
+LAUNCHER = """#!/usr/bin/env python3
+# bmupgrade lab: the stand-in commands are symlinks to this launcher. It imports bmlab.py (next
+# to it) rather than running it as a script, so Python caches its bytecode (-20 ms a call).
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import bmlab
+sys.exit(bmlab.run())
+"""
+
+if __name__ == "__main__":
+    sys.exit(run())
