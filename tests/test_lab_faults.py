@@ -37,6 +37,15 @@ def test_fail_first_n_times_on_one_node(lab, batch):
     assert "maintenance-mode" not in lab.cluster_state()["properties"]  # a failed command changes nothing
 
 
+def test_fault_command_matching_with_exclusion(lab, batch):
+    # the prefetch is an `apt-get install` too: `!--download-only` aims the fault at the real install
+    lab.fault("fail", node="bm1", command="apt-get install !--download-only", exit_code=100, times=1)
+    r = batch(lab.node("bm1"), "apt-get update -qq", "apt-get install -y -q --download-only bm-full=4.9.3",
+              "apt-get install -y -q bm-full=4.9.3", "apt-get install -y -q bm-full=4.9.3")
+    assert [x.rc for x in r[1:]] == [0, 100, 0]
+    assert [c.get("faults") for c in lab.node("bm1").calls("apt-get install")] == [None, ["fail"], None]
+
+
 def test_hang_then_proceed(lab, batch):
     lab.fault("hang", node="bm1", command="bm-cli setup", seconds=0.6, times=1)
     t0 = time.monotonic()

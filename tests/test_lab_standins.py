@@ -31,7 +31,10 @@ def test_apt_update_install_simulate_unknown_version(lab, batch):
               "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold bm-full=4.9.3",
               "dpkg-query -W -f='${Version}' bm-full bm-core",
               "apt-get install -y bm-full=4.9.3",
-              "apt-cache policy bm-full")
+              "apt-cache policy bm-full",
+              "apt-cache show bm-full=4.9.3",
+              "apt-cache show bm-full=9.9",
+              "apt-cache show bm-nope=1")
     assert r[0].rc == 100 and r[0].err == "E: Version '4.9.3' for 'bm-full' was not found\n"
     assert "Installed: 4.9.2\n  Candidate: 4.9.2\n" in r[1].out
     assert r[2].rc == 0
@@ -44,6 +47,9 @@ def test_apt_update_install_simulate_unknown_version(lab, batch):
     assert r[9].out == "4.9.34.9.3"
     assert r[10].rc == 0 and "bm-full is already the newest version (4.9.3)." in r[10].out
     assert " *** 4.9.3 500" in r[11].out
+    assert r[12].rc == 0 and "Version: 4.9.3\n" in r[12].out and "Depends: bm-conf (= 4.9.3)" in r[12].out
+    assert (r[13].rc, r[13].out) == (0, "")  # apt's quirk: an unknown version is no error
+    assert r[14].rc == 100 and r[14].err == "E: No packages found\n"
     assert versions(bm2) == {p: "4.9.3" for p in BM}
     assert lab.node("bm1").state()["installed"]["bm-full"] == "4.9.2"  # the other node untouched
     ledger = bm2.calls("apt-get install")

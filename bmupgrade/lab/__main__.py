@@ -12,7 +12,7 @@ import json
 import sys
 
 FAULT_OPTIONS = [  # (flag, dest, type, help)
-    ("--command", "command", str, "argv prefix the fault matches, e.g. 'apt-get install'"),
+    ("--command", "command", str, "words the call must contain in order, e.g. 'apt-get install'; !WORD excludes"),
     ("--exit-code", "exit_code", int, "fail: exit code"),
     ("--times", "times", int, "only the first N matching calls (default: always; drop/vip-move: 1)"),
     ("--message", "message", str, "fail: message on stderr"),

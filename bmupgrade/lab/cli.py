@@ -90,7 +90,7 @@ def fault(
                                          "dpkg-lock | held-package | clear"),
     dir: str = DirOpt,
     node: Optional[str] = typer.Option(None, "--node", "-n", help="Node (default: every node)."),
-    command: Optional[str] = typer.Option(None, "--command", "-c", help="fail/hang/drop/vip-move: argv prefix, e.g. 'apt-get install'."),
+    command: Optional[str] = typer.Option(None, "--command", "-c", help="fail/hang/drop/vip-move: words the call contains in order, e.g. 'apt-get install'; '!WORD' excludes."),
     exit_code: Optional[int] = typer.Option(None, "--exit-code", help="fail: exit code (default 1)."),
     times: Optional[int] = typer.Option(None, "--times", help="Only the first N matching calls."),
     message: Optional[str] = typer.Option(None, "--message", help="fail: message on stderr."),

@@ -327,12 +327,16 @@ def failover(tx: Txn, to: str | None = None) -> str:
 
 def command_matches(pattern, argv: list[str]) -> bool:
     """A fault's command matches when its first word is the command and its other words appear
-    in the arguments in the same order (options in between are ignored)."""
+    in the arguments in the same order (options in between are ignored). A word `!WORD` means
+    WORD must not appear: "apt-get install !--download-only" skips the prefetch."""
     words = pattern.split() if isinstance(pattern, str) else list(pattern)
     if not words or not argv or os.path.basename(words[0]) != os.path.basename(argv[0]):
         return False
+    wanted = [w for w in words[1:] if not (w.startswith("!") and len(w) > 1)]
+    if any(w[1:] in argv[1:] for w in words[1:] if w.startswith("!") and len(w) > 1):
+        return False
     it = iter(argv[1:])
-    return all(any(w == a for a in it) for w in words[1:])
+    return all(any(w == a for a in it) for w in wanted)
 
 
 def vcmp(a: str, b: str) -> int:
@@ -965,12 +969,19 @@ def cmd_apt_cache(ctx: Ctx, args):
             for v in known:
                 ctx.out("%10s | %10s | %s bookworm/main amd64 Packages" % (p, v, REPO_URL))
         return 0
-    if op in ("show", "showpkg"):
-        for p in pkgs:
-            if p not in BM_PACKAGES:
-                ctx.die(100, "E: No packages found")
+    if op == "show":
+        # like apt: PKG=VERSION with an unknown VERSION prints nothing and still exits 0
+        if not pkgs or any(spec.partition("=")[0] not in BM_PACKAGES for spec in pkgs):
+            ctx.die(100, "E: No packages found")
+        for spec in pkgs:
+            p, _, want = spec.partition("=")
             for v in known:
-                ctx.out("Package: %s\nVersion: %s\nArchitecture: all\nDescription: %s\n" % (p, v, DESCRIPTIONS[p]))
+                if want and v != want:
+                    continue
+                dep = "" if p != BM_FULL else "Depends: %s\n" % ", ".join("%s (= %s)" % (x, v) for x in PINNED)
+                ctx.out("Package: %s\nVersion: %s\nPriority: optional\nSection: misc\nMaintainer: BlueMind "
+                        "<contact@bluemind.net>\nArchitecture: all\n%sFilename: pool/main/b/%s/%s_%s_all.deb\n"
+                        "Size: %d\nDescription: %s\n" % (p, v, dep, p, p, v, pkg_size(p) * 1000, DESCRIPTIONS[p]))
         return 0
     ctx.die(100, "E: Invalid operation %s" % op)
 
