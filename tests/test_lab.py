@@ -428,3 +428,26 @@ def test_cli_module_imports_only_typer():
             "('fabric', 'paramiko', 'yaml', 'pydantic', 'questionary') or m in ('bmupgrade.lab.core',)); print(bad)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_missing_sshd_fails_on_ci_and_skips_elsewhere(monkeypatch):
+    from tests import conftest
+
+    monkeypatch.setattr(conftest, "SSHD", "/nonexistent/sshd")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: lab tests must run, not skip.*/nonexistent/sshd"):
+        conftest.require_sshd()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="openssh-server"):
+        conftest.require_sshd()
+    monkeypatch.undo()
+    conftest.require_sshd()  # the real one is installed here
+
+
+def test_up_refuses_a_directory_that_is_not_a_lab(tmp_path):
+    from tests.conftest import require_sshd
+    require_sshd()
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(LabError, match="is not a lab"):
+        Lab(tmp_path).up()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
