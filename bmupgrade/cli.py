@@ -391,10 +391,7 @@ def _mount_subcommands() -> None:
     app.add_typer(lab_app, name="lab", help="A two-node rehearsal cluster of real sshd on loopback.")
 
 
-try:  # TODO(lab lands): mount unconditionally
-    _mount_subcommands()
-except ModuleNotFoundError:
-    pass
+_mount_subcommands()
 
 
 def main() -> None:
