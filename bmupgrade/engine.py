@@ -671,7 +671,7 @@ class Engine:
                 continue
             if s.rollback:
                 undo.append(f"{s.id} on {', '.join(ran)}: " + "; ".join(self.shown(c, ran[0]) for c in s.rollback))
-            else:
+            elif s.rollback is None:  # `rollback: []` says there is nothing to undo
                 cannot.append(f"{s.id} ({s.label})")
         return undo, cannot
 
@@ -682,7 +682,7 @@ class Engine:
         self.journal.data["cannot_undo"] = cannot
         if not undo:
             self.reporter.warn("Nothing to roll back automatically.")
-            return not cannot
+            return True
         if not self.prompter.confirm_rollback(undo, cannot):
             self.reporter.warn("Rollback declined.")
             return False
@@ -721,7 +721,7 @@ class Engine:
                 ok_all = False
                 self.reporter.error(f"rollback of '{s.id}' failed; stopping the rollback here (earlier steps untouched)")
                 break
-        return ok_all and not cannot
+        return ok_all
 
     def rollback_run(self) -> Summary:
         """`bmupgrade rollback RUN`: undo a finished or aborted run."""

@@ -82,6 +82,7 @@ class Action:
     capture: str | None = None
     severity: str = "error"
     why: str | None = None
+    undo: str = "impossible"  # commands | nothing (rollback: []) | impossible (no rollback)
 
     def distinct_commands(self) -> list[tuple[list[str], NodeCommands]]:
         """Group nodes whose rendered commands are identical (for compact display)."""
@@ -182,7 +183,8 @@ def step_action(rb: Runbook, s: Step, seq: int, render: Renderer, holders: list[
         )
     return Action(seq, "step", s.id, s.label, "command", s.on or "all", text, nodes, cmds,
                   confirm=s.confirm, parallel=s.parallel, timeout=s.timeout, retries=s.retries,
-                  ha=s.ha, capture=s.capture)
+                  ha=s.ha, capture=s.capture,
+                  undo="impossible" if s.rollback is None else ("commands" if s.rollback else "nothing"))
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -223,6 +225,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "capture": a.capture,
                 "severity": a.severity,
                 "latest_start": _iso(plan.latest_start(a)),
+                "undo": a.undo if a.phase == "step" and a.kind == "command" else None,
             }
             for a in plan.actions
         ],

@@ -107,8 +107,10 @@ def render_text(plan: Plan, console) -> None:
                         body.append(f"\n  rollback: {prefix}{r}", style="magenta")
             if a.phase != "step":
                 body.append("\n  expect: " + _expect_text(a), style="green")
-            elif not any(c.rollback for _, c in groups):
-                body.append("\n  rollback: cannot be undone automatically", style="dim")
+            elif a.undo == "impossible":
+                body.append("\n  rollback: cannot be undone automatically", style="yellow")
+            elif a.undo == "nothing":
+                body.append("\n  rollback: nothing to undo", style="dim")
             target = a.target if a.kind != "builtin" else "all"
             table.add_row(str(a.seq), target, body)
         console.print(table)
@@ -186,8 +188,10 @@ def render_markdown(plan: Plan) -> str:
                     if c.rollback:
                         out.append("   Rollback: " + "; ".join(f"`{r}`" for r in c.rollback))
                     out.append("")
-            if a.phase == "step" and not any(c.rollback for _, c in groups):
-                out.extend(["   Rollback: cannot be undone automatically.", ""])
+            if a.phase == "step" and a.undo == "impossible":
+                out.extend(["   Rollback: **cannot be undone automatically.**", ""])
+            elif a.phase == "step" and a.undo == "nothing":
+                out.extend(["   Rollback: nothing to undo.", ""])
             if a.phase != "step":
                 out.extend([f"   Expect: {_expect_text(a)}" + (f". {a.why}" if a.why else ""), ""])
 
@@ -202,8 +206,8 @@ def render_markdown(plan: Plan) -> str:
         rb_cmds = [r for _, c in a.distinct_commands() for r in c.rollback]
         if rb_cmds:
             out.append(f"- `{a.id}`: " + "; ".join(f"`{r}`" for r in dict.fromkeys(rb_cmds)))
-        else:
-            out.append(f"- `{a.id}`: cannot be undone automatically")
+        elif a.undo == "impossible":
+            out.append(f"- `{a.id}`: **cannot be undone automatically** (restore from the backup)")
     out += ["", "## Sign-off", "", "| Role | Name | Date |", "|---|---|---|",
             "| Prepared by | | |", "| Approved by | | |", "| Executed by | | |", ""]
     return "\n".join(out)

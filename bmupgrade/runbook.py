@@ -207,7 +207,8 @@ class Step(Strict):
     on: str | None = Field(None, description="primary | secondary | all | a node name")
     run: Commands | None = Field(None, description="Command(s), run in order on each target node.")
     verify: str | None = Field(None, min_length=1, description="Exit 0 = the step achieved its goal.")
-    rollback: Commands | None = Field(None, description="Command(s) that undo the step.")
+    rollback: Commands | None = Field(
+        None, description="Command(s) that undo the step; [] = nothing to undo; absent = cannot be undone.")
     confirm: bool = Field(False, description="Ask before running (interactive runs).")
     parallel: bool = Field(False, description="Run on the target nodes at the same time.")
     timeout: Duration = Field(600.0, description="Per command, e.g. '45m'.")

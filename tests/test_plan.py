@@ -27,6 +27,8 @@ def test_pacemaker_order():
     assert steps["post-install"].target == "primary"
     assert steps["post-install"].commands["bm1"].run == ["bm-cli setup upgrade"]
     assert steps["passive-stopped"].target == "secondary"
+    assert (steps["refresh"].undo, steps["packages"].undo, steps["post-install"].undo) == \
+        ("nothing", "commands", "impossible")
     assert plan.ha_window == ("ha-off", "ha-on")
     assert ids(plan, "preflight")[0] == "one-vip-holder"
     # the only change-making commands are in steps: preflight/postflight read
@@ -81,7 +83,7 @@ def test_markdown_is_a_change_ticket():
     for needle in ("# Change: BlueMind HA update (Pacemaker)", "## Preflight checks", "## Procedure",
                    "## Back-out plan", "## Sign-off", "bm-cli setup upgrade", "- [ ] done",
                    "| HA handling off | from step `ha-off` to step `ha-on` |",
-                   "- `post-install`: cannot be undone automatically"):
+                   "- `post-install`: **cannot be undone automatically**"):
         assert needle in md, needle
 
 
