@@ -394,7 +394,19 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _setup_logging() -> None:
+    """Library warnings (e.g. "no answer from bm2 for 15 s") as one prefixed line on stderr;
+    Paramiko's own chatter only with --debug."""
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if _debug else logging.WARNING,
+                        format="bmupgrade: %(levelname)s: %(message)s")
+    if not _debug:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
 def main() -> None:
+    _setup_logging()
     try:
         app()
     except KeyboardInterrupt:

@@ -1,0 +1,62 @@
+"""Resume's view of what changed, runbook-change refusal, status/runs, plan --probe (on the lab)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e import PACEMAKER, bmupgrade, journal, run_upgrade
+
+pytestmark = pytest.mark.lab
+
+
+def test_resume_shows_what_changed_while_stopped(lab, tmp_path):
+    state = tmp_path / "s"
+    r = run_upgrade(lab, state, env={"BMUPGRADE_CRASH_AT": "done:packages"})
+    assert r.returncode == -signal.SIGKILL
+    lab.failover("bm2")  # the VIP moved while nobody was watching
+    r = bmupgrade("resume", "--yes", state=state, check_rc=0)
+    assert "Changed since the run stopped" in r.stdout
+    assert "vip_holders: ['bm1'] → ['bm2']" in r.stdout
+    j = journal(state)
+    assert j["resumes"][0]["changes"] and j["facts"][0]["at"] == "start"
+    # post-install followed the VIP to its new holder
+    assert [e for e in lab.node("bm2").calls("bm-cli setup")] and not lab.node("bm1").calls("bm-cli setup")
+
+
+def test_resume_refuses_a_changed_runbook_unless_forced(lab, tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(open(PACEMAKER).read())
+    state = tmp_path / "s"
+    r = run_upgrade(lab, state, runbook=str(rb), env={"BMUPGRADE_CRASH_AT": "done:ha-off"})
+    assert r.returncode == -signal.SIGKILL
+    rb.write_text(rb.read_text().replace("timeout: 45m", "timeout: 50m"))
+    r = bmupgrade("resume", "--yes", state=state)
+    assert r.returncode == 2 and "changed since run" in r.stderr and "--force" in r.stderr
+    bmupgrade("resume", "--yes", "--force", state=state, check_rc=0)
+
+
+def test_status_and_runs(lab, tmp_path):
+    state = tmp_path / "s"
+    run_upgrade(lab, state, check_rc=0)
+    rid = journal(state)["run_id"]
+    r = bmupgrade("status", state=state, check_rc=0)
+    assert rid in r.stdout and "succeeded" in r.stdout and "post-install" in r.stdout
+    data = json.loads(bmupgrade("status", rid, "--format", "json", state=state, check_rc=0).stdout)
+    assert data["steps"]["post-install"]["nodes"]["bm1"]["state"] == "done"
+    assert rid in bmupgrade("runs", state=state, check_rc=0).stdout
+    assert bmupgrade("status", "nope", state=state).returncode == 2
+
+
+def test_plan_probe_shows_concrete_nodes_read_only(lab, tmp_path):
+    lab.failover("bm2")
+    r = subprocess.run([sys.executable, "-m", "bmupgrade", "plan", PACEMAKER, "-i", str(lab.inventory_path),
+                        "--probe", "-f", "json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    post = next(a for a in json.loads(r.stdout)["actions"] if a["id"] == "post-install")
+    assert list(post["nodes"]) == ["bm2"]
+    assert not any("--update" in " ".join(e["argv"]) for n in ("bm1", "bm2") for e in lab.node(n).calls())
