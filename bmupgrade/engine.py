@@ -650,6 +650,9 @@ class Engine:
         ssh = "ssh " + (f"-p {addr.port} " if addr.port else "") + (f"{addr.user}@" if addr.user else "") + addr.host
         if self.rb.cluster.ssh_config:
             ssh = f"ssh -F {self.rb.cluster.ssh_config} {node}"
+        if self.ha_is_off():
+            summary += (f"\n  HA handling is OFF since {self.journal.data['ha']['off_since']}: abort leaves the cluster "
+                        "without failover (resume later restores it); roll back turns it back on now.")
         lost = any(r.connection_lost for r in failures.values())
         if lost:
             summary += ("\n  The SSH connection was lost: the command may still be running on the node (SSH does "

@@ -60,3 +60,17 @@ def test_plan_probe_shows_concrete_nodes_read_only(lab, tmp_path):
     post = next(a for a in json.loads(r.stdout)["actions"] if a["id"] == "post-install")
     assert list(post["nodes"]) == ["bm2"]
     assert not any("--update" in " ".join(e["argv"]) for n in ("bm1", "bm2") for e in lab.node(n).calls())
+
+
+def test_stale_remote_lock_is_reported_and_broken_only_explicitly(lab, tmp_path):
+    lock = {"run_id": "20261124-230000-dead", "user": "alice", "host": "laptop", "pid": 4242,
+            "since": "2026-11-24T23:00:00+00:00"}
+    for n in ("bm1", "bm2"):
+        d = lab.node(n).state_dir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "lock").write_text(json.dumps(lock) + "\n")
+    r = run_upgrade(lab, tmp_path / "s")
+    assert r.returncode == 3
+    assert "20261124-230000-dead" in r.stdout and "alice@laptop" in r.stdout and "--break-lock" in r.stdout
+    run_upgrade(lab, tmp_path / "s2", "--break-lock", check_rc=0)
+    assert not (lab.node("bm1").state_dir / "lock").exists()

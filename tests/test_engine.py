@@ -225,3 +225,44 @@ def test_node_down_at_start_is_preflight_refusal(tmp_path, rb_path):
     t.unreachable("bm2", "connection refused")
     s = start_run(rb_path, session(tmp_path, t))
     assert s.exit_code == 3 and "bm2" in s.message and t.calls == []
+
+
+class _Recorder(PolicyPrompter):
+    """Policy answers, but remembers the questions (and can be in --step mode)."""
+
+    def __init__(self, step_mode=False, **kw):
+        super().__init__(**kw)
+        self.step_mode = step_mode
+        self.asked = []
+
+    def confirm_step(self, step_id, title, where, commands):
+        self.asked.append(("confirm", step_id))
+        return "yes"
+
+    def on_failure(self, ctx):
+        self.asked.append(("failure", ctx.summary))
+        return super().on_failure(ctx)
+
+
+def test_step_mode_asks_before_every_step(tmp_path, rb_path):
+    pr = _Recorder(step_mode=True)
+    assert start_run(rb_path, session(tmp_path, sim("bm1"), pr)).exit_code == 0
+    assert pr.asked == [("confirm", s) for s in ("ha-off", "packages", "post-install", "ha-on")]
+
+
+def test_failure_prompt_says_ha_is_off(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm2", "apt-get install -y bm-full=4.9.3", exit_code=100, stderr="E: boom")
+    pr = _Recorder()
+    start_run(rb_path, session(tmp_path, t, pr))
+    assert "HA handling is OFF since" in pr.asked[-1][1]
+
+
+def test_deadline_uses_measured_durations_of_earlier_runs(tmp_path, rb_path):
+    import time
+
+    assert start_run(rb_path, session(tmp_path, sim("bm1"))).exit_code == 0  # packages took ~0 s
+    t = sim("bm1")
+    # 20 minutes left: the 45m timeout would not fit, the measured duration does
+    s = start_run(rb_path, session(tmp_path, t, deadline=time.time() + 20 * 60))
+    assert s.exit_code == 0, s.message
