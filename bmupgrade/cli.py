@@ -354,11 +354,30 @@ def rollback(
 def status(
     run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
     fmt: StatusFormat = typer.Option(StatusFormat.text, "--format", "-f", help="text | json"),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="RUNBOOK: instead of a local journal, ask "
+                                           "its nodes (read-only) who holds the lock and whether HA is off."),
+    inventory: Optional[Path] = InventoryOpt,
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Show a run's journal: per step and node, state, times, exit codes; and whether HA is off."""
     from bmupgrade.journal import RunStore, default_state_dir
     from bmupgrade.status import render_status
+
+    if cluster is not None:
+        from rich.console import Console
+
+        from bmupgrade.status import read_cluster_markers, render_cluster_markers
+        from bmupgrade.transport.base import TransportError
+
+        try:
+            markers = read_cluster_markers(load(cluster, inventory, []))
+        except TransportError as exc:
+            raise BmError(f"cannot reach {exc}") from None
+        if fmt is StatusFormat.json:
+            typer.echo(json.dumps(markers, indent=2))
+        else:
+            render_cluster_markers(markers, Console(highlight=False))
+        return
 
     journal = RunStore(state_dir or default_state_dir()).find(run_id)
     if fmt is StatusFormat.json:

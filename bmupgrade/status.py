@@ -36,3 +36,51 @@ def render_status(journal: Journal, console) -> None:
         console.print("captured: " + ", ".join(f"{k}={v}" for k, v in d["captured"].items()))
     if d.get("exit"):
         console.print(f"exit {d['exit'].get('code')}: {d['exit'].get('message')}")
+
+
+def read_cluster_markers(rb) -> dict[str, dict]:
+    """Read (only read) each node's bmupgrade lock and HA-off marker — what a colleague on
+    another machine needs to see why failover is paused and by whom."""
+    import json
+    import shlex
+
+    from bmupgrade.probes import node_addresses, on_each
+    from bmupgrade.transport.ssh import SshTransport
+
+    transport = SshTransport()
+    try:
+        transport.connect(node_addresses(rb))
+
+        def read(node: str) -> dict:
+            d = shlex.quote(rb.node(node).state_dir)
+            r = transport.run(node, f"for f in lock ha-off; do printf '%s ' \"$f\"; cat {d}/$f 2>/dev/null || echo; done",
+                              timeout=30, capture=True)
+            out: dict = {}
+            for line in r.stdout.splitlines():
+                name, _, body = line.partition(" ")
+                if body.strip():
+                    try:
+                        out[name] = json.loads(body)
+                    except ValueError:
+                        out[name] = {"raw": body.strip()}
+            return out
+
+        return on_each(rb.node_names, read)
+    finally:
+        transport.close()
+
+
+def render_cluster_markers(markers: dict[str, dict], console) -> None:
+    if not any(markers.values()):
+        console.print("No bmupgrade run holds the cluster and HA handling was not turned off by bmupgrade.")
+        return
+    for node, m in markers.items():
+        if "ha-off" in m:
+            h = m["ha-off"]
+            console.print(f"[bold white on red] {node}: HA handling OFF [/bold white on red] since {h.get('since')} "
+                          f"by {h.get('user')}@{h.get('host')} (run {h.get('run_id')}, expected end "
+                          f"{h.get('expected_end') or 'not set'}); restore: {h.get('restore')}", highlight=False)
+        if "lock" in m:
+            lk = m["lock"]
+            console.print(f"{node}: locked by run {lk.get('run_id')} ({lk.get('user')}@{lk.get('host')}, pid "
+                          f"{lk.get('pid')}) since {lk.get('since')}", highlight=False)
