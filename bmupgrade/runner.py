@@ -76,12 +76,16 @@ def _engine(rb: Runbook, journal: Journal, session: Session) -> tuple[Engine, An
     return Engine(rb, transport, journal, session.prompter, session.reporter, audit, session.options), audit
 
 
-def _with_local_lock(rb: Runbook, session: Session, run_id: str, fn):
+def _drive(rb: Runbook, journal: Journal, session: Session, action: Callable[[Engine], Any]):
+    """Run `action(engine)` under the local cluster lock; always close the transport and logs."""
     lock = LocalLock(session.state_dir, cluster_id(rb))
-    lock.acquire({"run_id": run_id, **whoami(), "since": now()})
+    lock.acquire({"run_id": journal.run_id, **whoami(), "since": now()})
+    engine, audit = _engine(rb, journal, session)
     try:
-        return fn()
+        return action(engine)
     finally:
+        engine.transport.close()
+        audit.close()
         lock.release()
 
 
@@ -107,16 +111,7 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
         step_ids=[s.id for s in rb.steps],
         options={"on_failure": session.options.on_failure, "deadline": session.options.deadline})
     session.reporter.info(f"Run {journal.run_id} — journal {journal.path}")
-    engine, audit = _engine(rb, journal, session)
-
-    def go():
-        try:
-            return engine.execute()
-        finally:
-            engine.transport.close()
-            audit.close()
-
-    return _with_local_lock(rb, session, journal.run_id, go)
+    return _drive(rb, journal, session, lambda engine: engine.execute())
 
 
 def load_for_resume(session: Session, run_id: str | None, *, force: bool, overrides: dict[str, str],
@@ -145,33 +140,19 @@ def resume_run(session: Session, run_id: str | None, *, force: bool = False,
     rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {})
     store = RunStore(session.state_dir)
     session.options.history = step_history(store, rb)
-    journal.set_status(RUNNING)
     session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}")
-    engine, audit = _engine(rb, journal, session)
 
-    def go():
-        try:
-            return engine.execute(resuming=True)
-        finally:
-            engine.transport.close()
-            audit.close()
+    def go(engine: Engine):
+        journal.set_status(RUNNING)  # only once the local lock is ours
+        return engine.execute(resuming=True)
 
-    return _with_local_lock(rb, session, journal.run_id, go)
+    return _drive(rb, journal, session, go)
 
 
 def rollback(session: Session, run_id: str | None, *, force: bool = False,
              overrides: dict[str, str] | None = None):
     rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {}, open_only=False)
-    engine, audit = _engine(rb, journal, session)
-
-    def go():
-        try:
-            return engine.rollback_run()
-        finally:
-            engine.transport.close()
-            audit.close()
-
-    return _with_local_lock(rb, session, journal.run_id, go)
+    return _drive(rb, journal, session, lambda engine: engine.rollback_run())
 
 
 def ssh_transport_factory(*, insecure: bool = False) -> Callable[[Runbook], Any]:
