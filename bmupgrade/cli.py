@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from bmupgrade.errors import EXIT_FAILED, EXIT_USAGE, BmError, UsageError
+from bmupgrade.errors import EXIT_FAILED, BmError, UsageError
 
 app = typer.Typer(
     name="bmupgrade",

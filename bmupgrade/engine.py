@@ -175,9 +175,9 @@ class Engine:
         try:
             self.transport.connect(node_addresses(self.rb))
         except TransportError as exc:
+            # before a run changed anything this is a preflight refusal; on resume, a failure
             code = EXIT_FAILED if resuming else EXIT_PREFLIGHT
-            raise Stop(code, FAILED_RUN if resuming else FAILED_RUN,
-                       f"Cannot reach {exc}. Nothing was changed by this attempt.") from None
+            raise Stop(code, FAILED_RUN, f"Cannot reach {exc}. Nothing was changed by this attempt.") from None
 
     def _lock_cluster(self) -> None:
         """A remote lock file on every node naming who/where/when/run; refuse if another run holds it."""
@@ -270,7 +270,6 @@ class Engine:
                 res = checks_mod.CheckResult(a.id, a.title, True, a.severity, why=a.why)
                 try:
                     holder = probe.single_holder(self.rb.cluster.public_ip)
-                    res.captured = None
                     res.outputs = {holder: "holds the public IP"}
                 except BmError as exc:
                     res.ok = False

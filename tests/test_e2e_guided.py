@@ -3,7 +3,6 @@ failure policies, rollback, deadline, Ctrl-C, answers files and the HA-off debt.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,9 +12,9 @@ import time
 import pexpect
 import pytest
 
-from bmupgrade.prompts import ABORT, ASSUME_DONE, RETRY, ROLLBACK, SKIP, PolicyPrompter
+from bmupgrade.prompts import ASSUME_DONE, ROLLBACK, SKIP
 from bmupgrade.report import ConsoleReporter
-from bmupgrade.runner import Session, resume_run, ssh_transport_factory, start_run
+from bmupgrade.runner import Session, ssh_transport_factory, start_run
 from tests.e2e import PACEMAKER, ROOT, bmupgrade, count, journal, ledger, run_upgrade, version
 
 pytestmark = pytest.mark.lab
@@ -77,7 +76,7 @@ def test_terminal_abort_then_resume(lab, tmp_path):
     assert p.exitstatus == 1
     j = journal(tmp_path / "s")
     assert j["status"] == "aborted" and j["steps"]["packages"]["nodes"]["bm2"]["state"] == "failed"
-    r = bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
+    bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
     assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
 
 
