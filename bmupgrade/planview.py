@@ -112,6 +112,8 @@ def render_text(plan: Plan, console) -> None:
             elif a.undo == "nothing":
                 body.append("\n  rollback: nothing to undo", style="dim")
             target = a.target if a.kind != "builtin" else "all"
+            if plan.probed_holders is not None and a.target in ("primary", "secondary"):
+                target += "\n= " + (", ".join(a.nodes) or "?")
             table.add_row(str(a.seq), target, body)
         console.print(table)
     ip = rb.cluster.public_ip
