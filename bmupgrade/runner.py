@@ -175,7 +175,9 @@ def ssh_transport_factory(*, insecure: bool = False) -> Callable[[Runbook], Any]
 
         kwargs: dict[str, Any] = {}
         if any(n.sudo for n in rb.cluster.nodes):
-            kwargs["password_provider"] = password
+            # asked now, once, before the live display starts — never in the middle of a step
+            secret = password()
+            kwargs["password_provider"] = lambda: secret
         if insecure:
             kwargs["insecure_accept_unknown"] = True
         return SshTransport(**kwargs)
