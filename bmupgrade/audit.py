@@ -41,13 +41,15 @@ class AuditLog:
     def output(self, node: str, key: str, text: str) -> None:
         with self._lock:
             n = self._written.get((node, key), 0)
-            if n >= OUTPUT_CAP:
+            if n > OUTPUT_CAP:  # capped, marker written
                 return
             text = self._redact(text)
-            if n + len(text) > OUTPUT_CAP:
+            if n + len(text) > OUTPUT_CAP:  # the first byte past the cap: keep up to it, then the marker
                 text = text[: OUTPUT_CAP - n] + f"\n[... output beyond {OUTPUT_CAP // 1048576} MiB not logged; "\
                     "the JSON record keeps the tail]\n"
-            self._written[(node, key)] = n + len(text)
+                self._written[(node, key)] = OUTPUT_CAP + 1
+            else:
+                self._written[(node, key)] = n + len(text)
             self._out.write(text)
 
     def record(self, **fields) -> None:

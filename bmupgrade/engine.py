@@ -50,6 +50,7 @@ from bmupgrade.templating import Redactor
 from bmupgrade.transport.base import CommandResult, Transport, TransportError
 
 LOCK_EXIT = 75  # the remote lock command's "held by someone else"
+REPROBE_AFTER = 0.5  # s: a confirmation slower than this was a person, not --yes (re-probe the VIP)
 
 
 @dataclass
@@ -513,8 +514,10 @@ class Engine:
                 return
             where = ", ".join(todo) + (f" (holds {self.rb.cluster.public_ip})" if step.on == "primary" else "")
             if step.confirm or getattr(self.prompter, "step_mode", False):
+                asked_at = time.monotonic()
                 answer = self.prompter.confirm_step(step.id, step.label, where,
                                                     [self.shown(c, todo[0]) for c in step.run or []])
+                waited = time.monotonic() - asked_at
                 if answer == "skip":
                     self.journal.mark(step.id, todo, SKIPPED, note="skipped at the confirmation prompt")
                     self.reporter.warn(f"{step.id} skipped on {', '.join(todo)}")
@@ -522,7 +525,9 @@ class Engine:
                 if answer != "yes":
                     raise Stop(EXIT_FAILED, ABORTED, f"Stopped before '{step.id}' at the operator's request; "
                                f"`bmupgrade resume {self.journal.run_id}` continues.")
-                if step.on in ("primary", "secondary"):  # the prompt took time: probe again
+                # A person may have sat on the prompt while the VIP moved: probe again. An answer
+                # given by policy (--yes) takes microseconds, so the probe above is still fresh.
+                if step.on in ("primary", "secondary") and (self.prompter.interactive or waited > REPROBE_AFTER):
                     nodes = self.resolve(step.on)
                     todo = [n for n in nodes if self.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
             self.reporter.step_start(seq, total, step.id, step.label, where)

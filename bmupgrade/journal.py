@@ -143,7 +143,9 @@ class Journal:
     # ---------------------------------------------------------------- persistence
     def save(self) -> None:
         self.data["updated_at"] = now()
-        atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=False).encode())
+        # One line, no indent: json's C encoder only runs without indent (4x faster, and the
+        # journal is rewritten at every transition). `bmupgrade status` is the readable view.
+        atomic_write(self.path, json.dumps(self.data).encode() + b"\n")
 
     def _maybe_crash(self, state: str, step_id: str, node: str | None) -> None:
         """BMUPGRADE_CRASH_AT=state:step[:node] kills the process right after that record is

@@ -74,3 +74,39 @@ def test_stale_remote_lock_is_reported_and_broken_only_explicitly(lab, tmp_path)
     assert "20261124-230000-dead" in r.stdout and "alice@laptop" in r.stdout and "--break-lock" in r.stdout
     run_upgrade(lab, tmp_path / "s2", "--break-lock", check_rc=0)
     assert not (lab.node("bm1").state_dir / "lock").exists()
+
+
+FLOOD = """\
+version: 1
+name: flood
+cluster:
+  public_ip: 192.0.2.10
+  nodes:
+    - {name: bm1, host: 127.0.0.11}
+    - {name: bm2, host: 127.0.0.12}
+steps:
+  - id: lines
+    on: bm1
+    run: seq 1 100000
+  - id: blob
+    on: bm2
+    run: "head -c 17000000 /dev/zero | tr '\\\\0' x; echo; echo the-end"
+"""
+
+
+def test_a_flood_of_output_streams_bounded_to_terminal_and_log(lab, tmp_path):
+    rb = tmp_path / "flood.yaml"
+    rb.write_text(FLOOD)
+    state = tmp_path / "s"
+    r = bmupgrade("run", str(rb), "-i", str(lab.inventory_path), "--yes", state=state, check_rc=0)
+    shown = [l for l in r.stdout.splitlines() if l.startswith("  bm1 │ ")]
+    assert len(shown) < 2000 and "  bm1 │ 100000" in shown              # bounded echo, newest lines kept
+    assert any("lines not shown here" in l for l in shown)
+    run_id = journal(state)["run_id"]
+    log = (state / "runs" / f"{run_id}.output.log").read_text()
+    assert "\n".join(str(i) for i in range(1, 100001)) in log            # the log has every line
+    from bmupgrade.audit import OUTPUT_CAP
+    assert len(log) < OUTPUT_CAP + 2_000_000 and "output beyond 16 MiB not logged" in log  # the blob is capped
+    blob = [json.loads(l) for l in (state / "runs" / f"{run_id}.audit.jsonl").read_text().splitlines()
+            if '"key": "blob"' in l]
+    assert blob[0]["exit_code"] == 0 and blob[0]["output_tail"].endswith("the-end\n")  # the tail is kept

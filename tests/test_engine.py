@@ -266,3 +266,39 @@ def test_deadline_uses_measured_durations_of_earlier_runs(tmp_path, rb_path):
     # 20 minutes left: the 45m timeout would not fit, the measured duration does
     s = start_run(rb_path, session(tmp_path, t, deadline=time.time() + 20 * 60))
     assert s.exit_code == 0, s.message
+
+
+CONFIRMED = MINIMAL.replace("  - id: post-install\n    on: primary\n",
+                            "  - id: post-install\n    on: primary\n    confirm: true\n")
+
+
+def probes_before_post_install(t):
+    calls = [(n, c) for n, c in t.calls]
+    cut = next(i for i, (_, c) in enumerate(calls) if c.startswith("bm-cli"))
+    since = max(i for i, (_, c) in enumerate(calls[:cut]) if not c.startswith("ip -o addr"))
+    return [n for n, c in calls[since + 1:cut]]
+
+
+def test_vip_moving_while_a_person_sits_on_the_confirmation_is_followed(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(CONFIRMED)
+    t = sim("bm1")
+
+    class SlowHuman(PolicyPrompter):
+        def confirm_step(self, step_id, title, where, commands):
+            assert where.startswith("bm1")   # what the person was shown...
+            t.state.update(vip={"bm2"})      # ...and the VIP moves while they read it
+            return "yes"
+
+    assert start_run(rb, session(tmp_path, t, prompter=SlowHuman(interactive=True))).exit_code == 0
+    assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm2"]
+    assert sorted(probes_before_post_install(t)) == ["bm1", "bm1", "bm2", "bm2"]  # probed, asked, probed again
+
+
+def test_yes_answers_instantly_so_one_fresh_probe_suffices(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(CONFIRMED)
+    t = sim("bm1")
+    assert start_run(rb, session(tmp_path, t)).exit_code == 0
+    assert sorted(probes_before_post_install(t)) == ["bm1", "bm2"]  # both nodes, once, just before
+    assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm1"]

@@ -376,7 +376,7 @@ class Lab:
     def _install_standins(self) -> None:
         bindir = self.dir / "bin"
         bindir.mkdir(exist_ok=True)
-        for name, data in (("bmlab.py", STANDINS_SRC.read_bytes()), ("bmlab", bmlab.LAUNCHER.encode())):
+        for name, data in (("bmlab.py", STANDINS_SRC.read_bytes()), ("bmlab", bmlab.launcher().encode())):
             target = bindir / name
             if not target.exists() or target.read_bytes() != data:
                 bmlab.write_file(str(target), data)

@@ -2275,14 +2275,26 @@ def run() -> int:
     return rc
 
 
-LAUNCHER = """#!/usr/bin/env python3
+LAUNCHER = """#!{python} -IS
 # bmupgrade lab: the stand-in commands are symlinks to this launcher. It imports bmlab.py (next
-# to it) rather than running it as a script, so Python caches its bytecode (-20 ms a call).
+# to it) rather than running it as a script, so Python caches its bytecode (-20 ms a call);
+# -I -S: no site-packages, no user environment (stdlib only; -3 ms a call, and a stray
+# PYTHONPATH in the session cannot change what a stand-in does).
 import os, sys
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import bmlab
 sys.exit(bmlab.run())
 """
+
+
+def launcher(python: str | None = None) -> str:
+    """The launcher script for a given interpreter: the system python3 by default (what the
+    sshd session's PATH finds; never a pyenv shim or a virtualenv, which cost 10-100 ms a call)."""
+    import shutil
+
+    python = python or next((p for p in ("/usr/bin/python3", "/bin/python3") if os.access(p, os.X_OK)),
+                            None) or shutil.which("python3") or sys.executable
+    return LAUNCHER.format(python=python)
 
 if __name__ == "__main__":
     sys.exit(run())

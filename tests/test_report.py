@@ -1,0 +1,55 @@
+"""What the terminal shows of remote output: everything normally, a bounded echo of a flood."""
+
+import io
+
+from rich.console import Console
+
+from bmupgrade import report
+from bmupgrade.report import ConsoleReporter
+
+
+def reporter():
+    buf = io.StringIO()
+    return ConsoleReporter(Console(file=buf, width=200, color_system=None)), buf
+
+
+def test_ordinary_output_is_echoed_whole_with_node_prefix():
+    r, buf = reporter()
+    r.output("bm1", "stdout", "Reading package lists...\nBuilding dep")
+    r.output("bm1", "stdout", "endency tree\n")
+    r.node_done("s", "bm1", True, "exit 0", 0.1)
+    lines = buf.getvalue().splitlines()
+    assert lines[:2] == ["  bm1 │ Reading package lists...", "  bm1 │ Building dependency tree"]
+    assert "not shown" not in buf.getvalue()
+
+
+def test_a_flood_is_echoed_bounded_and_says_how_much_was_left_out(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(report.time, "monotonic", lambda: clock[0])
+    r, buf = reporter()
+    r.output("bm2", "stdout", "".join("line %d\n" % i for i in range(10_000)))
+    r.output("bm2", "stdout", "more\n")          # same instant: no budget left, hidden
+    clock[0] += 0.05                              # 50 ms later: 50 more lines allowed
+    r.output("bm2", "stdout", "".join("late %d\n" % i for i in range(100)))
+    r.node_done("s", "bm2", True, "exit 0", 1.0)
+    out = buf.getvalue().splitlines()
+    body = [l for l in out if l.startswith("  bm2 │ line") or l.startswith("  bm2 │ late")]
+    assert len(body) == report.EchoBudget.BURST + 50
+    assert body[0] == "  bm2 │ line 9800" and body[-1] == "  bm2 │ late 99"   # the newest lines win
+    assert "  bm2 │ … 9,800 lines not shown here (all in the run's output log)" in out
+    assert "  bm2 │ … 51 lines not shown here (all in the run's output log)" in out  # "more" + 50 late
+
+
+def test_the_last_lines_of_a_flood_are_shown_when_the_command_ends(monkeypatch):
+    monkeypatch.setattr(report.time, "monotonic", lambda: 1000.0)   # no budget comes back
+    r, buf = reporter()
+    r.output("bm1", "stdout", "".join("line %d\n" % i for i in range(1000)))
+    r.output("bm1", "stderr", "E: Sub-process /usr/bin/dpkg returned an error code (1)\n")
+    for i in range(1000, 1300):
+        r.output("bm1", "stdout", "line %d\n" % i)
+    r.node_done("s", "bm1", False, "exit 100", 1.0)
+    out = buf.getvalue().splitlines()
+    tail = report.EchoBudget.TAIL
+    assert out[-tail - 1:-1] == ["  bm1 │ line %d" % i for i in range(1300 - tail, 1300)]
+    assert "  bm1 │ … %d lines not shown here (all in the run's output log)" % (300 - tail) in out
+    assert "  bm1 │ E: Sub-process /usr/bin/dpkg returned an error code (1)" in out  # other stream, own budget
