@@ -378,3 +378,31 @@ def test_sudo_standin(lab, batch):
     assert ok.returncode == 0 and ok.stdout == "active\n" and "pw: " in ok.stderr
     assert bad.returncode == 1 and "3 incorrect password attempts" in bad.stderr
     assert all("s3cret" not in " ".join(c["argv"]) for c in bm1.calls())
+
+
+# ---------------------------------------------------------------- the stand-ins' JSON codec
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from bmupgrade.lab.core import bmlab as _bmlab  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values, st.booleans())
+def test_standin_json_codec_matches_the_json_module(value, sort_keys):
+    import json
+
+    text = _bmlab.json_dumps(value, sort_keys=sort_keys)
+    assert text == json.dumps(value, sort_keys=sort_keys)
+    assert _bmlab.json_loads(text) == json.loads(text)
+    assert _bmlab.json_loads(json.dumps(value, indent=1) + "\n") == json.loads(text)
+
+
+@pytest.mark.parametrize("bad", ["", "{", '{"a": 1} x', "nul", "[1,]"])
+def test_standin_json_codec_refuses_what_json_refuses(bad):
+    with pytest.raises(ValueError):
+        _bmlab.json_loads(bad)

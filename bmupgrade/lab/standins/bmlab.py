@@ -19,13 +19,68 @@ file as a module to share the state format, defaults, failover and fault logic.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
-import signal
 import sys
+
+try:  # `signal` wraps _signal in enums: importing enum costs 3 ms on every stand-in call
+    import _signal as signal
+except ImportError:  # pragma: no cover
+    import signal
 import time
+
+
+# ---------------------------------------------------------------------------- JSON, cheaply
+# `import json` pulls in `re` (and enum, functools, collections): 5 ms of a stand-in's ~15 ms,
+# paid on every call the runbook makes. The C codec underneath (_json) needs none of it; the
+# pure-Python json module is the fallback where _json is missing.
+try:
+    import _json
+except ImportError:  # pragma: no cover - CPython always has it
+    _json = None
+
+
+class _ScanContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+    memo: dict = {}
+
+
+if _json is not None:
+    _scan = _json.make_scanner(_ScanContext())
+    _encoders = {sort: _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ": ", ", ",
+                                          sort, False, True) for sort in (False, True)}
+
+
+def json_loads(text: str):
+    if _json is None:
+        import json
+        return json.loads(text)
+    end, ws = len(text), " \t\n\r"
+    i = 0
+    while i < end and text[i] in ws:
+        i += 1
+    try:
+        obj, j = _scan(text, i)
+    except StopIteration:
+        raise ValueError("invalid JSON at character %d" % i) from None
+    while j < end and text[j] in ws:
+        j += 1
+    if j != end:
+        raise ValueError("invalid JSON: extra data at character %d" % j)
+    return obj
+
+
+def json_dumps(obj, sort_keys: bool = False) -> str:
+    """Same text as json.dumps(obj, sort_keys=...) with the default separators."""
+    if _json is None:
+        import json
+        return json.dumps(obj, sort_keys=sort_keys)
+    return "".join(_encoders[sort_keys](obj, 0))
 
 FORMAT = 1
 PUBLIC_IP = "192.0.2.10"
@@ -197,10 +252,10 @@ class Store:
 
     def _read(self, path: str) -> dict:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json_loads(f.read())
 
     def _write(self, path: str, data: dict) -> None:
-        write_file(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        write_file(path, (json_dumps(data, sort_keys=True) + "\n").encode())
 
     def meta(self) -> dict:
         return self._read(os.path.join(self.lab, "lab.json"))
@@ -214,21 +269,70 @@ class Store:
     def read_cluster(self) -> dict:
         return self._read(os.path.join(self.lab, "cluster.json"))
 
-    @contextlib.contextmanager
-    def locked(self):
-        fd = os.open(os.path.join(self.lab, "state.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+    def locked(self) -> "Locked":
+        return Locked(os.path.join(self.lab, "state.lock"))
 
-    @contextlib.contextmanager
-    def txn(self):
-        with self.locked():
-            tx = Txn(self)
-            yield tx
-            tx.commit()
+    def txn(self) -> "TxnScope":
+        """`with store.txn() as tx:` read and change state under the lock; committed only if
+        the block ends without an exception."""
+        return TxnScope(self)
+
+
+class suppress:
+    """contextlib.suppress without importing contextlib (-3 ms on every stand-in call)."""
+
+    def __init__(self, *exceptions):
+        self.exceptions = exceptions
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, etype, value, tb):
+        return etype is not None and issubclass(etype, self.exceptions)
+
+
+class Locked:
+    """The lab-wide flock on state.lock (closing the fd releases it)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, etype, value, tb):
+        os.close(self.fd)
+        return False
+
+
+class TxnScope:
+    def __init__(self, store: "Store"):
+        self.store = store
+        self.lock = store.locked()
+
+    def __enter__(self) -> "Txn":
+        self.lock.__enter__()
+        try:
+            self.tx = Txn(self.store)
+        except BaseException:
+            self.lock.__exit__(None, None, None)
+            raise
+        return self.tx
+
+    def __exit__(self, etype, value, tb):
+        try:
+            if etype is None:
+                self.tx.commit()
+        finally:
+            self.lock.__exit__(None, None, None)
+        return False
 
 
 class Txn:
@@ -240,13 +344,13 @@ class Txn:
     def node(self, name: str) -> dict:
         if name not in self._nodes:
             d = self.store.read_node(name)
-            self._nodes[name] = (json.dumps(d, sort_keys=True), d)
+            self._nodes[name] = (json_dumps(d, sort_keys=True), d)
         return self._nodes[name][1]
 
     def cluster(self) -> dict:
         if self._cluster is None:
             d = self.store.read_cluster()
-            self._cluster = (json.dumps(d, sort_keys=True), d)
+            self._cluster = (json_dumps(d, sort_keys=True), d)
         return self._cluster[1]
 
     def node_names(self) -> list[str]:
@@ -254,11 +358,11 @@ class Txn:
 
     def commit(self) -> None:
         for name, (before, d) in self._nodes.items():
-            if json.dumps(d, sort_keys=True) != before:
+            if json_dumps(d, sort_keys=True) != before:
                 self.store._write(os.path.join(self.store.node_dir(name), "state.json"), d)
         if self._cluster is not None:
             before, d = self._cluster
-            if json.dumps(d, sort_keys=True) != before:
+            if json_dumps(d, sort_keys=True) != before:
                 d["last_change"] = time.time()
                 self.store._write(os.path.join(self.store.lab, "cluster.json"), d)
 
@@ -600,7 +704,7 @@ class Ctx:
 
     def unregister(self) -> None:
         if self.registered:
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.unlink(os.path.join(self.node_dir, "run", str(os.getpid())))
 
     def other_nodes(self) -> list[str]:
@@ -622,9 +726,25 @@ class Ctx:
             return str(os.getuid())
 
 
+def _getopt():
+    """The getopt module without gettext: getopt imports it only to translate its messages, and
+    gettext drags in `re` and `locale` (4 ms of every call that parses options)."""
+    if "getopt" in sys.modules or "gettext" in sys.modules:
+        import getopt
+        return getopt
+    stub = type(sys)("gettext")
+    stub.gettext = lambda message: message
+    sys.modules["gettext"] = stub
+    try:
+        import getopt
+    finally:
+        del sys.modules["gettext"]
+    return getopt
+
+
 def getopts(ctx: Ctx, args, short: str, long: list[str], usage):
     """GNU-style option parsing; `usage(bad_option)` prints the tool's error and raises Exit."""
-    import getopt
+    getopt = _getopt()
     try:
         return getopt.gnu_getopt(args, short, long)
     except getopt.GetoptError as e:
@@ -1477,8 +1597,29 @@ def ip_interfaces(ctx: Ctx, tx: Txn) -> list[dict]:
              "addrs": [("inet", a, p, s) for a, p, s in eth] + [("inet6", "fe80::5054:ff:fe00:%x" % int(mac[-2:], 16), 64, "link")]}]
 
 
+def ipaddress():
+    import ipaddress as module
+    return module
+
+
+def _plain_ipv4(text: str) -> str | None:
+    """`ip addr show to 192.0.2.10` (the VIP probe, the commonest call in a run) without importing
+    ipaddress: a dotted quad is a /32, matched by equality."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 and (p == "0" or p[0] != "0")
+                               for p in parts):
+        return text
+    return None
+
+
+def _address_in(address: str, to) -> bool:
+    if isinstance(to, str):
+        return address == to
+    ip = ipaddress().ip_address(address)
+    return ip.version == to.version and ip in to
+
+
 def cmd_ip(ctx: Ctx, args):
-    import ipaddress
     oneline, family, js = False, None, False
     args = list(args)
     while args and args[0].startswith("-"):
@@ -1512,7 +1653,8 @@ def cmd_ip(ctx: Ctx, args):
             dev = args.pop(0)
         elif a == "to" and args:
             try:
-                to = ipaddress.ip_network(args.pop(0), strict=False)
+                to = _plain_ipv4(args[0]) or ipaddress().ip_network(args[0], strict=False)
+                args.pop(0)
             except ValueError as e:
                 ctx.die(1, 'Error: any valid prefix is expected rather than "%s".' % str(e).split("'")[1] if "'" in str(e) else 'Error: any valid prefix is expected.')
         elif a in ("up", "primary", "secondary", "permanent", "dynamic"):
@@ -1535,7 +1677,7 @@ def cmd_ip(ctx: Ctx, args):
         for fam, a, plen, scope in i["addrs"]:
             if family and fam != family:
                 continue
-            if to is not None and (ipaddress.ip_address(a).version != to.version or ipaddress.ip_address(a) not in to):
+            if to is not None and not _address_in(a, to):
                 continue
             addrs.append((fam, a, plen, scope))
         if to is not None and not addrs:
@@ -1546,7 +1688,7 @@ def cmd_ip(ctx: Ctx, args):
                  "addr_info": [{"family": f, "local": a, "prefixlen": p, "scope": s, "label": i["ifname"],
                                 "valid_life_time": 4294967295, "preferred_life_time": 4294967295}
                                for f, a, p, s in addrs]} for i, addrs in result]
-        ctx.out(json.dumps(data))
+        ctx.out(json_dumps(data))
         return 0
     for i, addrs in result:
         if oneline:
@@ -2139,7 +2281,7 @@ def locate_node() -> tuple[str, str] | None:
     conn = os.environ.get("SSH_CONNECTION", "").split()
     if len(conn) == 4 and os.path.isfile(os.path.join(lab, "lab.json")):
         with open(os.path.join(lab, "lab.json")) as f:
-            for name, info in json.load(f)["nodes"].items():
+            for name, info in json_loads(f.read())["nodes"].items():
                 if info.get("host") == conn[2]:
                     return lab, name
     return None
@@ -2175,7 +2317,7 @@ def drop_connection(ctx: Ctx) -> bool:
     if listener is None or pid != listener:
         return False
     for p in chain:
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.kill(p, signal.SIGKILL)
     return True
 
@@ -2226,7 +2368,8 @@ def main(argv: list[str] | None = None) -> int:
         code = e.code
     except Signalled as s:
         code = 128 + s.signum
-        ctx.notes["signal"] = signal.Signals(s.signum).name
+        from signal import Signals
+        ctx.notes["signal"] = Signals(s.signum).name
     except BrokenPipeError:
         code = 141
         ctx.notes["signal"] = "SIGPIPE"
@@ -2249,12 +2392,12 @@ def main(argv: list[str] | None = None) -> int:
             fd = os.open(ctx.store.ledger_path(ctx.node), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, (json.dumps(entry) + "\n").encode())
+                os.write(fd, (json_dumps(entry) + "\n").encode())
             finally:
                 os.close(fd)
         except OSError as e:
             sys.stderr.write("bmlab: cannot write the ledger: %s\n" % e)
-    with contextlib.suppress(Exception):
+    with suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
     if drop:
@@ -2270,7 +2413,7 @@ def run() -> int:
         rc = main()
     except KeyboardInterrupt:
         rc = 130
-    with contextlib.suppress(Exception):
+    with suppress(Exception):
         sys.stdout.flush()
     return rc
 
