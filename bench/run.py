@@ -179,7 +179,9 @@ def ensure_time_bin() -> None:
     if os.geteuid() != 0:
         raise SystemExit("%s missing: apt-get install time (as root)" % TIME_BIN)
     log("installing the Debian package `time` (for /usr/bin/time -v)")
-    run(["apt-get", "install", "-y", "-q", "time"], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env, timeout=600)
+    run(["apt-get", "install", "-y", "-qq", "time"], env=env, timeout=600)
 
 
 # =========================================================================== runbooks

@@ -557,8 +557,9 @@ class Engine:
 
     def _finish(self, step: Step, nodes: list[str]) -> None:
         entry = self.journal.step(step.id)
-        entry["targets"] = nodes
-        self.journal.save()
+        if entry.get("targets") != nodes:  # usually already durable with the `started` record
+            entry["targets"] = nodes
+            self.journal.save()
         self._after_done(step)
 
     def _after_done(self, step: Step) -> None:

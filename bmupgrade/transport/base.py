@@ -6,7 +6,7 @@ in-memory transport and proven end to end on the real-sshd lab with the SSH one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 # Called with (node name, stream name "stdout"|"stderr", a chunk of decoded text) as output arrives.
