@@ -88,6 +88,7 @@ class Engine:
         self.redact = Redactor(secrets)
         self._locked: list[str] = []
         self._interrupts = 0  # Ctrl-C count during this run
+        self._run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
 
     # ================================================================== Ctrl-C
     def _on_sigint(self, signum, frame) -> None:
@@ -352,12 +353,12 @@ class Engine:
                        "Preflight refused: " + "; ".join(found) + ". Finish that run (`bmupgrade resume` or "
                        "`bmupgrade rollback` on its machine) or restore HA and remove the marker.")
 
-    def _set_ha_marker(self, on: bool) -> None:
+    def _set_ha_marker(self, on: bool, node: str | None = None) -> None:
         if on:
             info = {"run_id": self.journal.run_id, **whoami(), "since": now(),
                     "expected_end": (time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.options.deadline))
                                      if self.options.deadline else None),
-                    "restore": self.ha_restore_hint()}
+                    "restore": self.ha_restore_hint(node)}
             text = shlex.quote(json.dumps(info))
             cmd = lambda n: f"mkdir -p {shlex.quote(self.rb.node(n).state_dir)} && printf '%s\\n' {text} > {self._marker_path(n)}"  # noqa: E731
         else:
@@ -368,12 +369,13 @@ class Engine:
                 self.reporter.warn(f"{node}: could not {'write' if on else 'remove'} the HA-off marker "
                                    f"({r.error or r.exit_code})")
 
-    def ha_restore_hint(self) -> str | None:
+    def ha_restore_hint(self, node: str | None = None) -> str | None:
         step = next((s for s in self.rb.steps if s.ha == "disable"), None)
         if step is None:
             return None
         entry = self.journal.step(step.id)
-        nodes = [n for n, e in entry["nodes"].items() if e.get("state") in (DONE, STARTED, FAILED)] or ["<node>"]
+        nodes = ([n for n, e in entry["nodes"].items() if e.get("state") in (DONE, STARTED, FAILED)]
+                 or [node or "<node>"])
         cmds = "; ".join(self.shown(c, nodes[0] if nodes[0] in self.rb.node_names else None)
                          for c in step.rollback or []) or "(the runbook gives no command: restore HA by hand)"
         return (f"bmupgrade resume {self.journal.run_id}  (or: bmupgrade rollback {self.journal.run_id}; by hand on "
@@ -530,6 +532,10 @@ class Engine:
                 if step.on in ("primary", "secondary") and (self.prompter.interactive or waited > REPROBE_AFTER):
                     nodes = self.resolve(step.on)
                     todo = [n for n in nodes if self.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
+            if step.ha == "disable" and not self.ha_is_off():
+                # Intent first: the marker is on the nodes before HA can go off, so no crash
+                # leaves HA off without it (and writing it is not part of the HA-off window).
+                self._set_ha_marker(True, node=todo[0])
             self.reporter.step_start(seq, total, step.id, step.label, where)
             self.journal.step(step.id)["targets"] = nodes
             failures = self._run_on_nodes(step, todo)
@@ -566,10 +572,11 @@ class Engine:
         if step.ha == "disable" and not self.journal.data["ha"].get("off_since"):
             self.journal.data["ha"] = {"off_since": now(), "off_t": self._t_start(step.id), "on_at": None}
             self.journal.save()
-            self._set_ha_marker(True)
         elif step.ha == "enable":
             self.journal.data["ha"]["on_at"] = now()
-            self.journal.data["ha"]["on_t"] = self._t_end(step.id)
+            # HA is back on when the enabling command returns; its verify only confirms it.
+            ran = [self._run_ended[(step.id, n)] for n in self.rb.node_names if (step.id, n) in self._run_ended]
+            self.journal.data["ha"]["on_t"] = max(ran) if ran else self._t_end(step.id)
             self.journal.save()
             self._set_ha_marker(False)
         if step.capture:
@@ -631,6 +638,8 @@ class Engine:
                 if not result.ok:
                     break
             else:
+                if step.ha == "enable":
+                    self._run_ended[(step.id, node)] = time.time()
                 if step.verify:
                     v = self._send(node, self.render(step.verify, node), timeout=step.timeout,
                                    key=f"{step.id}:verify")

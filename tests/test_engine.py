@@ -1,6 +1,7 @@
 """Engine logic on the in-memory transport: order, targets, journal-first, failures, resume."""
 
 import json
+import time
 import re
 
 import pytest
@@ -302,3 +303,26 @@ def test_yes_answers_instantly_so_one_fresh_probe_suffices(tmp_path):
     assert start_run(rb, session(tmp_path, t)).exit_code == 0
     assert sorted(probes_before_post_install(t)) == ["bm1", "bm2"]  # both nodes, once, just before
     assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm1"]
+
+
+def test_ha_marker_is_on_the_nodes_before_ha_goes_off_and_the_window_ends_when_ha_is_back_on(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(MINIMAL.replace(
+        "    ha: enable\n    run: crm_attribute --type crm_config --name maintenance-mode --update false\n",
+        "    ha: enable\n    run: crm_attribute --type crm_config --name maintenance-mode --update false\n"
+        "    verify: crm_attribute --type crm_config --name maintenance-mode --query --quiet\n"))
+    t = sim("bm1")
+    at = {}
+    t.on(ANY, re.compile(r"^crm_attribute .*--update false$"), lambda c: at.setdefault("ha_on_sent", time.time()) and None)
+    t.on(ANY, re.compile(r"^crm_attribute .*--query"), lambda c: at.setdefault("verify_sent", time.time()) and "false")
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 0, s.message
+    cmds = [(n, c) for n, c in t.calls]
+    off = cmds.index(("bm1", "crm_attribute --type crm_config --name maintenance-mode --update true"))
+    marker_writes = [i for i, (n, c) in enumerate(cmds) if "printf" in c and c.endswith("/ha-off")]
+    assert len(marker_writes) == 2 and all(i < off for i in marker_writes)
+    marker = cmds[marker_writes[0]][1]
+    assert "bmupgrade resume" in marker and "on bm1:" in marker  # the restore hint names the node
+    ha = journal(tmp_path)["ha"]
+    assert ha["on_t"] >= at["ha_on_sent"] and ha["on_t"] < at["verify_sent"]
+    assert [c for n, c in cmds if c.startswith("rm -f") and c.endswith("/ha-off")] != []  # removed at the end
