@@ -36,7 +36,7 @@ class Summary:
     exit_code: int
     message: str
     rows: list[StepRow] = field(default_factory=list)
-    ha_window: float | None = None  # seconds from the HA-off step's start to the HA-on step's end
+    ha_window: float | None = None  # seconds from the HA-off step's start until the HA-on command returned
     ha_off_open: bool = False
     ha_restore_hint: str | None = None
     next_commands: list[str] = field(default_factory=list)
@@ -212,8 +212,7 @@ class ConsoleReporter:
             table.add_row(r.id, outcome, nodes, f"{r.duration:.1f}s" if r.duration is not None else "")
         self.console.print(table)
         if s.ha_window is not None:
-            self.console.print(f"HA-off window: {s.ha_window:.1f}s (from the HA-off step's start to the HA-on "
-                               "step's end)")
+            self.console.print(f"HA-off window: {s.ha_window:.1f}s (HA-off step started → HA-on command returned)")
         for item in s.cannot_undo:
             self.console.print(f"[yellow]Cannot be undone automatically:[/yellow] {_esc(item)}")
         if s.ha_off_open:

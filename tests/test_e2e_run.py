@@ -29,7 +29,8 @@ def assert_upgraded(lab, holder: str) -> None:
 def test_full_upgrade_unattended(lab, tmp_path):
     r = run_upgrade(lab, tmp_path / "state", check_rc=0)
     assert_upgraded(lab, "bm1")
-    assert "HA-off window:" in r.stdout and "Upgrade complete." in r.stdout
+    assert "HA-off window:" in r.stdout and "started → HA-on command returned)" in r.stdout
+    assert "Upgrade complete." in r.stdout
     j = journal(tmp_path / "state")
     assert j["status"] == "succeeded" and all(s["state"] == "done" for s in j["steps"].values())
     assert j["captured"]["from_version"] == "4.9.2"
