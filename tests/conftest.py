@@ -2,11 +2,15 @@
 
 * `lab_factory()` -> a started `Lab` in its own temporary directory; every lab it made is
   stopped at teardown, also when the test failed. `lab_factory(start=False)` gives one not started.
-* `lab` -> one fresh, started lab per test (about 0.05 s to start).
+* `lab` -> one fresh, started lab per test (about 0.05 s to start). Its crm_* commands are the
+  real pacemaker-cli-utils where installed (`.ci/run` installs them), stand-ins otherwise.
+* `pcmk_lab` -> the same, once with the crm_* stand-ins and once with the real tools: the
+  contract tests that keep the two in agreement.
 * `batch(node, cmd1, cmd2, ...)` -> run several commands in ONE ssh session (a session costs
   ~0.1 s here) and get a `Result(rc, out, err)` per command.
 
-Tests that need sshd FAIL when CI=true and OpenSSH is missing, and skip with the reason otherwise.
+Tests that need sshd (or, for `pcmk_lab[real]`, pacemaker-cli-utils) FAIL when CI=true and it
+is missing, and skip with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -21,15 +25,25 @@ import pytest
 SSHD = "/usr/sbin/sshd"
 
 
-def require_sshd() -> None:
-    missing = [p for p, ok in ((SSHD, os.access(SSHD, os.X_OK)), ("ssh", shutil.which("ssh")),
-                                ("ssh-keygen", shutil.which("ssh-keygen"))) if not ok]
-    if not missing:
-        return
-    msg = "the lab needs OpenSSH (%s missing): apt-get install openssh-server openssh-client" % ", ".join(missing)
+def _missing(msg: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail("CI=true: lab tests must run, not skip; " + msg)
     pytest.skip(msg)
+
+
+def require_sshd() -> None:
+    missing = [p for p, ok in ((SSHD, os.access(SSHD, os.X_OK)), ("ssh", shutil.which("ssh")),
+                                ("ssh-keygen", shutil.which("ssh-keygen"))) if not ok]
+    if missing:
+        _missing("the lab needs OpenSSH (%s missing): apt-get install openssh-server openssh-client"
+                 % ", ".join(missing))
+
+
+def require_pacemaker_tools() -> None:
+    from bmupgrade.lab.core import bmlab
+
+    if not bmlab.real_pacemaker_available():
+        _missing("the real crm_* tools are not installed: apt-get install pacemaker-cli-utils")
 
 
 @pytest.fixture
@@ -39,8 +53,8 @@ def lab_factory(tmp_path_factory):
 
     labs = []
 
-    def make(name: str = "lab", *, start: bool = True):
-        lab = Lab(tmp_path_factory.mktemp("bmlab") / name)
+    def make(name: str = "lab", *, start: bool = True, pacemaker: str = "auto"):
+        lab = Lab(tmp_path_factory.mktemp("bmlab") / name, pacemaker=pacemaker)
         labs.append(lab)
         if start:
             lab.up()
@@ -60,6 +74,15 @@ def lab_factory(tmp_path_factory):
 @pytest.fixture
 def lab(lab_factory):
     return lab_factory()
+
+
+@pytest.fixture(params=["standin", "real"])
+def pcmk_lab(request, lab_factory):
+    if request.param == "real":
+        require_pacemaker_tools()
+    lab = lab_factory(pacemaker=request.param)
+    assert lab.pacemaker_mode == request.param
+    return lab
 
 
 @dataclass

@@ -47,6 +47,23 @@ def test_full_upgrade_unattended(lab, tmp_path):
         assert list(lab.node(node).state_dir.iterdir()) == []
 
 
+def test_bundled_runbook_with_the_real_pacemaker_tools_and_the_stand_ins(pcmk_lab, tmp_path):
+    """The same upgrade, and the same STONITH refusal, whether crm_* are the lab's stand-ins or
+    the real pacemaker-cli-utils working on the lab's CIB file."""
+    lab = pcmk_lab
+    run_upgrade(lab, tmp_path / "ok", check_rc=0)
+    assert_upgraded(lab, "bm1")
+    toggles = [l for l in ledger(lab, "bm1") if "maintenance-mode --update" in l]
+    assert len(toggles) == 2 and "--update true" in toggles[0] and "--update false" in toggles[1]
+    assert not [l for l in ledger(lab, "bm2") if "maintenance-mode --update" in l]
+    if lab.pacemaker_mode == "real":
+        assert 'name="maintenance-mode" value="false"' in (lab.dir / "cib.xml").read_text()
+    lab.up(reset=True)
+    lab.fault("stonith-disabled")
+    r = run_upgrade(lab, tmp_path / "refused")
+    assert r.returncode == 3 and "stonith-enabled" in r.stdout, r.stdout + r.stderr
+
+
 def test_post_install_follows_the_vip(lab, tmp_path):
     lab.failover("bm2")
     run_upgrade(lab, tmp_path / "state", check_rc=0)

@@ -451,3 +451,32 @@ def test_up_refuses_a_directory_that_is_not_a_lab(tmp_path):
     with pytest.raises(LabError, match="is not a lab"):
         Lab(tmp_path).up()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
+
+
+def test_pacemaker_tools_choice(tmp_path, monkeypatch):
+    """auto follows what is installed; real refuses to start without the tools; standin is
+    always possible; a bad value is a one-line usage error."""
+    from tests.conftest import require_sshd
+    require_sshd()
+    from typer.testing import CliRunner
+
+    from bmupgrade.lab.cli import app
+    from bmupgrade.lab.core import bmlab
+
+    with pytest.raises(LabError, match="pacemaker must be auto, real or standin"):
+        Lab(tmp_path / "x", pacemaker="maybe")
+    r = CliRunner().invoke(app, ["up", "--dir", str(tmp_path / "y"), "--pacemaker", "maybe"])
+    assert r.exit_code == 2 and r.output.startswith("error: --pacemaker must be") and not (tmp_path / "y").exists()
+    monkeypatch.setattr(bmlab, "real_pacemaker_available", lambda: False)
+    lab = Lab(tmp_path / "lab", pacemaker="real")
+    try:
+        with pytest.raises(LabError, match="apt-get install pacemaker-cli-utils, or use --pacemaker standin"):
+            lab.up()
+        assert not any(n.is_up for n in lab.nodes)
+        assert Lab(tmp_path / "lab").up().pacemaker_mode == "standin"  # auto, tools missing
+        monkeypatch.setattr(bmlab, "real_pacemaker_available", lambda: True)
+        assert Lab(tmp_path / "lab").up().pacemaker_mode == "real"  # auto, tools there
+        assert Lab(tmp_path / "lab", pacemaker="standin").up().pacemaker_mode == "standin"
+        assert "crm_* tools: lab stand-ins" in CliRunner().invoke(app, ["status", "--dir", str(lab.dir)]).output
+    finally:
+        lab.down()

@@ -20,9 +20,9 @@ app = typer.Typer(
 DirOpt = typer.Option("lab", "--dir", "-d", help="Lab directory.")
 
 
-def _lab(dir: str):
+def _lab(dir: str, pacemaker: str = "auto"):
     from bmupgrade.lab.core import Lab
-    return Lab(dir)
+    return Lab(dir, pacemaker=pacemaker)
 
 
 def _fail(e: Exception) -> None:
@@ -41,10 +41,14 @@ def _run(fn):
 @app.command()
 def up(dir: str = DirOpt,
        reset: bool = typer.Option(False, "--reset", help="Back to a fresh 4.9.2 cluster (keys kept)."),
-       json_out: bool = typer.Option(False, "--json", help="Print the status as JSON.")):
+       json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+       pacemaker: str = typer.Option("auto", "--pacemaker", help="crm_attribute/crm_resource/crm_mon: auto (the real "
+                                     "ones against a CIB file where pacemaker-cli-utils is installed), real, standin.")):
     """Start both nodes (idempotent) and write DIR/inventory.yaml and DIR/ssh_config."""
     from bmupgrade.lab.core import usage_text
-    lab = _lab(dir)
+    if pacemaker not in ("auto", "real", "standin"):
+        _fail(ValueError("--pacemaker must be auto, real or standin (got %r)" % pacemaker))
+    lab = _lab(dir, pacemaker)
     _run(lambda: lab.up(reset=reset))
     if json_out:
         import json

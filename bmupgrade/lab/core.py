@@ -5,8 +5,9 @@ python as any user, e.g. a test user started with `runuser`.
 
 Layout of a lab directory::
 
-    lab.json              what the lab is: nodes, hosts, ports, login user (the marker of a lab)
+    lab.json              what the lab is: nodes, hosts, ports, login user, crm_* kind (the marker of a lab)
     cluster.json          Pacemaker-like cluster state (properties, VIP holders, resources, faults)
+    cib.xml               (real crm_* tools only) the CIB rendered from cluster.json for each call
     state.lock            flock guarding every state.json and cluster.json
     client_ed25519(.pub)  the one client key; authorized_keys holds its public half
     known_hosts           [127.0.0.11]:PORT ssh-ed25519 ... (strict host-key checking works)
@@ -262,7 +263,12 @@ class LabNode:
 class Lab:
     """A two-node lab in `dir`. `Lab(dir).up()` creates or restarts it; `.down()` stops it."""
 
-    def __init__(self, dir: str | os.PathLike = "lab"):
+    def __init__(self, dir: str | os.PathLike = "lab", *, pacemaker: str = "auto"):
+        """pacemaker: "auto" (the real crm_attribute/crm_resource/crm_mon against a CIB file where
+        pacemaker-cli-utils is installed, stand-ins otherwise), "real" (required) or "standin"."""
+        if pacemaker not in ("auto", "real", "standin"):
+            raise LabError("pacemaker must be auto, real or standin (got %r)" % pacemaker)
+        self.pacemaker = pacemaker
         self.dir = Path(os.path.abspath(dir))
         self._store = bmlab.Store(str(self.dir))
         self.nodes = [LabNode(self, n, h) for n, h in NODES]
@@ -320,6 +326,7 @@ class Lab:
         elif reset:
             self.down()
             self._init_state()
+        self._choose_pacemaker()
         self._install_standins()
         down = [n for n in self.nodes if not n.is_up]
         if down:
@@ -359,6 +366,22 @@ class Lab:
                 "nodes": {n.name: {"host": n.host, "port": None} for n in self.nodes}}
         self._write_meta(meta)
         self._init_state()
+
+    def _choose_pacemaker(self) -> None:
+        real = bmlab.real_pacemaker_available()
+        if self.pacemaker == "real" and not real:
+            raise LabError("the real Pacemaker tools (%s) are not installed in %s: apt-get install "
+                           "pacemaker-cli-utils, or use --pacemaker standin" % ("/".join(bmlab.PCMK_TOOLS), bmlab.PCMK_SBIN))
+        mode = "real" if real and self.pacemaker != "standin" else "standin"
+        meta = self._meta()
+        if meta.get("pacemaker") != mode:
+            meta["pacemaker"] = mode
+            self._write_meta(meta)
+
+    @property
+    def pacemaker_mode(self) -> str:
+        """What the crm_* commands of this lab are: "real" (CIB file) or "standin"."""
+        return self._meta().get("pacemaker", "standin")
 
     def _init_state(self) -> None:
         names = [n.name for n in self.nodes]
@@ -535,6 +558,7 @@ class Lab:
                 "vip": cl["vip"], "resources": cl["resources"],
                 "maintenance_mode": props.get("maintenance-mode"), "stonith_enabled": props.get("stonith-enabled"),
                 "faults": cl["faults"], "inventory": str(self.inventory_path),
+                "pacemaker_tools": meta.get("pacemaker", "standin"),
                 "ssh": "ssh -F %s bm1" % self.ssh_config}
 
     def cluster_state(self) -> dict:
@@ -681,8 +705,9 @@ def format_status(st: dict) -> str:
     vip = st["vip"]
     out.append("  VIP %s: %s" % (st["public_ip"], ", ".join(vip) if len(vip) == 1 else
                                   ("NOBODY" if not vip else "SPLIT BRAIN (%s)" % ", ".join(vip))))
-    out.append("  maintenance-mode: %s   stonith-enabled: %s" % (
-        st["maintenance_mode"] or "unset (false)", st["stonith_enabled"] or "unset (true)"))
+    out.append("  maintenance-mode: %s   stonith-enabled: %s   crm_* tools: %s" % (
+        st["maintenance_mode"] or "unset (false)", st["stonith_enabled"] or "unset (true)",
+        "real (pacemaker-cli-utils, CIB file)" if st.get("pacemaker_tools") == "real" else "lab stand-ins"))
     if st["faults"]:
         for f in st["faults"]:
             opts = " ".join("%s=%s" % kv for kv in sorted(f["options"].items()))

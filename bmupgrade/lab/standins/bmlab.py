@@ -1310,7 +1310,116 @@ def pcmk_usage(ctx, prog, opt, msg=None):
     raise Exit(64)
 
 
+# --------------------------------------------------------------------------- real pacemaker tools
+# Where pacemaker-cli-utils is installed, `lab up` (pacemaker="auto") records "real" in lab.json
+# and crm_attribute / crm_resource / crm_mon run the real binaries against a CIB file
+# (CIB_file=<lab>/cib.xml) rendered from the lab's state just before the call; what
+# crm_attribute writes to the crm_config properties is read back into the state. The lab's
+# JSON stays the one source of truth, so faults, failover, pcs and the other stand-ins agree
+# with what the real tools show. Other CIB writes (constraints from crm_resource --move, ...)
+# are not carried over.
+PCMK_TOOLS = ("crm_attribute", "crm_resource", "crm_mon")
+PCMK_SBIN = "/usr/sbin"
+CIB_FEATURE_SET = "3.0.14"  # old enough for every Pacemaker 2.x (a newer one is refused)
+CIB_SCHEMA = "pacemaker-3.0"
+FENCE_DEVICE = ("fence-bm", "stonith", None, "fence_ipmilan")
+
+
+def real_pacemaker_available() -> bool:
+    return all(os.access(os.path.join(PCMK_SBIN, t), os.X_OK) for t in PCMK_TOOLS)
+
+
+def _agent_parts(agent: str) -> tuple[str, str | None, str]:
+    parts = agent.split(":")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else (parts[0], None, parts[1])
+
+
+def render_cib(v: dict) -> str:
+    """A CIB (validates against pacemaker-3.0) for the cluster view `v` (see cluster_view)."""
+    from xml.sax.saxutils import quoteattr as q
+    ids = {n: i for i, n in enumerate(v["names"], 1)}
+    dc = v["dc"]
+    out = ['<cib crm_feature_set="%s" validate-with="%s" epoch="1" num_updates="0" admin_epoch="0" '
+           'cib-last-written=%s update-origin=%s update-client="cibadmin" update-user="root" have-quorum="%d"%s>'
+           % (CIB_FEATURE_SET, CIB_SCHEMA, q(time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(v["last_change"]))),
+              q(dc or v["names"][0]), 1 if len(v["online"]) * 2 > len(v["names"]) else 0,
+              ' dc-uuid="%d"' % ids[dc] if dc else ""),
+           "  <configuration>", "    <crm_config>", '      <cluster_property_set id="cib-bootstrap-options">']
+    for name, value in sorted(v["props"].items()):
+        out.append('        <nvpair id=%s name=%s value=%s/>' % (q("cib-bootstrap-options-" + name), q(name), q(str(value))))
+    out += ["      </cluster_property_set>", "    </crm_config>", "    <nodes>"]
+    out += ['      <node id="%d" uname=%s/>' % (ids[n], q(n)) for n in v["names"]]
+    out += ["    </nodes>", "    <resources>"]
+    resources = [(r, *_agent_parts(a), where) for r, a, where in v["resources"]]
+    resources.append((*FENCE_DEVICE, [dc] if dc else []))
+    for rid, cls, provider, typ, _ in resources:
+        out.append('      <primitive id=%s class=%s%s type=%s/>'
+                   % (q(rid), q(cls), " provider=%s" % q(provider) if provider else "", q(typ)))
+    out += ["    </resources>", "    <constraints/>", "  </configuration>", "  <status>"]
+    call = 10
+    for n in v["names"]:
+        if n not in v["online"]:
+            out.append('    <node_state id="%d" uname=%s in_ccm="false" crmd="offline" join="down" expected="down"/>'
+                       % (ids[n], q(n)))
+            continue
+        out += ['    <node_state id="%d" uname=%s in_ccm="true" crmd="online" crm-debug-origin="do_update_resource" '
+                'join="member" expected="member">' % (ids[n], q(n)), '      <lrm id="%d">' % ids[n], "        <lrm_resources>"]
+        for rid, cls, provider, typ, where in resources:
+            if n not in where:
+                continue
+            call += 1
+            key = "%d:1:0:00000000-0000-4000-8000-000000000000" % call
+            out += ['          <lrm_resource id=%s class=%s%s type=%s>'
+                    % (q(rid), q(cls), " provider=%s" % q(provider) if provider else "", q(typ)),
+                    '            <lrm_rsc_op id=%s operation_key=%s operation="start" crm-debug-origin="do_update_resource" '
+                    'crm_feature_set="%s" transition-key="%s" transition-magic="0:0;%s" exit-reason="" on_node=%s '
+                    'call-id="%d" rc-code="0" op-status="0" interval="0" last-rc-change="%d" exec-time="10" queue-time="0"/>'
+                    % (q(rid + "_last_0"), q(rid + "_start_0"), CIB_FEATURE_SET, key, key, q(n), call,
+                       int(v["last_change"])),
+                    "          </lrm_resource>"]
+        out += ["        </lrm_resources>", "      </lrm>", "    </node_state>"]
+    out += ["  </status>", "</cib>", ""]
+    return "\n".join(out)
+
+
+def cib_properties(path: str) -> dict:
+    """The crm_config properties (cib-bootstrap-options) of a CIB file."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(path).getroot()
+    return {nv.get("name"): nv.get("value")
+            for ps in root.iterfind("./configuration/crm_config/cluster_property_set")
+            if ps.get("id") == "cib-bootstrap-options" for nv in ps.iterfind("nvpair")}
+
+
+def run_real_pacemaker(ctx: Ctx, prog: str, args: list[str]) -> int:
+    """Run the real `prog` on a CIB file rendered from the lab's state (see above)."""
+    import subprocess
+    cib_unavailable(ctx, prog)
+    path = os.path.join(ctx.store.lab, "cib.xml")
+    with ctx.txn() as tx:
+        write_file(path, render_cib(cluster_view(ctx, tx)).encode())
+        p = subprocess.run([os.path.join(PCMK_SBIN, prog)] + list(args), env=dict(os.environ, CIB_file=path),
+                           stdin=subprocess.DEVNULL, capture_output=True)
+        if prog == "crm_attribute" and p.returncode == 0:
+            props = cib_properties(path)
+            if props != tx.cluster()["properties"]:
+                tx.cluster()["properties"] = props
+    sys.stdout.flush()
+    sys.stdout.buffer.write(p.stdout)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.stderr.buffer.write(p.stderr)
+    sys.stderr.flush()
+    return p.returncode
+
+
+def uses_real_pacemaker(ctx: Ctx) -> bool:
+    return ctx.store.meta().get("pacemaker") == "real"
+
+
 def cmd_crm_attribute(ctx: Ctx, args):
+    if uses_real_pacemaker(ctx):
+        return run_real_pacemaker(ctx, "crm_attribute", args)
     opts, rest = getopts(ctx, args, "t:n:Gv:Dqd:l:N:s:i:VUz", [
         "type=", "name=", "query", "update=", "delete", "quiet", "default=", "lifetime=", "node=",
         "set-name=", "id=", "verbose", "utilization", "quiet"], lambda opt, m: pcmk_usage(ctx, "crm_attribute", opt))
@@ -1336,12 +1445,19 @@ def cmd_crm_attribute(ctx: Ctx, args):
         pcmk_usage(ctx, "crm_attribute", rest[0])
     if typ != "crm_config" or node:
         ctx.die(64, "crm_attribute: only --type crm_config (cluster properties) is simulated in the bmupgrade lab")
-    if not name:
-        ctx.die(64, "crm_attribute: Error: must specify attribute name or pattern")
+    # without --name, as Pacemaker 2.1 does: a query lists every property, an update is an
+    # internal error, a delete a usage error
+    if not name and op == "delete":
+        ctx.die(64, "crm_attribute: Error: must specify attribute name or pattern to delete")
+    if not name and op == "update":
+        ctx.die(70, "crm_attribute: Error performing operation: Invalid argument")
     cib_unavailable(ctx, "crm_attribute")
     with ctx.txn() as tx:
         props = tx.cluster()["properties"]
-        if op == "query":
+        if not name:
+            for key, val in sorted(props.items()):
+                ctx.out(val if quiet else "scope=crm_config  name=%s value=%s" % (key, val))
+        elif op == "query":
             val = props.get(name, default)
             if val is None:
                 ctx.die(105, "crm_attribute: Error performing operation: No such device or address")
@@ -1357,6 +1473,8 @@ def cmd_crm_attribute(ctx: Ctx, args):
 
 
 def cmd_crm_resource(ctx: Ctx, args):
+    if uses_real_pacemaker(ctx):
+        return run_real_pacemaker(ctx, "crm_resource", args)
     opts, rest = getopts(ctx, args, "r:WQlLN:Vt:", ["resource=", "locate", "quiet", "list", "list-raw", "list-cts",
                                                     "node=", "verbose", "resource-type="],
                          lambda opt, m: pcmk_usage(ctx, "crm_resource", opt))
@@ -1489,6 +1607,8 @@ def crm_mon_xml(ctx: Ctx, v: dict, request: str) -> str:
 
 
 def cmd_crm_mon(ctx: Ctx, args):
+    if uses_real_pacemaker(ctx):
+        return run_real_pacemaker(ctx, "crm_mon", args)
     opts, rest = getopts(ctx, args, "1rfAnXsDQ", ["one-shot", "inactive", "failcounts", "show-node-attributes",
                                                  "group-by-node", "output-as=", "as-xml", "simple-status",
                                                  "hide-headers", "quiet", "include=", "exclude="],
@@ -1507,7 +1627,7 @@ def cmd_crm_mon(ctx: Ctx, args):
             simple, one = True, True
     if rest:
         pcmk_usage(ctx, "crm_mon", rest[0])
-    if not one:
+    if not one and os.isatty(1):  # not on a terminal, the real crm_mon prints once and exits
         ctx.die(64, "crm_mon: only one-shot mode (-1) is simulated in the bmupgrade lab")
     cib_unavailable(ctx, "crm_mon")
     with ctx.txn() as tx:
