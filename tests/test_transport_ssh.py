@@ -372,10 +372,51 @@ def test_timeout(bm1, transport):
     try:
         assert r.timed_out and r.exit_code is None and not r.connection_lost
         assert 1 <= took < 2.5 and "timed out after 1s" in r.error
+        # stopped on the node, also for a root login (sshd refuses signal requests there):
+        # the process group announced by the pid line got SIGTERM
+        assert f"SIGTERM sent to its process group (pid {pid[0]})" in r.error
+        assert _gone_within(pid[0], 3.0)
         assert transport.run("bm1", "true").ok  # the connection is still good
     finally:
         for p in pid:
             _kill(p)
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_pid_line_is_taken_out_of_stderr_whatever_the_chunking():
+    from hypothesis import given, settings, strategies as st
+
+    from bmupgrade.transport.ssh import PID_TAG, _PidLine
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=40).filter(lambda b: b"\x1e" not in b), st.binary(max_size=200),
+           st.lists(st.integers(min_value=1, max_value=30), max_size=20))
+    def check(noise, rest, cuts):
+        data = noise + PID_TAG + b"4242\n" + rest
+        line, out, i = _PidLine(), b"", 0
+        for c in cuts:
+            out += line.feed(data[i:i + c])
+            i += c
+        out += line.feed(data[i:]) + line.flush()
+        assert (line.pid, out) == (4242, noise + rest)
+
+    check()
+    line = _PidLine()  # no pid line at all (another shell): nothing is lost
+    assert line.feed(b"x" * 70_000) + line.flush() == b"x" * 70_000 and line.pid is None
+    line = _PidLine()
+    assert line.feed(PID_TAG + b"12ab\nrest") + line.flush() == PID_TAG + b"12ab\nrest" and line.pid is None
 
 
 def test_background_process_holding_output_does_not_block(bm1, transport):

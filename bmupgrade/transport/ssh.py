@@ -261,6 +261,58 @@ class _Collector:
         return out
 
 
+# --------------------------------------------------------------------------- stopping a command
+
+PID_TAG = b"\x1ebmupgrade-pid "
+PID_LINE_LIMIT = 64 * 1024  # give up looking for the pid line after this much stderr
+
+
+def announcing_pid(wire: str) -> str:
+    """The command line with a prefix that makes the session's shell print its pid on stderr
+    first. sshd makes that shell a session and process-group leader, so `kill -- -PID` stops
+    the whole command on timeout, also where sshd refuses RFC 4254 signal requests: for root
+    logins ("session signalling requires privilege separation")."""
+    return "printf '\\036bmupgrade-pid %s\\n' \"$$\" >&2; " + wire
+
+
+class _PidLine:
+    """Takes the pid line out of the start of stderr; everything else passes through (what a
+    chatty shell start-up file printed before it, too)."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self._buf = b""
+        self._done = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._done:
+            return data
+        buf = self._buf + data
+        start = buf.find(PID_TAG)
+        if start >= 0:
+            end = buf.find(b"\n", start)
+            if end < 0 and len(buf) - start < 64:
+                self._buf = buf[start:]
+                return buf[:start]
+            digits = buf[start + len(PID_TAG):end if end >= 0 else len(buf)]
+            if end >= 0 and digits.isdigit():
+                self.pid = int(digits)
+                self._done, self._buf = True, b""
+                return buf[:start] + buf[end + 1:]
+            self._done, self._buf = True, b""
+            return buf
+        if len(buf) > PID_LINE_LIMIT:
+            self._done, self._buf = True, b""
+            return buf
+        keep = next((k for k in range(min(len(PID_TAG) - 1, len(buf)), 0, -1) if PID_TAG.startswith(buf[-k:])), 0)
+        self._buf = buf[len(buf) - keep:] if keep else b""
+        return buf[:len(buf) - keep]
+
+    def flush(self) -> bytes:
+        rest, self._buf, self._done = self._buf, b"", True
+        return rest
+
+
 # --------------------------------------------------------------------------- sudo
 
 
@@ -668,8 +720,9 @@ class SshTransport:
 
         use_sudo = self._use_sudo(n, sudo)
         password = self._sudo_password(n) if use_sudo else None
-        wire = sudo_wrap(command, with_password=password is not None) if use_sudo else command
+        wire = announcing_pid(sudo_wrap(command, with_password=password is not None) if use_sudo else command)
         out = _Collector(node, capture, on_output, password)
+        pid_line = _PidLine()
 
         with n.state_lock:
             n.active += 1
@@ -719,7 +772,7 @@ class SshTransport:
                     out.feed("stdout", chan.recv(READ_CHUNK))
                     got = True
                 while chan.recv_stderr_ready():
-                    out.feed("stderr", chan.recv_stderr(READ_CHUNK))
+                    out.feed("stderr", pid_line.feed(chan.recv_stderr(READ_CHUNK)))
                     got = True
                 if got:
                     n.seen()
@@ -752,7 +805,8 @@ class SshTransport:
             while chan.recv_ready():
                 out.feed("stdout", chan.recv(READ_CHUNK))
             while chan.recv_stderr_ready():
-                out.feed("stderr", chan.recv_stderr(READ_CHUNK))
+                out.feed("stderr", pid_line.feed(chan.recv_stderr(READ_CHUNK)))
+            out.feed("stderr", pid_line.flush())
             out.finish()
 
             common = dict(
@@ -763,9 +817,12 @@ class SshTransport:
             )
             if timed_out:
                 _send_signal(chan, "TERM")
+                stopped = pid_line.pid is not None and self._terminate_group(t, pid_line.pid)
                 return result(
                     timed_out=True,
-                    error=f"timed out after {timeout:g}s; the command was sent SIGTERM and may still be running",
+                    error=f"timed out after {timeout:g}s; "
+                    + (f"SIGTERM sent to its process group (pid {pid_line.pid}); it may still be running if it "
+                       "ignores SIGTERM" if stopped else "the command was sent SIGTERM and may still be running"),
                     **common,
                 )
             status = chan.exit_status if chan.exit_status_ready() else -1
@@ -796,6 +853,22 @@ class SshTransport:
                     chan.close()
                 except Exception:
                     pass
+
+    def _terminate_group(self, t: paramiko.Transport, pid: int) -> bool:
+        """SIGTERM to a timed-out command's process group, over a new channel of the same
+        connection (best effort, a few seconds at most). True if the kill command ran."""
+        try:
+            chan = t.open_session(timeout=5)
+            try:
+                chan.settimeout(5)
+                chan.exec_command(f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; true")
+                chan.shutdown_write()
+                return chan.status_event.wait(5) and chan.exit_status == 0
+            finally:
+                chan.close()
+        except Exception:
+            log.debug("cannot stop process group %s", pid, exc_info=True)
+            return False
 
     def _mark_lost(self, node: _Node, default: str) -> None:
         if node.lost is None:
