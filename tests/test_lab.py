@@ -476,7 +476,10 @@ def test_pacemaker_tools_choice(tmp_path, monkeypatch):
         assert Lab(tmp_path / "lab").up().pacemaker_mode == "standin"  # auto, tools missing
         monkeypatch.setattr(bmlab, "real_pacemaker_available", lambda: True)
         assert Lab(tmp_path / "lab").up().pacemaker_mode == "real"  # auto, tools there
-        assert Lab(tmp_path / "lab", pacemaker="standin").up().pacemaker_mode == "standin"
+        from bmupgrade.lab.core import usage_text
+        assert "cib.xml" in usage_text(Lab(tmp_path / "lab").up())
+        standin = Lab(tmp_path / "lab", pacemaker="standin").up()
+        assert standin.pacemaker_mode == "standin" and "crm_*:    lab stand-ins" in usage_text(standin)
         assert "crm_* tools: lab stand-ins" in CliRunner().invoke(app, ["status", "--dir", str(lab.dir)]).output
     finally:
         lab.down()

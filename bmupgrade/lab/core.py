@@ -724,6 +724,9 @@ def usage_text(lab: Lab) -> str:
         "lab ready in %s (started in %.2f s)" % (lab.dir, lab.startup_seconds or 0),
         "  bm1 %s:%s  bm2 %s:%s  (VIP %s on bm1)" % (lab.nodes[0].host, lab.nodes[0].port, lab.nodes[1].host,
                                                    lab.nodes[1].port, lab.public_ip),
+        "  crm_*:    %s" % ("the real pacemaker-cli-utils tools on %s/cib.xml" % lab.dir
+                               if lab.pacemaker_mode == "real" else
+                               "lab stand-ins (apt-get install pacemaker-cli-utils for the real ones)"),
         "  by hand:  ssh -F %s bm1" % lab.ssh_config,
         "  rehearse: bmupgrade plan runbooks/bluemind-ha-pacemaker.yaml -i %s" % lab.inventory_path,
         "  stop:     bmupgrade lab down --dir %s" % lab.dir,
