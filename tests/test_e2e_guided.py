@@ -282,6 +282,29 @@ def test_ctrl_c_twice_exits_at_once_with_step_started(lab, tmp_path):
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
 
 
+def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path):
+    """Through a real pty: Ctrl-C while bm-cli runs -> it finishes and is recorded, then the
+    menu asks what to do (here: Abort); nothing after it was sent."""
+    lab.fault("hang", node="bm1", command="bm-cli setup", seconds=2)
+    p = spawn("run", PACEMAKER, "-i", str(lab.inventory_path), "--state-dir", str(tmp_path / "s"), cwd=tmp_path)
+    for prompt in ("Is this done", "Is this done", "Proceed", "Proceed"):  # backup, prepare, ha-off, post-install
+        p.expect(prompt)
+        p.send(ENTER)
+    _wait_started(lab, "bm1", "bm-cli setup")
+    p.sendintr()
+    p.expect("waiting for the running command to finish")
+    p.expect("Interrupted by Ctrl-C")
+    p.expect("What now")
+    p.send(DOWN * 3 + ENTER)  # Abort
+    p.expect(pexpect.EOF)
+    p.close()
+    assert p.exitstatus == 130  # interrupted, at a safe point, by the operator's choice
+    j = journal(tmp_path / "s")
+    assert j["steps"]["post-install"]["state"] == "done" and j["steps"]["config-sync"]["state"] == "pending"
+    assert j["status"] == "interrupted"
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1 and not lab.node("bm1").calls("rsync")
+
+
 def test_no_tty_without_yes_is_refused(lab, tmp_path):
     r = bmupgrade("run", PACEMAKER, "-i", str(lab.inventory_path), state=tmp_path / "s")
     assert r.returncode == 2
