@@ -197,6 +197,9 @@ class StatusFormat(str, Enum):
     json = "json"
 
 
+AllowNoStonithOpt = typer.Option(
+    False, "--allow-no-stonith", help="Go on although fencing (STONITH) is not enabled or not proven, and turn "
+    "automatic failover back on without asking: accepts the split-brain risk (recorded in the journal).")
 StateDirOpt = typer.Option(None, "--state-dir", help="Where journals and logs live (default: "
                            "$BMUPGRADE_STATE_DIR, else $XDG_STATE_HOME/bmupgrade).")
 YesOpt = typer.Option(False, "--yes", "-y", help="Unattended: answer yes to confirmations (failures follow "
@@ -219,7 +222,8 @@ def _split(values: list[str]) -> set[str]:
 
 
 def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, step_mode,
-             rerun=(), assume_done=(), from_step=None, break_lock=False, answers=None, save_answers=None):
+             rerun=(), assume_done=(), from_step=None, break_lock=False, answers=None, save_answers=None,
+             allow_no_stonith=False):
     from bmupgrade.engine import RunOptions
     from bmupgrade.journal import default_state_dir
     from bmupgrade.prompts import InteractivePrompter, PolicyPrompter
@@ -230,7 +234,7 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     reporter = JsonReporter() if as_json else ConsoleReporter()
     options = RunOptions(on_failure=on_failure.value, on_deadline=on_deadline.value,
                          deadline=parse_deadline(deadline) if deadline else None, from_step=from_step,
-                         break_lock=break_lock)
+                         break_lock=break_lock, allow_no_stonith=allow_no_stonith)
     if answers is not None:
         from bmupgrade.prompts import Answers, AnswersPrompter
 
@@ -287,6 +291,7 @@ def run(
                                            "interactive run; every missing answer is listed before anything."),
     save_answers: Optional[Path] = typer.Option(None, "--save-answers", help="Interactive: save your answers "
                                                 "(confirmations, acknowledgements, failure policy) to FILE."),
+    allow_no_stonith: bool = AllowNoStonithOpt,
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Preflight, steps, postflight — journaled, resumable. Exit: 0 ok, 1 failed/aborted, 2 bad input,
@@ -294,7 +299,8 @@ def run(
     from bmupgrade.runner import start_run
 
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
-                       from_step=from_step, break_lock=break_lock, answers=answers, save_answers=save_answers)
+                       from_step=from_step, break_lock=break_lock, answers=answers, save_answers=save_answers,
+                       allow_no_stonith=allow_no_stonith)
     try:
         summary = start_run(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra))
     finally:
@@ -321,6 +327,7 @@ def resume(
     as_json: bool = JsonOpt,
     force: bool = typer.Option(False, "--force", help="Resume even though the runbook changed."),
     break_lock: bool = typer.Option(False, "--break-lock", help="Take over a dead run's cluster lock."),
+    allow_no_stonith: bool = AllowNoStonithOpt,
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Continue a stopped run: done steps are not repeated; a step found 'started' is verified or asked
@@ -328,7 +335,8 @@ def resume(
     from bmupgrade.runner import resume_run
 
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
-                       rerun=rerun, assume_done=assume_done, break_lock=break_lock)
+                       rerun=rerun, assume_done=assume_done, break_lock=break_lock,
+                       allow_no_stonith=allow_no_stonith)
     _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 

@@ -61,6 +61,7 @@ class RunOptions:
     from_step: str | None = None
     break_lock: bool = False
     force: bool = False
+    allow_no_stonith: bool = False  # the STONITH guard: go on without proven fencing
     history: dict[str, float] = field(default_factory=dict)  # step id -> measured seconds (earlier runs)
 
 
@@ -300,15 +301,25 @@ class Engine:
         self.reporter.phase("Preflight (read-only)")
         self._check_ha_markers()
         results = self._run_checks("preflight")
+        fencing_ids = {c.id for c in self.rb.preflight if c.fencing}
+        fencing = [r for r in results if r.id in fencing_ids]
+        self.journal.data["fencing"] = (None if not fencing else "enabled" if all(r.ok for r in fencing)
+                                        else "disabled")
         failed = [r for r in results if not r.ok and r.severity == "error"]
         warnings = [r for r in results if not r.ok and r.severity == "warning"]
         self.journal.data["preflight_results"] = {r.id: {"ok": r.ok, "problems": r.problems} for r in results}
+        if self.journal.data["fencing"] == "disabled" and self.options.allow_no_stonith:
+            failed = [r for r in failed if r.id not in fencing_ids]
+            self.reporter.banner("STONITH (fencing) is NOT enabled. Going on because of --allow-no-stonith: when HA "
+                                 "handling is back on, a failover can split-brain and corrupt the shared storage.")
         if failed:
             self.journal.data["preflight"] = "failed"
             self.journal.save()
             lines = "; ".join(f"{r.id} ({r.problems[0] if r.problems else 'failed'})" for r in failed)
+            hint = (" (--allow-no-stonith goes on without fencing, at the risk of a split brain.)"
+                    if any(r.id in fencing_ids for r in failed) else "")
             raise Stop(EXIT_PREFLIGHT, FAILED_RUN,
-                       f"Preflight refused: {len(failed)} check(s) failed: {lines}. Nothing was changed.")
+                       f"Preflight refused: {len(failed)} check(s) failed: {lines}. Nothing was changed.{hint}")
         for w in warnings:
             self.reporter.warn(f"preflight warning: {w.id}: {'; '.join(w.problems)}")
         self.journal.data["preflight"] = "passed"
@@ -515,6 +526,8 @@ class Engine:
                 self._finish(step, nodes)
                 return
             where = ", ".join(todo) + (f" (holds {self.rb.cluster.public_ip})" if step.on == "primary" else "")
+            if step.ha == "enable":
+                self._stonith_guard(step)
             if step.confirm or getattr(self.prompter, "step_mode", False):
                 asked_at = time.monotonic()
                 answer = self.prompter.confirm_step(step.id, step.label, where,
@@ -560,6 +573,23 @@ class Engine:
             raise Stop(EXIT_FAILED, ABORTED if self.prompter.interactive else FAILED_RUN,
                        f"Step '{step.id}' failed on {', '.join(failures)}. Fix the cause, then `bmupgrade resume "
                        f"{self.journal.run_id}` retries it (or `bmupgrade rollback {self.journal.run_id}`).")
+
+    def _stonith_guard(self, step: Step) -> None:
+        """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight
+        check, or with the operator's explicit word (a prompt, or --allow-no-stonith)."""
+        fencing = self.journal.data.get("fencing")
+        if fencing == "enabled" or self.options.allow_no_stonith:
+            return
+        why = ("fencing (STONITH) is NOT enabled" if fencing == "disabled"
+               else "no preflight check of this runbook proves that fencing (STONITH) is enabled")
+        if self.prompter.interactive and self.prompter.confirm_no_fencing(step.id, step.label, why):
+            self.journal.data["fencing_accepted"] = {**whoami(), "at": now(), "step": step.id}
+            self.journal.save()
+            return
+        raise Stop(EXIT_FAILED, ABORTED,
+                   f"Stopped before '{step.id}': {why}, and turning automatic failover back on without it risks a "
+                   f"split brain. Check fencing, then `bmupgrade resume {self.journal.run_id}` (with "
+                   "--allow-no-stonith to accept the risk).")
 
     def _finish(self, step: Step, nodes: list[str]) -> None:
         entry = self.journal.step(step.id)

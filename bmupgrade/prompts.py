@@ -43,6 +43,9 @@ class Prompter(Protocol):
 
     def confirm_rollback(self, undo: list[str], cannot: list[str]) -> bool: ...
 
+    def confirm_no_fencing(self, step_id: str, title: str, why: str) -> bool:
+        """The STONITH guard: turn automatic failover back on without proven fencing?"""
+
 
 @dataclass
 class PolicyPrompter:
@@ -72,6 +75,9 @@ class PolicyPrompter:
 
     def confirm_rollback(self, undo, cannot) -> bool:
         return True
+
+    def confirm_no_fencing(self, step_id, title, why) -> bool:
+        return False  # only --allow-no-stonith says yes for an unattended run
 
 
 class InteractivePrompter:
@@ -135,6 +141,14 @@ class InteractivePrompter:
             (RERUN, "It did not run (or must run again): run it now"),
             (ABORT, "Stop here"),
         ])
+
+    def confirm_no_fencing(self, step_id, title, why) -> bool:
+        self.console.print(f"\n[bold red]STONITH guard:[/bold red] {title} [{step_id}] turns automatic failover "
+                           f"back on, but {why}. Without fencing, a failover can split-brain and corrupt the "
+                           "shared storage.")
+        return self._select("Turn failover back on anyway?", [
+            ("no", "No — stop here (HA stays off; fix fencing, then resume)"),
+            ("yes", "Yes, I accept the split-brain risk (recorded in the journal)")], default="no") == "yes"
 
     def confirm_rollback(self, undo, cannot) -> bool:
         self.console.print("\n[bold]Rollback plan[/bold] (reverse order):")
@@ -253,3 +267,7 @@ class RecordingPrompter:
 
     def confirm_rollback(self, undo, cannot) -> bool:
         return self.inner.confirm_rollback(undo, cannot)
+
+    def confirm_no_fencing(self, step_id, title, why) -> bool:
+        # not saved: accepting the split-brain risk is never replayed from a file
+        return self.inner.confirm_no_fencing(step_id, title, why)

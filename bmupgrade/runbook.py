@@ -171,6 +171,9 @@ class Check(Strict):
     severity: Literal["error", "warning"] = Field("error", description="warning: report, don't stop.")
     timeout: Duration = Field(60.0)
     why: str | None = Field(None, description="Shown when the check fails: why it matters, how to fix.")
+    fencing: bool = Field(
+        False, description="Preflight: passing proves fencing (STONITH) is enabled. The STONITH guard: without "
+        "such a check passing, the `ha: enable` step needs an explicit confirmation or --allow-no-stonith.")
 
     @model_validator(mode="after")
     def _shape(self) -> "Check":
@@ -215,7 +218,8 @@ class Step(Strict):
     retries: int = Field(0, ge=0, le=20)
     retry_delay: Duration = Field(5.0)
     ha: Literal["disable", "enable"] | None = Field(
-        None, description="Marks the steps that turn HA handling off/on (window, debt, STONITH guard)."
+        None, description="Marks the steps that turn HA handling off/on (HA-off window, marker and debt; "
+        "`enable` is guarded by the STONITH guard, see `fencing` on checks)."
     )
     capture: str | None = Field(None, pattern=VAR_RE, description="Store stdout of the (single-node) run.")
 
@@ -431,6 +435,12 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                 problems.append(_located(source, (section, i, "on"),
                                          f"unknown target '{target}'; use primary, secondary, all or one of: "
                                          f"{', '.join(names)}"))
+
+    for i, item in items("postflight"):
+        if item.get("fencing") is True:
+            problems.append(_located(source, ("postflight", i, "fencing"),
+                                     "fencing: true belongs on a preflight check (the STONITH guard is decided "
+                                     "before anything changes); move the check to preflight"))
 
     # Template names: vars, captures, cluster.*, node.*, peer.*.
     defined = set(data["vars"]) if isinstance(data.get("vars"), dict) else set()

@@ -45,6 +45,25 @@ def missing_answers(rb: Runbook, prompter) -> list[str]:
     return [f"ack {s.id}" for s in rb.steps if s.manual is not None and not prompter.ack_manual(s.id, s.label, "")]
 
 
+def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | None = None) -> str | None:
+    """Safety rule 7, decided before anything changes for an unattended run: the step that turns
+    automatic failover back on needs fencing proven by a preflight check, or --allow-no-stonith."""
+    enable = next((s for s in rb.steps if s.ha == "enable"), None)
+    if enable is None or session.options.allow_no_stonith or getattr(session.prompter, "interactive", False):
+        return None
+    data = journal_data or {}
+    if data.get("steps", {}).get(enable.id, {}).get("state") == DONE:
+        return None
+    fencing = data.get("fencing")
+    if fencing == "enabled" or (fencing is None and any(c.fencing for c in rb.preflight)):
+        return None  # proven, or to be proven by preflight (which refuses if it is not)
+    why = ("preflight found fencing (STONITH) NOT enabled" if fencing == "disabled"
+           else "no preflight check proves that fencing (STONITH) is enabled (mark one `fencing: true`)")
+    return (f"unattended run: step '{enable.id}' turns automatic failover back on, but {why}. Without fencing "
+            "a failover can split-brain and corrupt the shared storage. To accept that risk, add "
+            "--allow-no-stonith. Nothing was changed.")
+
+
 def step_history(store: RunStore, rb: Runbook) -> dict[str, float]:
     """Median measured duration of each step in earlier runs of this runbook (for deadlines)."""
     samples: dict[str, list[float]] = {}
@@ -99,6 +118,9 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
         hint = f" After doing the manual step(s), add --ack {','.join(acks)}." if acks else ""
         raise UsageError("unattended run: no answer for " + ", ".join(missing) + "." + hint
                          + " (Or record them with an interactive `--save-answers FILE`.) Nothing was changed.")
+    refusal = stonith_guard_refusal(rb, session)
+    if refusal:
+        raise UsageError(refusal)
     store = RunStore(session.state_dir)
     session.options.history = step_history(store, rb)
     secret_names = {k for k, v in rb.vars.items() if v.secret}
@@ -138,6 +160,9 @@ def load_for_resume(session: Session, run_id: str | None, *, force: bool, overri
 def resume_run(session: Session, run_id: str | None, *, force: bool = False,
                overrides: dict[str, str] | None = None):
     rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {})
+    refusal = stonith_guard_refusal(rb, session, journal.data)
+    if refusal:
+        raise UsageError(refusal.replace("Nothing was changed.", "Nothing was sent."))
     store = RunStore(session.state_dir)
     session.options.history = step_history(store, rb)
     session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}")

@@ -14,6 +14,7 @@ vars:
 preflight:
   - {id: vip, builtin: single_vip_holder}
   - {id: ver, on: all, run: "dpkg-query -W -f='${Version}' bm-full", same_on_all_nodes: true, capture: from_version}
+  - {id: fence, on: primary, run: crm_attribute -n stonith-enabled -G -q, expect: "true", fencing: true}
 steps:
   - id: ha-off
     on: primary

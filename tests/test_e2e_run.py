@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.e2e import PACEMAKER, bmupgrade, count, journal, ledger, run_upgrade, version
+from tests.e2e import KEEPALIVED, PACEMAKER, bmupgrade, count, journal, ledger, run_upgrade, version
 
 pytestmark = pytest.mark.lab
 
@@ -203,3 +203,26 @@ def test_second_concurrent_run_refuses_naming_the_first(lab, tmp_path):
         first.wait(timeout=120)
     assert first.returncode == 0
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+
+
+def test_stonith_guard_keepalived_runbook_needs_the_flag_unattended(lab, tmp_path):
+    """keepalived has no fencing: an unattended run of the bundled keepalived runbook is refused
+    before anything is sent, and goes through with --allow-no-stonith."""
+    r = bmupgrade("run", KEEPALIVED, "-i", str(lab.inventory_path), "--yes", "--ack", "backup,prepare",
+                  state=tmp_path / "s")
+    assert r.returncode == 2 and "--allow-no-stonith" in r.stderr + r.stdout
+    assert all(ledger(lab, n) == [] for n in ("bm1", "bm2"))
+    r = bmupgrade("run", KEEPALIVED, "-i", str(lab.inventory_path), "--yes", "--ack", "backup,prepare",
+                  "--allow-no-stonith", state=tmp_path / "s")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
+    assert count(lab, "bm2", "systemctl start keepalived") == 1
+
+
+def test_stonith_disabled_goes_on_only_with_the_flag_and_says_so(lab, tmp_path):
+    lab.fault("stonith-disabled")
+    r = run_upgrade(lab, tmp_path / "s", "--allow-no-stonith")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "STONITH (fencing) is NOT enabled" in " ".join(r.stdout.split())
+    assert journal(tmp_path / "s")["fencing"] == "disabled"
+    assert_upgraded(lab, "bm1")

@@ -30,6 +30,8 @@ def sim(holder="bm1"):
         c.transport.state["version"][c.node] = re.search(r"bm-full=(\S+)", c.command).group(1)
 
     t.on(ANY, re.compile(r"apt-get install"), install)
+    t.state["stonith"] = "true"
+    t.on(ANY, re.compile(r"^crm_attribute -n stonith-enabled -G -q$"), lambda c: c.transport.state["stonith"])
     t.on(ANY, re.compile(r"maintenance-mode --update (\w+)"),
          lambda c: c.transport.state.update(maint=c.command.rsplit(" ", 1)[1]))
     return t
@@ -326,3 +328,70 @@ def test_ha_marker_is_on_the_nodes_before_ha_goes_off_and_the_window_ends_when_h
     ha = journal(tmp_path)["ha"]
     assert ha["on_t"] >= at["ha_on_sent"] and ha["on_t"] < at["verify_sent"]
     assert [c for n, c in cmds if c.startswith("rm -f") and c.endswith("/ha-off")] != []  # removed at the end
+
+
+# ------------------------------------------------------------------ the STONITH guard (safety rule 7)
+NO_FENCING_CHECK = MINIMAL.replace(
+    '  - {id: fence, on: primary, run: crm_attribute -n stonith-enabled -G -q, expect: "true", fencing: true}\n', "")
+
+
+class _Guarded(PolicyPrompter):
+    """An 'interactive' operator who answers the STONITH guard with `accept`."""
+
+    def __init__(self, accept):
+        super().__init__()
+        self.interactive = True
+        self.accept = accept
+        self.asked = []
+
+    def confirm_no_fencing(self, step_id, title, why):
+        self.asked.append((step_id, why))
+        return self.accept
+
+
+def test_unattended_without_a_fencing_check_is_refused_before_anything(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(NO_FENCING_CHECK)
+    t = sim("bm1")
+    with pytest.raises(UsageError, match=r"step 'ha-on' turns automatic failover back on.*--allow-no-stonith"):
+        start_run(rb, session(tmp_path, t))
+    assert t.calls == []  # not even a read: nothing was sent
+    t = sim("bm1")
+    s = start_run(rb, session(tmp_path, t, allow_no_stonith=True))
+    assert s.exit_code == 0 and changes(t)[-1][1].endswith("--update false")
+
+
+def test_fencing_check_failing_refuses_unless_allowed(tmp_path, rb_path):
+    t = sim("bm1")
+    t.state["stonith"] = "false"
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 3 and "fence" in s.message and "--allow-no-stonith" in s.message and changes(t) == []
+    t = sim("bm1")
+    t.state["stonith"] = "false"
+    s = start_run(rb_path, session(tmp_path / "2", t, allow_no_stonith=True))
+    assert s.exit_code == 0, s.message
+    assert RunStore(tmp_path / "2" / "state").find(None).data["fencing"] == "disabled"
+
+
+@pytest.mark.parametrize("accept", [False, True])
+def test_interactive_operator_must_accept_failover_without_fencing(tmp_path, accept):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(NO_FENCING_CHECK)
+    t = sim("bm1")
+    pr = _Guarded(accept)
+    s = start_run(rb, session(tmp_path, t, pr))
+    assert [a[0] for a in pr.asked] == ["ha-on"] and "no preflight check" in pr.asked[0][1]
+    j = journal(tmp_path)
+    if accept:
+        assert s.exit_code == 0 and changes(t)[-1][1].endswith("--update false")
+        assert j["fencing_accepted"]["step"] == "ha-on" and j["fencing_accepted"]["user"]
+    else:
+        assert s.exit_code == 1 and "Stopped before 'ha-on'" in s.message and s.ha_off_open
+        assert not [c for n, c in changes(t) if c.endswith("--update false")]
+        assert j["steps"]["ha-on"]["state"] == "pending"
+
+
+def test_fencing_proven_asks_nothing(tmp_path, rb_path):
+    pr = _Guarded(False)
+    assert start_run(rb_path, session(tmp_path, sim("bm1"), pr)).exit_code == 0
+    assert pr.asked == [] and journal(tmp_path)["fencing"] == "enabled"

@@ -77,7 +77,8 @@ def test_empty_step_list(tmp_path):
     start = MINIMAL.index("steps:\n")
     end = MINIMAL.index("postflight:")
     found, path = problems(tmp_path, MINIMAL[:start] + "steps: []\n" + MINIMAL[end:])
-    assert any(p.startswith(f"{path}:14:8: steps:") and "at least 1" in p for p in found), found
+    line = MINIMAL[:start].count("\n") + 1
+    assert any(p.startswith(f"{path}:{line}:8: steps:") and "at least 1" in p for p in found), found
 
 
 def test_all_errors_reported_at_once(tmp_path):
@@ -170,3 +171,15 @@ def test_bundled_runbooks_validate():
         rb = load_runbook(path)
         assert rb.step("post-install").on == "primary"
         assert [s.ha for s in rb.steps if s.ha] == ["disable", "enable"]
+
+
+def test_fencing_marker_only_on_preflight_checks(tmp_path):
+    text = MINIMAL.replace("  - {id: vip-after, builtin: single_vip_holder}\n",
+                           "  - {id: vip-after, builtin: single_vip_holder}\n"
+                           "  - {id: fence-after, run: 'true', fencing: true}\n")
+    found, path = problems(tmp_path, text)
+    line = text[:text.index("fence-after")].count("\n") + 1
+    col = text.splitlines()[line - 1].index("fencing: true") + len("fencing: ") + 1  # the value
+    assert [p for p in found if "fencing" in p] == [
+        f"{path}:{line}:{col}: postflight.1.fencing: fencing: true belongs on a preflight check (the STONITH guard is "
+        "decided before anything changes); move the check to preflight"], found
