@@ -117,6 +117,19 @@ class Plan:
         on = next((a.id for a in self.actions if a.ha == "enable"), None)
         return off, on
 
+    @property
+    def stonith_guard(self) -> str | None:
+        """What safety rule 7 will demand before the step that turns failover back on."""
+        on = self.ha_window[1]
+        if on is None:
+            return None
+        proofs = [c.id for c in self.runbook.preflight if c.fencing]
+        if proofs:
+            return (f"fencing must be proven by preflight check {', '.join(proofs)} (refused otherwise; "
+                    f"--allow-no-stonith warns and goes on)")
+        return (f"no check proves fencing: step '{on}' needs an explicit acceptance of the split-brain risk "
+                "(unattended: --allow-no-stonith)")
+
 
 def describe_target(rb: Runbook, target: str, holders: list[str] | None) -> tuple[str, list[str]]:
     names = rb.node_names
@@ -201,6 +214,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         },
         "vars": {k: (templating.REDACTED if v.secret else v.value) for k, v in rb.vars.items()},
         "ha_window": dict(zip(("off", "on"), plan.ha_window)),
+        "stonith_guard": plan.stonith_guard,
         "deadline": _iso(plan.deadline),
         "actions": [
             {

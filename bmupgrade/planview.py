@@ -129,6 +129,8 @@ def render_text(plan: Plan, console) -> None:
     off, on = plan.ha_window
     if off:
         console.print(f"HA handling is off from step '{off}' until step '{on or '(never turned back on!)'}'.")
+    if plan.stonith_guard:
+        console.print(f"STONITH guard: {plan.stonith_guard}.", markup=False)
 
 
 def _md_code(lines: Iterable[str]) -> str:
@@ -158,6 +160,8 @@ def render_markdown(plan: Plan) -> str:
         out.append(f"| `{k}` | `{'***' if v.secret else v.value}`{' — ' + v.description if v.description else ''} |")
     if off:
         out.append(f"| HA handling off | from step `{off}` to step `{on or 'NEVER'}` |")
+    if plan.stonith_guard:
+        out.append(f"| STONITH guard | {plan.stonith_guard} |")
     if plan.deadline is not None:
         out.append(f"| Deadline | {_hhmm(plan.deadline)} — a step is not started unless its timeout fits "
                    "(see each step's latest start) |")

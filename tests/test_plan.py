@@ -30,6 +30,7 @@ def test_pacemaker_order():
     assert (steps["refresh"].undo, steps["packages"].undo, steps["post-install"].undo) == \
         ("nothing", "commands", "impossible")
     assert plan.ha_window == ("ha-off", "ha-on")
+    assert plan.stonith_guard.startswith("fencing must be proven by preflight check stonith-enabled")
     assert ids(plan, "preflight")[0] == "one-vip-holder"
     # the only change-making commands are in steps: preflight/postflight read
     for a in plan.actions:
@@ -44,6 +45,10 @@ def test_keepalived_freezes_on_backup_only():
     assert steps["ha-off"].target == "secondary"
     assert steps["ha-off"].commands["bm1"].run == ["systemctl stop keepalived"]
     assert steps["post-install"].target == "primary"
+    assert plan.stonith_guard == ("no check proves fencing: step 'ha-on' needs an explicit acceptance of the "
+                                  "split-brain risk (unattended: --allow-no-stonith)")
+    from bmupgrade.planview import render_markdown
+    assert "| STONITH guard | no check proves fencing" in render_markdown(plan)
 
 
 def test_primary_is_symbolic_until_probed():
@@ -68,7 +73,7 @@ def test_json_shape_and_secrets(tmp_path):
     dumped = json.dumps(data)
     assert "hunter2secret" not in dumped
     assert data["format"] == "bmupgrade-plan/1"
-    assert set(data) == {"format", "runbook", "cluster", "vars", "ha_window", "deadline", "actions"}
+    assert set(data) == {"format", "runbook", "cluster", "vars", "ha_window", "stonith_guard", "deadline", "actions"}
     assert data["vars"]["password"] == "***"
     post = next(a for a in data["actions"] if a["id"] == "post-install")
     assert post["nodes"]["bm1"]["run"] == ["bm-cli setup upgrade --password ***"]
