@@ -395,3 +395,18 @@ def test_fencing_proven_asks_nothing(tmp_path, rb_path):
     pr = _Guarded(False)
     assert start_run(rb_path, session(tmp_path, sim("bm1"), pr)).exit_code == 0
     assert pr.asked == [] and journal(tmp_path)["fencing"] == "enabled"
+
+
+def test_declined_at_the_guard_then_resume_needs_the_flag_unattended(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(NO_FENCING_CHECK)
+    t = sim("bm1")
+    assert start_run(rb, session(tmp_path, t, _Guarded(False))).exit_code == 1  # stopped before ha-on
+    t2 = sim("bm1")
+    t2.state["maint"] = "true"
+    with pytest.raises(UsageError, match="Nothing was sent"):
+        resume_run(session(tmp_path, t2), None)
+    assert t2.calls == []
+    s = resume_run(session(tmp_path, t2, allow_no_stonith=True), None)
+    assert s.exit_code == 0, s.message
+    assert [c for n, c in changes(t2)] == ["crm_attribute --type crm_config --name maintenance-mode --update false"]
