@@ -570,9 +570,12 @@ class Engine:
                 raise Stop(EXIT_FAILED, ROLLED_BACK_RUN if done else FAILED_RUN,
                            f"Step '{step.id}' failed on {', '.join(failures)}; "
                            + ("rolled back." if done else "rollback incomplete — see above."))
+            maybe_off = (" HA handling may be off (the command's effect is unknown): the HA-off marker stays on "
+                         "the nodes until this run is resumed or rolled back." if step.ha == "disable" else "")
             raise Stop(EXIT_FAILED, ABORTED if self.prompter.interactive else FAILED_RUN,
                        f"Step '{step.id}' failed on {', '.join(failures)}. Fix the cause, then `bmupgrade resume "
-                       f"{self.journal.run_id}` retries it (or `bmupgrade rollback {self.journal.run_id}`).")
+                       f"{self.journal.run_id}` retries it (or `bmupgrade rollback {self.journal.run_id}`)."
+                       + maybe_off)
 
     def _stonith_guard(self, step: Step) -> None:
         """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight

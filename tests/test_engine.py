@@ -410,3 +410,13 @@ def test_declined_at_the_guard_then_resume_needs_the_flag_unattended(tmp_path):
     s = resume_run(session(tmp_path, t2, allow_no_stonith=True), None)
     assert s.exit_code == 0, s.message
     assert [c for n, c in changes(t2)] == ["crm_attribute --type crm_config --name maintenance-mode --update false"]
+
+
+def test_failed_ha_off_leaves_the_marker_and_says_ha_may_be_off(tmp_path, rb_path):
+    t = sim("bm1")
+    t.on("bm1", "crm_attribute --type crm_config --name maintenance-mode --update true", exit_code=1,
+         stderr="Could not connect to the CIB")
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 1 and "HA handling may be off" in s.message
+    assert [c for n, c in t.calls if c.startswith("rm -f") and c.endswith("/ha-off")] == []  # marker kept
+    assert [c for n, c in t.calls if "printf" in c and c.endswith("/ha-off")] != []
