@@ -90,6 +90,7 @@ class Engine:
         self._locked: list[str] = []
         self._interrupts = 0  # Ctrl-C count during this run
         self._run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
+        self._fencing_accepted = False  # the operator accepted failover without fencing (STONITH guard)
 
     # ================================================================== Ctrl-C
     def _on_sigint(self, signum, frame) -> None:
@@ -581,13 +582,14 @@ class Engine:
         """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight
         check, or with the operator's explicit word (a prompt, or --allow-no-stonith)."""
         fencing = self.journal.data.get("fencing")
-        if fencing == "enabled" or self.options.allow_no_stonith:
+        if fencing == "enabled" or self.options.allow_no_stonith or self._fencing_accepted:
             return
         why = ("fencing (STONITH) is NOT enabled" if fencing == "disabled"
                else "no preflight check of this runbook proves that fencing (STONITH) is enabled")
         if self.prompter.interactive and self.prompter.confirm_no_fencing(step.id, step.label, why):
             self.journal.data["fencing_accepted"] = {**whoami(), "at": now(), "step": step.id}
             self.journal.save()
+            self._fencing_accepted = True  # once per session (a retry does not ask again; a resume does)
             return
         raise Stop(EXIT_FAILED, ABORTED,
                    f"Stopped before '{step.id}': {why}, and turning automatic failover back on without it risks a "

@@ -420,3 +420,20 @@ def test_failed_ha_off_leaves_the_marker_and_says_ha_may_be_off(tmp_path, rb_pat
     assert s.exit_code == 1 and "HA handling may be off" in s.message
     assert [c for n, c in t.calls if c.startswith("rm -f") and c.endswith("/ha-off")] == []  # marker kept
     assert [c for n, c in t.calls if "printf" in c and c.endswith("/ha-off")] != []
+
+
+def test_accepting_the_guard_once_covers_a_retry_of_the_same_step(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(NO_FENCING_CHECK)
+    t = sim("bm1")
+    t.on("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false", exit_code=1, times=1)
+
+    class _RetryOnce(_Guarded):
+        def on_failure(self, ctx):
+            return "retry"
+
+    pr = _RetryOnce(True)
+    s = start_run(rb, session(tmp_path, t, pr))
+    assert s.exit_code == 0, s.message
+    assert [a[0] for a in pr.asked] == ["ha-on"]  # asked once, not again for the retry
+    assert len([c for n, c in changes(t) if c.endswith("--update false")]) == 2
