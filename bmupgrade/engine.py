@@ -582,12 +582,16 @@ class Engine:
         """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight
         check, or with the operator's explicit word (a prompt, or --allow-no-stonith)."""
         fencing = self.journal.data.get("fencing")
-        if fencing == "enabled" or self.options.allow_no_stonith or self._fencing_accepted:
+        if fencing == "enabled" or self._fencing_accepted:
             return
         why = ("fencing (STONITH) is NOT enabled" if fencing == "disabled"
                else "no preflight check of this runbook proves that fencing (STONITH) is enabled")
-        if self.prompter.interactive and self.prompter.confirm_no_fencing(step.id, step.label, why):
-            self.journal.data["fencing_accepted"] = {**whoami(), "at": now(), "step": step.id}
+        how = "--allow-no-stonith" if self.options.allow_no_stonith else None
+        if how is None and self.prompter.interactive and self.prompter.confirm_no_fencing(step.id, step.label, why):
+            how = "prompt"
+        if how:
+            self.journal.data["fencing_accepted"] = {**whoami(), "at": now(), "step": step.id, "how": how,
+                                                     "why": why}
             self.journal.save()
             self._fencing_accepted = True  # once per session (a retry does not ask again; a resume does)
             return

@@ -17,6 +17,10 @@ def render_status(journal: Journal, console) -> None:
     if ha.get("off_since") and not ha.get("on_at"):
         console.print(f"[bold white on red] HA handling OFF since {ha['off_since']} [/bold white on red] — "
                       f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` restores it")
+    accepted = d.get("fencing_accepted")
+    if accepted:
+        console.print(f"[bold red]STONITH guard overridden[/bold red] by {accepted.get('user')}@{accepted.get('host')} "
+                      f"at {accepted.get('at')} ({accepted.get('how')}): {accepted.get('why')}", highlight=False)
     table = Table("step", "state", "node", "node state", "started", "ended", "exit", "attempts")
     for sid, entry in d["steps"].items():
         nodes = entry.get("nodes") or {}

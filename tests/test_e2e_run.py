@@ -226,3 +226,5 @@ def test_stonith_disabled_goes_on_only_with_the_flag_and_says_so(lab, tmp_path):
     assert "STONITH (fencing) is NOT enabled" in " ".join(r.stdout.split())
     assert journal(tmp_path / "s")["fencing"] == "disabled"
     assert_upgraded(lab, "bm1")
+    st = " ".join(bmupgrade("status", state=tmp_path / "s").stdout.split())
+    assert "STONITH guard overridden by" in st and "(--allow-no-stonith): fencing (STONITH) is NOT enabled" in st

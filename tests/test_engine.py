@@ -359,6 +359,8 @@ def test_unattended_without_a_fencing_check_is_refused_before_anything(tmp_path)
     t = sim("bm1")
     s = start_run(rb, session(tmp_path, t, allow_no_stonith=True))
     assert s.exit_code == 0 and changes(t)[-1][1].endswith("--update false")
+    accepted = journal(tmp_path)["fencing_accepted"]
+    assert accepted["how"] == "--allow-no-stonith" and accepted["step"] == "ha-on" and accepted["user"]
 
 
 def test_fencing_check_failing_refuses_unless_allowed(tmp_path, rb_path):
@@ -384,7 +386,7 @@ def test_interactive_operator_must_accept_failover_without_fencing(tmp_path, acc
     j = journal(tmp_path)
     if accept:
         assert s.exit_code == 0 and changes(t)[-1][1].endswith("--update false")
-        assert j["fencing_accepted"]["step"] == "ha-on" and j["fencing_accepted"]["user"]
+        assert j["fencing_accepted"]["step"] == "ha-on" and j["fencing_accepted"]["how"] == "prompt"
     else:
         assert s.exit_code == 1 and "Stopped before 'ha-on'" in s.message and s.ha_off_open
         assert not [c for n, c in changes(t) if c.endswith("--update false")]
