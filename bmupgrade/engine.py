@@ -65,6 +65,17 @@ class RunOptions:
     history: dict[str, float] = field(default_factory=dict)  # step id -> measured seconds (earlier runs)
 
 
+def fencing_gap(rb: Runbook, fencing: str | None, *, preflight_ran: bool) -> str | None:
+    """Why the STONITH guard must stop before `ha: enable`, or None. `fencing` is what preflight
+    recorded: "enabled", "disabled" or None (no fencing check). Before preflight has run, a
+    runbook with fencing checks leaves the verdict to it."""
+    if fencing == "enabled" or (not preflight_ran and rb.fencing_checks):
+        return None
+    if fencing == "disabled":
+        return "fencing (STONITH) is NOT enabled"
+    return "no preflight check of this runbook proves that fencing (STONITH) is enabled"
+
+
 class Stop(Exception):
     """Unwinds the run to its single exit path with a status and an exit code."""
 
@@ -302,7 +313,7 @@ class Engine:
         self.reporter.phase("Preflight (read-only)")
         self._check_ha_markers()
         results = self._run_checks("preflight")
-        fencing_ids = {c.id for c in self.rb.preflight if c.fencing}
+        fencing_ids = set(self.rb.fencing_checks)
         fencing = [r for r in results if r.id in fencing_ids]
         self.journal.data["fencing"] = (None if not fencing else "enabled" if all(r.ok for r in fencing)
                                         else "disabled")
@@ -382,7 +393,7 @@ class Engine:
                                    f"({r.error or r.exit_code})")
 
     def ha_restore_hint(self, node: str | None = None) -> str | None:
-        step = next((s for s in self.rb.steps if s.ha == "disable"), None)
+        step = self.rb.ha_step("disable")
         if step is None:
             return None
         entry = self.journal.step(step.id)
@@ -581,11 +592,9 @@ class Engine:
     def _stonith_guard(self, step: Step) -> None:
         """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight
         check, or with the operator's explicit word (a prompt, or --allow-no-stonith)."""
-        fencing = self.journal.data.get("fencing")
-        if fencing == "enabled" or self._fencing_accepted:
+        why = fencing_gap(self.rb, self.journal.data.get("fencing"), preflight_ran=True)
+        if why is None or self._fencing_accepted:
             return
-        why = ("fencing (STONITH) is NOT enabled" if fencing == "disabled"
-               else "no preflight check of this runbook proves that fencing (STONITH) is enabled")
         how = "--allow-no-stonith" if self.options.allow_no_stonith else None
         if how is None and self.prompter.interactive and self.prompter.confirm_no_fencing(step.id, step.label, why):
             how = "prompt"

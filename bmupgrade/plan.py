@@ -123,7 +123,7 @@ class Plan:
         on = self.ha_window[1]
         if on is None:
             return None
-        proofs = [c.id for c in self.runbook.preflight if c.fencing]
+        proofs = self.runbook.fencing_checks
         if proofs:
             return (f"fencing must be proven by preflight check {', '.join(proofs)} (refused otherwise; "
                     f"--allow-no-stonith warns and goes on)")

@@ -270,6 +270,15 @@ class Runbook(Strict):
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
 
+    def ha_step(self, kind: str) -> Step | None:
+        """The step marked `ha: disable` or `ha: enable`, if any."""
+        return next((s for s in self.steps if s.ha == kind), None)
+
+    @property
+    def fencing_checks(self) -> list[str]:
+        """Ids of the preflight checks whose success proves fencing (the STONITH guard)."""
+        return [c.id for c in self.preflight if c.fencing]
+
 
 # --------------------------------------------------------------------------- loading
 

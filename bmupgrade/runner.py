@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bmupgrade.engine import Engine, RunOptions
+from bmupgrade.engine import Engine, RunOptions, fencing_gap
 from bmupgrade.errors import EXIT_OK, BmError, UsageError
 from bmupgrade.journal import DONE, OPEN_STATUSES, RUNNING, Journal, LocalLock, RunStore, now, whoami
 from bmupgrade.runbook import Runbook, load_runbook
@@ -45,23 +45,23 @@ def missing_answers(rb: Runbook, prompter) -> list[str]:
     return [f"ack {s.id}" for s in rb.steps if s.manual is not None and not prompter.ack_manual(s.id, s.label, "")]
 
 
-def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | None = None) -> str | None:
+def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | None = None,
+                          nothing: str = "changed") -> str | None:
     """Safety rule 7, decided before anything changes for an unattended run: the step that turns
     automatic failover back on needs fencing proven by a preflight check, or --allow-no-stonith."""
-    enable = next((s for s in rb.steps if s.ha == "enable"), None)
+    enable = rb.ha_step("enable")
     if enable is None or session.options.allow_no_stonith or getattr(session.prompter, "interactive", False):
         return None
     data = journal_data or {}
     if data.get("steps", {}).get(enable.id, {}).get("state") == DONE:
         return None
-    fencing = data.get("fencing")
-    if fencing == "enabled" or (fencing is None and any(c.fencing for c in rb.preflight)):
-        return None  # proven, or to be proven by preflight (which refuses if it is not)
-    why = ("preflight found fencing (STONITH) NOT enabled" if fencing == "disabled"
-           else "no preflight check proves that fencing (STONITH) is enabled (mark one `fencing: true`)")
-    return (f"unattended run: step '{enable.id}' turns automatic failover back on, but {why}. Without fencing "
-            "a failover can split-brain and corrupt the shared storage. To accept that risk, add "
-            "--allow-no-stonith. Nothing was changed.")
+    why = fencing_gap(rb, data.get("fencing"), preflight_ran=data.get("preflight") == "passed")
+    if why is None:
+        return None
+    hint = "" if rb.fencing_checks else " (mark a preflight check `fencing: true`)"
+    return (f"unattended run: step '{enable.id}' turns automatic failover back on, but {why}{hint}. Without "
+            "fencing a failover can split-brain and corrupt the shared storage. To accept that risk, add "
+            f"--allow-no-stonith. Nothing was {nothing}.")
 
 
 def step_history(store: RunStore, rb: Runbook) -> dict[str, float]:
@@ -160,9 +160,9 @@ def load_for_resume(session: Session, run_id: str | None, *, force: bool, overri
 def resume_run(session: Session, run_id: str | None, *, force: bool = False,
                overrides: dict[str, str] | None = None):
     rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {})
-    refusal = stonith_guard_refusal(rb, session, journal.data)
+    refusal = stonith_guard_refusal(rb, session, journal.data, nothing="sent")
     if refusal:
-        raise UsageError(refusal.replace("Nothing was changed.", "Nothing was sent."))
+        raise UsageError(refusal)
     store = RunStore(session.state_dir)
     session.options.history = step_history(store, rb)
     session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}")
