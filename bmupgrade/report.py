@@ -163,9 +163,13 @@ class ConsoleReporter:
                 return
             shown, hidden = self._echo.setdefault(key, EchoBudget()).take(lines)
             out = [self._hidden_line(node, hidden)] if hidden else []
-            out += [f"  [dim]{node} │[/dim] {_esc(line)}" for line in shown]
+            out += [self._echo_line(node, line) for line in shown]
             if out:  # one print per chunk: rich's per-call cost dominates on a flood
                 self.console.print("\n".join(out), highlight=False)
+
+    @staticmethod
+    def _echo_line(node: str, line: str) -> str:
+        return f"  [dim]{node} │[/dim] {_esc(line)}"
 
     @staticmethod
     def _hidden_line(node: str, count: int) -> str:
@@ -180,10 +184,10 @@ class ConsoleReporter:
             if budget and budget.hidden:
                 count, tail = budget.leftover()
                 out = [self._hidden_line(node, count)] if count else []
-                out += [f"  [dim]{node} │[/dim] {_esc(line)}" for line in tail]
+                out += [self._echo_line(node, line) for line in tail]
                 self.console.print("\n".join(out), highlight=False)
             if rest:
-                self.console.print(f"  [dim]{node} │[/dim] {_esc(rest)}", highlight=False)
+                self.console.print(self._echo_line(node, rest), highlight=False)
 
     def node_done(self, step_id: str, node: str, ok: bool, detail: str, duration: float) -> None:
         with self._lock:

@@ -46,9 +46,7 @@ def up(dir: str = DirOpt,
                                      "ones against a CIB file where pacemaker-cli-utils is installed), real, standin.")):
     """Start both nodes (idempotent) and write DIR/inventory.yaml and DIR/ssh_config."""
     from bmupgrade.lab.core import usage_text
-    if pacemaker not in ("auto", "real", "standin"):
-        _fail(ValueError("--pacemaker must be auto, real or standin (got %r)" % pacemaker))
-    lab = _lab(dir, pacemaker)
+    lab = _run(lambda: _lab(dir, pacemaker))
     _run(lambda: lab.up(reset=reset))
     if json_out:
         import json

@@ -267,7 +267,7 @@ class Lab:
         """pacemaker: "auto" (the real crm_attribute/crm_resource/crm_mon against a CIB file where
         pacemaker-cli-utils is installed, stand-ins otherwise), "real" (required) or "standin"."""
         if pacemaker not in ("auto", "real", "standin"):
-            raise LabError("pacemaker must be auto, real or standin (got %r)" % pacemaker)
+            raise LabError("--pacemaker must be auto, real or standin (got %r)" % pacemaker)
         self.pacemaker = pacemaker
         self.dir = Path(os.path.abspath(dir))
         self._store = bmlab.Store(str(self.dir))

@@ -1352,9 +1352,9 @@ def render_cib(v: dict) -> str:
     out += ["    </nodes>", "    <resources>"]
     resources = [(r, *_agent_parts(a), where) for r, a, where in v["resources"]]
     resources.append((*FENCE_DEVICE, [dc] if dc else []))
-    for rid, cls, provider, typ, _ in resources:
-        out.append('      <primitive id=%s class=%s%s type=%s/>'
-                   % (q(rid), q(cls), " provider=%s" % q(provider) if provider else "", q(typ)))
+    agent = {rid: 'id=%s class=%s%s type=%s' % (q(rid), q(cls), " provider=%s" % q(provider) if provider else "", q(typ))
+             for rid, cls, provider, typ, _ in resources}
+    out += ['      <primitive %s/>' % agent[rid] for rid, *_ in resources]
     out += ["    </resources>", "    <constraints/>", "  </configuration>", "  <status>"]
     call = 10
     for n in v["names"]:
@@ -1364,13 +1364,12 @@ def render_cib(v: dict) -> str:
             continue
         out += ['    <node_state id="%d" uname=%s in_ccm="true" crmd="online" crm-debug-origin="do_update_resource" '
                 'join="member" expected="member">' % (ids[n], q(n)), '      <lrm id="%d">' % ids[n], "        <lrm_resources>"]
-        for rid, cls, provider, typ, where in resources:
+        for rid, *_, where in resources:
             if n not in where:
                 continue
             call += 1
             key = "%d:1:0:00000000-0000-4000-8000-000000000000" % call
-            out += ['          <lrm_resource id=%s class=%s%s type=%s>'
-                    % (q(rid), q(cls), " provider=%s" % q(provider) if provider else "", q(typ)),
+            out += ['          <lrm_resource %s>' % agent[rid],
                     '            <lrm_rsc_op id=%s operation_key=%s operation="start" crm-debug-origin="do_update_resource" '
                     'crm_feature_set="%s" transition-key="%s" transition-magic="0:0;%s" exit-reason="" on_node=%s '
                     'call-id="%d" rc-code="0" op-status="0" interval="0" last-rc-change="%d" exec-time="10" queue-time="0"/>'
@@ -1401,9 +1400,7 @@ def run_real_pacemaker(ctx: Ctx, prog: str, args: list[str]) -> int:
         p = subprocess.run([os.path.join(PCMK_SBIN, prog)] + list(args), env=dict(os.environ, CIB_file=path),
                            stdin=subprocess.DEVNULL, capture_output=True)
         if prog == "crm_attribute" and p.returncode == 0:
-            props = cib_properties(path)
-            if props != tx.cluster()["properties"]:
-                tx.cluster()["properties"] = props
+            tx.cluster()["properties"] = cib_properties(path)  # Txn.commit writes only if it changed
     sys.stdout.flush()
     sys.stdout.buffer.write(p.stdout)
     sys.stdout.flush()
