@@ -263,6 +263,12 @@ class Engine:
         """Concrete nodes for a target. primary/secondary re-probe the VIP now (safety rule 1)."""
         if target == "all":
             return list(self.rb.node_names)
+        if target.startswith("where:"):
+            ran = [n for n, e in self.journal.step(target[6:])["nodes"].items()
+                   if e.get("state") in (DONE, STARTED, FAILED)]
+            if not ran:
+                raise Stop(EXIT_FAILED, FAILED_RUN, f"target {target}: step '{target[6:]}' ran on no node")
+            return ran
         if target in ("primary", "secondary"):
             probe = probe or probe_vip(self.transport, self.rb, lambda t, n: self.render(t, n.name))
             try:

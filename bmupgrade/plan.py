@@ -144,6 +144,10 @@ def describe_target(rb: Runbook, target: str, holders: list[str] | None) -> tupl
         if target == "primary":
             return f"node holding {ip} (resolved at run time)", names
         return f"node(s) not holding {ip} (resolved at run time)", names
+    if target.startswith("where:"):
+        source = rb.step(target[6:])
+        shown, nodes = describe_target(rb, source.on or "all", holders)
+        return f"where '{source.id}' ran: {shown}", nodes
     return target, [target]
 
 

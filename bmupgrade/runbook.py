@@ -31,6 +31,7 @@ ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 SYMBOLIC_TARGETS = ("primary", "secondary", "all")
+WHERE_PREFIX = "where:"  # `on: where:STEP` = the nodes on which STEP ran (e.g. keepalived's ha-on)
 DURATION_RE = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
@@ -171,6 +172,10 @@ class Check(Strict):
     severity: Literal["error", "warning"] = Field("error", description="warning: report, don't stop.")
     timeout: Duration = Field(60.0)
     why: str | None = Field(None, description="Shown when the check fails: why it matters, how to fix.")
+    until: str | None = Field(
+        None, pattern=ID_RE,
+        description="Preflight: the step that legitimately invalidates this check (e.g. `not-in-maintenance` "
+        "until `ha-off`). Once that step is done, a resume skips the check; before, it always runs.")
     fencing: bool = Field(
         False, description="Preflight: passing proves fencing (STONITH) is enabled. The STONITH guard: without "
         "such a check passing, the `ha: enable` step needs an explicit confirmation or --allow-no-stonith.")
@@ -222,6 +227,12 @@ class Step(Strict):
         "`enable` is guarded by the STONITH guard, see `fencing` on checks)."
     )
     capture: str | None = Field(None, pattern=VAR_RE, description="Store stdout of the (single-node) run.")
+    idempotent: bool = Field(
+        False, description="Sending it twice is harmless: a command whose outcome was lost (timeout, dropped "
+        "connection, crash) may be re-sent automatically (retries, resume). Otherwise it never is.")
+    point_of_no_return: bool = Field(
+        False, description="Once done, the steps before it are never undone (e.g. BlueMind's post-install "
+        "migrated the data): rollback only undoes later steps and the back-out is a restore from backup.")
 
     @model_validator(mode="after")
     def _shape(self) -> "Step":
@@ -429,6 +440,7 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
         return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
 
     sections = ("facts", "preflight", "steps", "postflight")
+    step_ids = [x.get("id") for _, x in items("steps") if isinstance(x.get("id"), str)]
     ids: dict[str, tuple] = {}
     for section in sections:
         for i, item in items(section):
@@ -440,11 +452,26 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                                              f"duplicate id '{item_id}' (first used at {first}); ids must be unique"))
                 ids.setdefault(item_id, (section, i))
             target = item.get("on")
-            if isinstance(target, str) and target not in SYMBOLIC_TARGETS and target not in names:
+            if isinstance(target, str) and target.startswith(WHERE_PREFIX) and section == "steps":
+                if target[len(WHERE_PREFIX):] not in step_ids[:i]:
+                    problems.append(_located(source, (section, i, "on"),
+                                             f"'{target}' names no earlier step; use where:STEP with one of: "
+                                             f"{', '.join(step_ids[:i]) or '(none)'}"))
+            elif isinstance(target, str) and target not in SYMBOLIC_TARGETS and target not in names:
                 problems.append(_located(source, (section, i, "on"),
-                                         f"unknown target '{target}'; use primary, secondary, all or one of: "
-                                         f"{', '.join(names)}"))
+                                         f"unknown target '{target}'; use primary, secondary, all"
+                                         + (", where:STEP" if section == "steps" else "")
+                                         + f" or one of: {', '.join(names)}"))
 
+    for i, item in items("preflight"):
+        until = item.get("until")
+        if isinstance(until, str) and until not in step_ids:
+            problems.append(_located(source, ("preflight", i, "until"),
+                                     f"'{until}' is no step of this runbook; steps are: {', '.join(step_ids)}"))
+    for i, item in items("postflight"):
+        if item.get("until") is not None:
+            problems.append(_located(source, ("postflight", i, "until"),
+                                     "until: belongs on a preflight check (postflight runs after every step)"))
     for i, item in items("postflight"):
         if item.get("fencing") is True:
             problems.append(_located(source, ("postflight", i, "fencing"),
