@@ -213,7 +213,8 @@ AckOpt = typer.Option([], "--ack", help="Manual steps already done, by id (comma
                       "for unattended runs: --ack backup,prepare.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable events, one JSON object per line.")
 StepOpt = typer.Option(False, "--step", help="Ask before every step (like ansible-playbook --step).")
-RerunOpt = typer.Option([], "--rerun", help="Resume: run again these steps found 'started' (outcome unknown).")
+RerunOpt = typer.Option([], "--rerun", help="Resume: send again these steps whose outcome is unknown, or run "
+                        "these skipped steps after all.")
 AssumeDoneOpt = typer.Option([], "--assume-done", help="Resume: record these 'started' steps as done.")
 
 
@@ -232,9 +233,12 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     from bmupgrade.timeparse import parse_deadline
 
     reporter = JsonReporter() if as_json else ConsoleReporter()
+    import shlex
+
     options = RunOptions(on_failure=on_failure.value, on_deadline=on_deadline.value,
                          deadline=parse_deadline(deadline) if deadline else None, from_step=from_step,
-                         break_lock=break_lock, allow_no_stonith=allow_no_stonith)
+                         break_lock=break_lock, allow_no_stonith=allow_no_stonith, rerun=_split(list(rerun)),
+                         cli_args=f"--state-dir {shlex.quote(str(state_dir))}" if state_dir else "")
     if answers is not None:
         from bmupgrade.prompts import Answers, AnswersPrompter
 
@@ -295,7 +299,7 @@ def run(
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Preflight, steps, postflight — journaled, resumable. Exit: 0 ok, 1 failed/aborted, 2 bad input,
-    3 preflight refused, 4 deadline, 130 interrupted."""
+    3 refused before any change (preflight or lock), 4 deadline, 5 stopped with HA left off, 130 interrupted."""
     from bmupgrade.runner import start_run
 
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
@@ -347,10 +351,12 @@ def rollback(
     extra: List[str] = ExtraOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
-    force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed."),
+    force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed, and past the "
+                               "point of no return (after typing the run id at a terminal)."),
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
-    """Undo a run's done steps (those with rollback commands), in reverse order, where they ran."""
+    """Undo a run's done steps (those with rollback commands), in reverse order, where they ran — never
+    past a point of no return (e.g. post-install) without --force."""
     from bmupgrade import runner
 
     session = _session(state_dir, yes, OnFailure.abort, None, OnDeadline.stop, [], as_json, False)
