@@ -229,6 +229,9 @@ def steps(eng: "Engine") -> None:
 
     assert eng.safety_passed, "steps before the safety checks"
     eng.apply_step_flags()
+    enable = eng.rb.ha_step("enable")
+    if enable and eng.ha.is_off() and eng.journal.step(enable.id)["state"] == DONE:
+        eng.ha.back_on(enable.id)  # a crash between "ha-on done" and "HA on" in the journal
     eng.reporter.phase("Steps")
     runner = StepRunner(eng)
     total = len(eng.rb.steps)
