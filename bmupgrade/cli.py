@@ -317,6 +317,39 @@ def run(
 
 @app.command()
 @handles_errors
+def check(
+    runbook: Path = typer.Argument(..., help="The runbook whose preflight to run."),
+    inventory: Optional[Path] = InventoryOpt,
+    extra: List[str] = ExtraOpt,
+    fmt: StatusFormat = typer.Option(StatusFormat.text, "--format", "-f", help="text | json"),
+) -> None:
+    """Run the read-only preflight against the live nodes, days before the window: every failed check
+    with why and how to fix it. Changes nothing, takes no lock. Exit: 0 ready, 3 not ready, 2 bad input."""
+    from bmupgrade import runner
+    from bmupgrade.engine import RunOptions
+    from bmupgrade.prompts import PolicyPrompter
+    from bmupgrade.report import ConsoleReporter, NullReporter
+
+    reporter = NullReporter() if fmt is StatusFormat.json else ConsoleReporter()
+    session = runner.Session(Path("."), reporter, PolicyPrompter(), runner.ssh_transport_factory(), RunOptions())
+    summary, results = runner.check(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra))
+    if fmt is StatusFormat.json:
+        typer.echo(json.dumps({"ready": summary.exit_code == 0, "exit": summary.exit_code,
+                               "message": summary.message, "checks": results}))
+    else:
+        style = "green" if summary.exit_code == 0 else "red"
+        reporter.console.print(f"[bold {style}]{_esc(summary.message)}[/bold {style}]")
+    raise typer.Exit(summary.exit_code)
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command()
+@handles_errors
 def resume(
     run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest unfinished run)."),
     extra: List[str] = ExtraOpt,
@@ -414,7 +447,7 @@ def runs(state_dir: Optional[Path] = StateDirOpt) -> None:
     store = RunStore(state_dir or default_state_dir())
     table = Table("run", "status", "started", "runbook", "by")
     for r in store.all():
-        table.add_row(r.run_id, r.status, r.created_at, r.runbook, r.by)
+        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
     Console(highlight=False).print(table)
 
 

@@ -209,6 +209,7 @@ class Journal:
     # ---------------------------------------------------------------- creation / loading
     @classmethod
     def create(cls, state_dir: Path, *, run_id: str | None = None, **header: Any) -> "Journal":
+        private_dir(Path(state_dir))
         runs = private_dir(Path(state_dir) / "runs")
         run_id = run_id or new_run_id()
         data = {"format": FORMAT, "run_id": run_id, "status": RUNNING.value, "created_at": now(),
@@ -253,6 +254,16 @@ class Journal:
                           "nothing was sent in that run")
         journal = cls(path, data)
         journal._torn = len(torn)
+        return journal
+
+    @classmethod
+    def in_memory(cls, **header: Any) -> "Journal":
+        """For `bmupgrade check`: the same view and rules, nothing written (read-only invocation)."""
+        data = {"format": FORMAT, "run_id": "check", "status": RUNNING.value, "captured": {}, "facts": [],
+                "preflight": None, "rollback": {}, "ha": {}, "steps": {}, **header}
+        journal = cls(Path("/dev/null"), data)
+        journal._write = lambda rec: None  # type: ignore[method-assign]
+        journal.snapshot = lambda: None  # type: ignore[method-assign]
         return journal
 
     def _open_for_append(self) -> int:
@@ -419,6 +430,7 @@ class LocalLock:
     kernel drops it if the process dies, so it can never go stale)."""
 
     def __init__(self, state_dir: Path, cluster_id: str):
+        private_dir(Path(state_dir))
         locks = private_dir(Path(state_dir) / "locks")
         self.path = locks / f"{cluster_id}.lock"
         self._fd: int | None = None

@@ -261,3 +261,10 @@ def _esc(text: str) -> str:
     from rich.markup import escape
 
     return escape(str(text))
+
+
+class NullReporter:
+    """Says nothing (`check -f json` prints one document at the end, nothing else)."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

@@ -244,6 +244,21 @@ def rollback(session: Session, run_id: str | None, *, force: bool = False,
     return _drive(rb, journal, session, Mode.ROLLBACK, lock)
 
 
+def check(runbook_path: Path, session: Session, *, inventory: Path | None = None,
+          overrides: dict[str, str] | None = None):
+    """`bmupgrade check`: the read-only safety checks against the live nodes, days before the
+    window. No lock, no journal on disk, nothing written on the nodes."""
+    rb = load_runbook(runbook_path, overrides=overrides or {}, inventory=inventory)
+    journal = Journal.in_memory(runbook={"path": rb.source_path, "sha256": rb.source_sha256, "name": rb.name})
+    engine = Engine(rb, session.transport_factory(rb), journal, session.prompter, session.reporter, None,
+                    session.options)
+    try:
+        summary = engine.execute(Mode.CHECK)
+    finally:
+        engine.transport.close()
+    return summary, journal.data.get("preflight_results", {})
+
+
 def ssh_transport_factory(*, insecure: bool = False) -> Callable[[Runbook], Any]:
     """The real transport; sudo password from BMUPGRADE_SUDO_PASSWORD or asked once, hidden."""
 

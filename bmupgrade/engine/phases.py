@@ -155,7 +155,8 @@ def preflight(eng: "Engine") -> None:
     fencing = [r for r in results if r.id in fencing_ids]
     eng.journal.set("fencing", None if not fencing else "enabled" if all(r.ok for r in fencing) else "disabled")
     failed = [r for r in results if not r.ok and r.severity == "error"]
-    eng.journal.set("preflight_results", {r.id: {"ok": r.ok, "problems": r.problems} for r in results})
+    eng.journal.set("preflight_results", {r.id: {"ok": r.ok, "title": r.title, "problems": r.problems,
+                                                 **({"why": r.why} if r.why and not r.ok else {})} for r in results})
     if eng.journal.data["fencing"] == "disabled" and eng.options.allow_no_stonith:
         failed = [r for r in failed if r.id not in fencing_ids]
         eng.reporter.banner("STONITH (fencing) is NOT enabled. Going on because of --allow-no-stonith: when HA "
