@@ -55,6 +55,14 @@ def _event(text: str) -> None:
         pass
 
 
+def _join_node_threads() -> None:
+    import threading
+
+    for t in threading.enumerate():
+        if t.name.startswith("node") and t is not threading.current_thread():
+            t.join(timeout=10)
+
+
 class Crash(BaseException):
     """A SIGKILL: nothing after it runs in that process (no journal write, no unlock)."""
 
@@ -188,6 +196,7 @@ class OperatorStories(RuleBasedStateMachine):
             journal_mod.owner_record = real_owner
             m.hook = None
             Journal.after_write_hook = None
+            _join_node_threads()  # a hard stop leaves workers finishing their command (as on a real node)
         self.last = (summary, m.invocation, self.story[before:])
         code = "crash" if summary is None else getattr(summary, "exit_code", "?")
         _event(f"{mode} exit {code}")
@@ -200,7 +209,11 @@ class OperatorStories(RuleBasedStateMachine):
         crash_at, self.pending_crash = self.pending_crash, None
         seen = {"cmd": 0, "writes": 0}
 
+        armed = m.invocation
+
         def hook(node, command):
+            if m.invocation != armed:
+                return
             seen["cmd"] += 1
             if interrupt and seen["cmd"] == interrupt[1]:
                 sig = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP}[

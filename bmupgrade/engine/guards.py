@@ -55,29 +55,28 @@ def stonith_guard(eng: "Engine", step: Step) -> None:
 
 # ------------------------------------------------------------------------------ deadline
 
-def step_estimate(eng: "Engine", step: Step) -> float:
+def step_estimate(rb: Runbook, history: dict[str, float], step: Step) -> float:
     """Seconds a step may take: earlier runs' measured duration, else its worst case (every
     retry and its delay, the verify, each node in turn unless parallel)."""
     if step.manual is not None:
         return 0.0
-    if step.id in eng.options.history:
-        per_node = eng.options.history[step.id]
+    if step.id in history:
+        per_node = history[step.id]
     else:
         attempts = step.retries + 1
         delays = sum(min(step.retry_delay * 2 ** i, 300) for i in range(step.retries))
         per_node = attempts * step.timeout * (len(step.run or []) + (1 if step.verify else 0)) + delays
-    on = step.on or "all"
-    nodes = len(eng.rb.node_names) if on == "all" else 1
+    nodes = len(rb.node_names) if (step.on or "all") == "all" else 1
     return per_node if step.parallel else per_node * nodes
 
 
-def window_estimate(eng: "Engine", start: Step) -> tuple[float, str]:
+def window_estimate(rb: Runbook, history: dict[str, float], start: Step) -> tuple[float, str]:
     """Everything from `start` (the HA-off step) up to and including the HA-on step."""
-    ids = [s.id for s in eng.rb.steps]
-    enable = eng.rb.ha_step("enable")
+    ids = [s.id for s in rb.steps]
+    enable = rb.ha_step("enable")
     end = ids.index(enable.id) if enable else len(ids) - 1
-    steps = eng.rb.steps[ids.index(start.id): end + 1]
-    return sum(step_estimate(eng, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
+    steps = rb.steps[ids.index(start.id): end + 1]
+    return sum(step_estimate(rb, history, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
 
 
 def check_deadline(eng: "Engine", step: Step) -> None:
@@ -90,10 +89,10 @@ def check_deadline(eng: "Engine", step: Step) -> None:
         return
     left = eng.options.deadline - time.time()
     if step.ha == "disable" and not eng.ha.is_off():
-        need, what = window_estimate(eng, step)
+        need, what = window_estimate(eng.rb, eng.options.history, step)
         label = f"the HA-off window ({what})"
     else:
-        need, label = step_estimate(eng, step), f"step '{step.id}'"
+        need, label = step_estimate(eng.rb, eng.options.history, step), f"step '{step.id}'"
     if need <= left:
         return
     basis = "measured in earlier runs" if step.id in eng.options.history else "worst case from the timeouts"
