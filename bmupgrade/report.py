@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from bmupgrade.checks import CheckResult

@@ -84,23 +84,25 @@ class Engine:
         hard = False
         self.signals.install()
         try:
-            for phase in PHASES:
-                if self.mode in phase.modes:
-                    phase.run(self)
-        except Stop as stop:
-            code, status, message = stop.exit_code, stop.status, stop.message
-        except KeyboardInterrupt:
-            hard = True
-            code, status, message = EXIT_INTERRUPTED, INTERRUPTED, self._hard_stop()
-        except BmError as exc:  # journal unwritable (disk full), illegal transition, ...
-            code, status, message = exc.exit_code or EXIT_FAILED, FAILED_RUN, str(exc)
-        except Exception as exc:  # a bug must still end cleanly, HA banner included
-            log.debug("internal error", exc_info=True)
-            code, status = EXIT_FAILED, FAILED_RUN
-            message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            try:
+                for phase in PHASES:
+                    if self.mode in phase.modes:
+                        phase.run(self)
+            except Stop as stop:
+                code, status, message = stop.exit_code, stop.status, stop.message
+            except KeyboardInterrupt:
+                hard = True
+                code, status, message = EXIT_INTERRUPTED, INTERRUPTED, self._hard_stop()
+            except BmError as exc:  # journal unwritable (disk full), illegal transition, ...
+                code, status, message = exc.exit_code or EXIT_FAILED, FAILED_RUN, str(exc)
+            except Exception as exc:  # a bug must still end cleanly, HA banner included
+                log.debug("internal error", exc_info=True)
+                code, status = EXIT_FAILED, FAILED_RUN
+                message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            self.signals.exiting = True  # a signal now only waits for the cleanup (unlock, journal)
+            return self._end(code, status, message, hard)
         finally:
             self.signals.restore()
-        return self._end(code, status, message, hard)
 
     def _hard_stop(self) -> str:
         """Second Ctrl-C/signal: every command in flight becomes `unknown` (resume settles it)."""

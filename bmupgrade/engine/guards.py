@@ -184,6 +184,7 @@ class Signals:
     def __init__(self) -> None:
         self.count = 0
         self.last: str | None = None  # "Ctrl-C" | "SIGTERM" | "SIGHUP"
+        self.exiting = False  # on the exit path: never raise, the cleanup must finish
         self._old: dict[int, object] = {}
 
     def install(self) -> None:
@@ -200,6 +201,8 @@ class Signals:
     def _handle(self, signum, frame) -> None:
         self.count += 1
         self.last = self.NAMES.get(signum, str(signum))
+        if self.exiting:
+            return
         if self.count >= 2:
             raise KeyboardInterrupt
         note = (f"\n{self.last}: the running command is let finish, then the run stops at a safe point "

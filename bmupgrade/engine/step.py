@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from bmupgrade.engine.guards import check_deadline, stonith_guard
 from bmupgrade.errors import EXIT_FAILED
-from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, PENDING, SKIPPED, STARTED, UNKNOWN, whoami
-from bmupgrade.outcome import ABORT, ASSUME_DONE, RERUN, RETRY, ROLLBACK, SKIP, WAIT, FailureContext
+from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, SKIPPED, STARTED, UNKNOWN, whoami
+from bmupgrade.outcome import RETRY, ROLLBACK, SKIP, FailureContext
 from bmupgrade.runbook import Step
 from bmupgrade.transport.base import CommandResult
 
@@ -262,76 +262,10 @@ class StepRunner:
         return FailureContext(step.id, step.label, list(failures), summary, output,
                               eng.ssh_hint(next(iter(failures))), preview(eng)[0])
 
-    # ------------------------------------------------------------------ unknown outcomes
     def settle(self, step: Step) -> None:
-        """Settle the nodes whose outcome is unknown (`started` left by a crash, or `unknown`):
-        never while the command still runs; verify decides; else idempotent → send again; else
-        a person, or (unattended) --assume-done/--rerun, or stop with the exact next command."""
-        from bmupgrade.engine.core import Stop
+        from bmupgrade.engine.settle import settle
 
-        eng = self.eng
-        crashed = eng.journal.nodes_in(step.id, STARTED)
-        if crashed:
-            eng.journal.mark(step.id, crashed, UNKNOWN, outcome="the run stopped while it was in flight")
-        nodes = eng.journal.nodes_in(step.id, UNKNOWN)
-        if not nodes:
-            return
-        self._wait_while_running(step, nodes)
-        if step.verify:
-            for node in nodes:
-                r = eng.send(node, eng.render(step.verify, node), timeout=step.timeout, key=f"{step.id}:verify")
-                verdict = DONE if r.ok else PENDING
-                eng.journal.mark(step.id, [node], verdict, note=f"outcome unknown; verify {'passed' if r.ok else 'failed'}")
-                eng.reporter.info(f"  {step.id} on {node}: outcome was unknown; verify says "
-                                  + ("it is done" if r.ok else "not done: it runs again"))
-            return
-        if step.idempotent:
-            eng.journal.mark(step.id, nodes, PENDING, note="outcome unknown; idempotent: sent again")
-            return
-        shown = [eng.shown(c, nodes[0]) for c in step.run or []]
-        answer = eng.prompter.unknown_outcome(step.id, step.label, nodes, shown)
-        if answer == ASSUME_DONE:
-            eng.journal.mark(step.id, nodes, DONE, note="outcome unknown; recorded done", by=self._who("assume-done"))
-        elif answer == RERUN:
-            eng.journal.mark(step.id, nodes, PENDING, note="outcome unknown; re-run", by=self._who("rerun"))
-        else:
-            raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                       f"Step '{step.id}' was sent to {', '.join(nodes)} and its outcome is unknown (it has no "
-                       "verify command). Check on the node, then `"
-                       + eng.hint("resume", f"--yes --assume-done {step.id}") + "` (it completed) or `"
-                       + eng.hint("resume", f"--yes --rerun {step.id}") + "` (it did not run).")
-
-    def _who(self, how: str) -> dict:
-        p = self.eng.prompter
-        return {**whoami(), "how": "prompt" if p.interactive else f"--{how} flag"}
-
-    def _wait_while_running(self, step: Step, nodes: list[str]) -> None:
-        """Never decide while the first copy may still run: ask the node (the command's tag)."""
-        from bmupgrade.engine import remote
-        from bmupgrade.engine.core import Stop
-
-        eng = self.eng
-        while True:
-            running = {}
-            for n in nodes:
-                tag = eng.journal.step(step.id)["nodes"].get(n, {}).get("tag")
-                if not tag:
-                    continue
-                r = eng.send(n, remote.still_running(tag), timeout=30, key=f"{step.id}:still-running",
-                             capture=True, quiet=True)
-                if r.exit_code is None:
-                    running[n] = "cannot ask the node (" + (r.error or "no answer") + ")"
-                elif r.stdout.split():
-                    running[n] = "still running (pid " + ", ".join(r.stdout.split()) + ")"
-            if not running:
-                return
-            text = "; ".join(f"{n}: {why}" for n, why in running.items())
-            if eng.prompter.interactive and eng.prompter.still_running(step.id, step.label, text) == WAIT:
-                eng.sleep(5)
-                continue
-            raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                       f"Step '{step.id}': {text}. Not deciding anything while it runs: wait for it to end, then "
-                       f"`{eng.hint('resume')}`.")
+        settle(self.eng, step)
 
     # ------------------------------------------------------------------ small pieces
     def _manual(self, seq: int, total: int, step: Step) -> None:
