@@ -34,13 +34,14 @@ def barrier(eng: "Engine") -> Step | None:
 
 
 def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
-    """Steps to consider, newest first, stopping at the point of no return (unless forced)."""
+    """Steps to consider, newest first. Past the point of no return (unless forced) only the
+    step that turned HA off is still undone: turning HA back on is not a downgrade."""
     out = []
     stop_at = None if force else barrier(eng)
+    past = False
     for s in reversed(eng.rb.steps):
-        if stop_at is not None and s.id == stop_at.id:
-            break
-        if s.manual is None and _ran_on(eng, s):
+        past = past or (stop_at is not None and s.id == stop_at.id)
+        if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable"):
             out.append(s)
     return out
 
@@ -56,8 +57,9 @@ def preview(eng: "Engine", *, force: bool = False) -> tuple[list[str], list[str]
             cannot.append(f"{s.id} ({s.label})")
     stop = None if force else barrier(eng)
     if stop is not None:
-        cannot.append(f"everything up to and including '{stop.id}' ({stop.label}): it is the point of no return "
-                      "— the back-out is a restore from the backup, not a downgrade (--force overrides)")
+        cannot.append(f"everything up to and including '{stop.id}' ({stop.label}) but turning HA back on: it is "
+                      "the point of no return — the back-out is a restore from the backup, not a downgrade "
+                      "(--force overrides)")
     return undo, cannot
 
 
