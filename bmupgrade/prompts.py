@@ -55,6 +55,7 @@ class PolicyPrompter:
     rerun: set[str] = field(default_factory=set)
     assume_done: set[str] = field(default_factory=set)
     interactive: bool = False
+    _retried: set[str] = field(default_factory=set, repr=False)
 
     def ack_manual(self, step_id: str, title: str, text: str) -> bool:
         return step_id in self.acks or "all" in self.acks
@@ -63,6 +64,10 @@ class PolicyPrompter:
         return "yes"
 
     def on_failure(self, ctx: FailureContext) -> str:
+        # `resume --rerun STEP`: the operator's word to send a failed non-idempotent step again, once
+        if ctx.step_id in self.rerun and ctx.step_id not in self._retried:
+            self._retried.add(ctx.step_id)
+            return RETRY
         return self.on_failure_policy
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:

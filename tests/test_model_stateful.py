@@ -250,7 +250,8 @@ class OperatorStories(RuleBasedStateMachine):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
         prompter = Recording(self.story, **flags) if unattended else Scripted(answers, self.story)
         overrides = dict([change.split("=")]) if change else {}
-        self._invoke(lambda: resume_run(self._session(prompter), None, force=force, overrides=overrides), "resume")
+        self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"])), None, force=force,
+                                        overrides=overrides), "resume")
         if change and not force:
             assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, "I5: identity change needs --force"
 
