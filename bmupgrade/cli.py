@@ -248,6 +248,10 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     else:
         if as_json:
             raise UsageError("--json needs --yes: there is no one to answer prompts in a JSON stream")
+        given = [f for f, v in (("--ack", acks), ("--rerun", rerun), ("--assume-done", assume_done)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} answer(s) for unattended runs: add --yes, or drop them and "
+                             "answer when asked. Nothing was changed.")
         console = reporter.console
         prompter = InteractivePrompter(console, step_mode=step_mode)
         if save_answers is not None:
@@ -257,6 +261,20 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     if save_answers is not None and answers is None and yes:
         raise UsageError("--save-answers records an interactive run's answers; drop --yes")
     return Session(state_dir or default_state_dir(), reporter, prompter, ssh_transport_factory(), options)
+
+
+def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=None) -> None:
+    """--ack/--rerun/--assume-done/--from naming no step of the runbook: exit 2 before anything
+    starts (no journal, no connection), with the closest step id."""
+    from bmupgrade.runbook import unknown_step_refs
+
+    manual = [s.id for s in rb.steps if s.manual is not None]
+    problems = unknown_step_refs(rb, sorted(_split(list(acks))), "--ack", manual=manual)
+    problems += unknown_step_refs(rb, sorted(_split(list(rerun))), "--rerun")
+    problems += unknown_step_refs(rb, sorted(_split(list(assume_done))), "--assume-done")
+    problems += unknown_step_refs(rb, [from_step] if from_step else [], "--from")
+    if problems:
+        raise UsageError("\n".join(problems + ["Nothing was changed."]))
 
 
 def _finish(summary, reporter) -> None:
@@ -298,6 +316,8 @@ def run(
     3 preflight refused, 4 deadline, 130 interrupted."""
     from bmupgrade.runner import start_run
 
+    if ack or from_step:
+        _refuse_unknown_steps(load(runbook, inventory, extra), acks=ack, from_step=from_step)
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
                        from_step=from_step, break_lock=break_lock, answers=answers, save_answers=save_answers,
                        allow_no_stonith=allow_no_stonith)
@@ -337,6 +357,11 @@ def resume(
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
                        rerun=rerun, assume_done=assume_done, break_lock=break_lock,
                        allow_no_stonith=allow_no_stonith)
+    if ack or rerun or assume_done:
+        from bmupgrade.runner import load_for_resume
+
+        rb, _ = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
+        _refuse_unknown_steps(rb, acks=ack, rerun=rerun, assume_done=assume_done)
     _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 
