@@ -148,8 +148,12 @@ def plan(
     holders = None
     if probe:
         from bmupgrade.probes import probe_vip_holders_once
+        from bmupgrade.transport.base import TransportError
 
-        holders = probe_vip_holders_once(rb)
+        try:
+            holders = probe_vip_holders_once(rb)
+        except TransportError as exc:
+            raise BmError(f"cannot reach {exc}") from None
     p = build_plan(rb, holders=holders)
     if deadline:
         from bmupgrade.timeparse import parse_deadline

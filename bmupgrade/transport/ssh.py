@@ -45,6 +45,7 @@ import paramiko
 from fabric import Config, Connection
 from paramiko.common import cMSG_CHANNEL_REQUEST
 
+from bmupgrade.transport import knownhosts
 from bmupgrade.transport.base import (
     CAPTURE_BYTES,
     OUTPUT_TAIL_BYTES,
@@ -120,7 +121,12 @@ class _AcceptUnknownPolicy(paramiko.MissingHostKeyPolicy):
     A *changed* key is still refused: Paramiko raises BadHostKeyException before any policy.
     """
 
+    def __init__(self, known: "knownhosts.KnownHosts | None" = None):
+        self.known = known
+
     def missing_host_key(self, client, hostname, key):
+        if self.known is not None and self.known.revoked_line(key) is not None:
+            raise _UnknownHostKey(hostname, key)  # reported as REVOKED: never accepted
         log.warning(
             "accepting UNVERIFIED host key for %s: %s %s (insecure_accept_unknown)",
             hostname,
@@ -158,17 +164,8 @@ def _known_hosts_files(conn: Connection, extra: Iterable[str]) -> list[str]:
 
 
 def _load_host_keys(files: Iterable[str], keys: paramiko.HostKeys | None = None) -> paramiko.HostKeys:
-    """All entries of all files in one store (Paramiko's own lookup stops at the first
-    store holding the host, so the files must be merged, not loaded as system + user)."""
-    keys = paramiko.HostKeys() if keys is None else keys
-    for path in files:
-        if path == os.devnull or not os.path.isfile(path):
-            continue
-        try:
-            keys.load(path)
-        except (OSError, paramiko.SSHException, ValueError) as e:  # unreadable or garbage
-            log.warning("ignoring known_hosts file %s: %s", path, e)
-    return keys
+    """All usable entries of all files in one store (see transport/knownhosts.py)."""
+    return knownhosts.load(files, keys).store
 
 
 def _hostkey_name(host: str, port: int) -> str:
@@ -387,6 +384,7 @@ class SshTransport:
         self._closed = False
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._known_hosts: dict[int, knownhosts.KnownHosts] = {}  # id(Connection) -> what its files say
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -477,15 +475,20 @@ class SshTransport:
         conn.connect_kwargs.setdefault("banner_timeout", self.connect_timeout)
         conn.connect_kwargs.setdefault("auth_timeout", self.connect_timeout)
         client = conn.client
-        store = _load_host_keys(_known_hosts_files(conn, address.known_hosts), client.get_host_keys())
-        known = store
+        kh = knownhosts.load(_known_hosts_files(conn, address.known_hosts), client.get_host_keys())
+        self._known_hosts[id(conn)] = kh
+        bad = kh.bad_for(_hostkey_name(conn.host, conn.port))
+        if bad is not None:
+            raise TransportError(address.name, f"malformed known_hosts line {bad.where} for "
+                                 f"{_hostkey_name(conn.host, conn.port)}: {bad.problem}; fix or delete that line")
+        store = known = kh.store
         alias = conn.ssh_config.get("hostkeyalias")
         if alias:  # OpenSSH looks the key up under the alias instead of the host name
             name = _hostkey_name(conn.host, conn.port)
             for keytype, key in list((known.lookup(alias) or {}).items()):
                 store.add(name, keytype, key)
         client.set_missing_host_key_policy(
-            _AcceptUnknownPolicy() if self._insecure else _StrictPolicy()
+            _AcceptUnknownPolicy(kh) if self._insecure else _StrictPolicy()
         )
         if isinstance(conn.gateway, Connection):
             self._harden(conn.gateway, address)
@@ -524,8 +527,20 @@ class SshTransport:
 
     def _connect_error(self, node: _Node, conn: Connection, e: BaseException) -> str:
         where = f"{conn.host}:{conn.port}"
+        presented = getattr(e, "key", None)
+        revoked = self._revoked(conn, presented) if isinstance(presented, paramiko.PKey) else None
+        if revoked is not None:
+            return (f"host key REVOKED: {where} presented {presented.get_name()} {fingerprint(presented)}, "
+                    f"marked @revoked at {revoked.where}; refusing to connect (a compromised or retired key)")
         if isinstance(e, _UnknownHostKey):
             host, port = _split_hostkey_name(e.hostname)
+            ca = self._known_hosts.get(id(conn))
+            ca_line = ca.ca_for(e.hostname) if ca is not None else None
+            if ca_line is not None:
+                return (f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}): "
+                        f"{knownhosts.cert_authority_hint(ca_line, e.hostname)}: ssh-keyscan -t "
+                        f"{_keyscan_type(e.key.get_name())} -p {port} {host} >> ~/.ssh/known_hosts "
+                        "(after checking the fingerprint out of band)")
             return (
                 f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}); "
                 f"check this fingerprint out of band, then accept it with: "
@@ -577,6 +592,17 @@ class SshTransport:
         if isinstance(e, OSError):
             return f"cannot connect to {where}: {e.strerror or _one_line(e)}"
         return f"cannot connect to {where}: {type(e).__name__}: {_one_line(e)}"
+
+    def _revoked(self, conn: Connection, key: paramiko.PKey):
+        """The @revoked line naming `key`, in the files read for this connection or its hops."""
+        c = conn
+        while isinstance(c, Connection):
+            kh = self._known_hosts.get(id(c))
+            line = kh.revoked_line(key) if kh is not None else None
+            if line is not None:
+                return line
+            c = c.gateway
+        return None
 
     def _close_node(self, node: _Node) -> None:
         conn = node.conn
