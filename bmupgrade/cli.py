@@ -232,7 +232,8 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     from bmupgrade.journal import default_state_dir
     from bmupgrade.prompts import InteractivePrompter, PolicyPrompter
     from bmupgrade.report import ConsoleReporter, JsonReporter
-    from bmupgrade.runner import Session, ssh_transport_factory
+    from bmupgrade.credentials import transport_factory
+    from bmupgrade.runner import Session
     from bmupgrade.timeparse import parse_deadline
 
     reporter = JsonReporter() if as_json else ConsoleReporter()
@@ -264,7 +265,7 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
             prompter = RecordingPrompter(prompter)
     if save_answers is not None and answers is None and yes:
         raise UsageError("--save-answers records an interactive run's answers; drop --yes")
-    return Session(state_dir or default_state_dir(), reporter, prompter, ssh_transport_factory(), options)
+    return Session(state_dir or default_state_dir(), reporter, prompter, transport_factory(), options)
 
 
 def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=None) -> None:

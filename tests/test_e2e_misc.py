@@ -108,5 +108,5 @@ def test_a_flood_of_output_streams_bounded_to_terminal_and_log(lab, tmp_path):
     from bmupgrade.audit import OUTPUT_CAP
     assert len(log) < OUTPUT_CAP + 2_000_000 and "output beyond 16 MiB not logged" in log  # the blob is capped
     blob = [json.loads(l) for l in (state / "runs" / f"{run_id}.audit.jsonl").read_text().splitlines()
-            if '"key": "blob"' in l]
+            if '"key": "blob"' in l and '"event": "result"' in l]
     assert blob[0]["exit_code"] == 0 and blob[0]["output_tail"].endswith("the-end\n")  # the tail is kept
