@@ -19,6 +19,8 @@ import typer
 
 from bmupgrade.errors import EXIT_FAILED, BmError, UsageError
 
+EXIT_HA_OFF = 5  # as for a run stopped with HA left off (DESIGN §4): `status --cluster` finds HA off
+
 app = typer.Typer(
     name="bmupgrade",
     help="Guided, resumable upgrades of a two-node BlueMind HA cluster over SSH.",
@@ -164,9 +166,9 @@ def plan(
     elif fmt is PlanFormat.markdown:
         typer.echo(render_markdown(p))
     else:
-        from rich.console import Console
+        from bmupgrade.report import make_console
 
-        render_text(p, Console(highlight=False))
+        render_text(p, make_console())
 
 
 @app.command()
@@ -402,8 +404,7 @@ def status(
     from bmupgrade.status import render_status
 
     if cluster is not None:
-        from rich.console import Console
-
+        from bmupgrade.report import make_console
         from bmupgrade.status import read_cluster_markers, render_cluster_markers
         from bmupgrade.transport.base import TransportError
 
@@ -414,32 +415,42 @@ def status(
         if fmt is StatusFormat.json:
             typer.echo(json.dumps(markers, indent=2))
         else:
-            render_cluster_markers(markers, Console(highlight=False))
+            render_cluster_markers(markers, make_console())
+        if any("ha-off" in m for m in markers.values()):
+            raise typer.Exit(EXIT_HA_OFF)  # a scheduler's check: HA handling is off on the nodes
         return
 
     journal = RunStore(state_dir or default_state_dir()).find(run_id)
     if fmt is StatusFormat.json:
         typer.echo(json.dumps(journal.data, indent=2))
         return
-    from rich.console import Console
+    from bmupgrade.report import make_console
 
-    render_status(journal, Console(highlight=False))
+    render_status(journal, make_console())
 
 
 @app.command()
 @handles_errors
-def runs(state_dir: Optional[Path] = StateDirOpt) -> None:
+def runs(
+    fmt: StatusFormat = typer.Option(StatusFormat.text, "--format", "-f", help="text | json"),
+    state_dir: Optional[Path] = StateDirOpt,
+) -> None:
     """List the runs in the state dir, oldest first."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from bmupgrade.journal import RunStore, default_state_dir
+    from bmupgrade.report import make_console
 
     store = RunStore(state_dir or default_state_dir())
-    table = Table("run", "status", "started", "runbook", "by")
-    for r in store.all():
+    found = store.all()
+    if fmt is StatusFormat.json:
+        typer.echo(json.dumps([{"run_id": r.run_id, "status": r.status, "started": r.created_at,
+                                "runbook": r.runbook, "by": r.by, "journal": str(r.path)} for r in found], indent=2))
+        return
+    table = Table(Column("run", no_wrap=True, overflow="ignore"), "status", "started", "runbook", "by")
+    for r in found:
         table.add_row(r.run_id, r.status, r.created_at, r.runbook, r.by)
-    Console(highlight=False).print(table)
+    make_console().print(table)
 
 
 def _mount_subcommands() -> None:
