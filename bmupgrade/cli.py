@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -24,7 +25,7 @@ EXIT_HA_OFF = 5  # as for a run stopped with HA left off (DESIGN §4): `status -
 app = typer.Typer(
     name="bmupgrade",
     help="Guided, resumable upgrades of a two-node BlueMind HA cluster over SSH.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -73,11 +74,56 @@ def handles_errors(fn):
     return wrapper
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from bmupgrade import __version__
+
+        typer.echo(f"bmupgrade {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """Guided, resumable upgrades of a two-node BlueMind HA cluster over SSH."""
+
+
+def _plain_help_types() -> None:
+    """Help shows a value's kind (<path>, <text>), never a flag's `<bool>` nor a Python type like
+    `<list[str]>`: a repeatable option shows its element (the help text says it repeats)."""
+    from typer import core
+
+    original = getattr(core.TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_bmupgrade", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if self.is_flag or self.count:
+            return None
+        shown = original(self, ctx)
+        if isinstance(shown, str):
+            shown = shown.replace("<list[str]>", "<text>").replace("<str>", "<text>")
+            shown = shown.replace("<list[", "<").replace("]>", ">")
+        return shown
+
+    display_type_rich._bmupgrade = True  # type: ignore[attr-defined]
+    core.TyperOption.display_type_rich = display_type_rich
+    argument = getattr(core.TyperArgument, "display_type_rich", None)
+    if argument is not None:
+        def argument_type(self, ctx):
+            shown = argument(self, ctx)
+            if isinstance(shown, str):
+                shown = re.sub(r"<list\[(\w+)\]>", lambda m: f"<{m.group(1).lower()}>", shown)
+                shown = shown.replace("<str>", "<text>")
+            return shown
+
+        core.TyperArgument.display_type_rich = argument_type
+
+
+_plain_help_types()
 
 
 def parse_extra_vars(pairs: list[str]) -> dict[str, str]:
@@ -377,7 +423,7 @@ def resume(
 def rollback(
     run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
     extra: List[str] = ExtraOpt,
-    yes: bool = YesOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Unattended: roll back without asking for confirmation."),
     as_json: bool = JsonOpt,
     force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed."),
     state_dir: Optional[Path] = StateDirOpt,
@@ -476,6 +522,6 @@ def _setup_logging() -> None:
 def main() -> None:
     _setup_logging()
     try:
-        app()
+        app(prog_name="bmupgrade")  # also under `python -m bmupgrade`: help and completion name the command
     except KeyboardInterrupt:
         sys.exit(130)
