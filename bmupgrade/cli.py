@@ -40,11 +40,30 @@ def _stderr():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+_hint_context = None  # hints.Context of this invocation (--state-dir, -i), once a command set it
+
+
+def _hints_for(state_dir=None, inventory=None):
+    """Remember what the next commands this invocation prints must repeat (see bmupgrade.hints)."""
+    global _hint_context
+    from bmupgrade.hints import Context
+
+    _hint_context = Context.of(state_dir, inventory)
+    return _hint_context
+
+
 def report_error(exc: BmError) -> None:
     """One line per problem, on stderr, prefixed so it is greppable in a scheduler's log."""
+    from rich.markup import escape
+
     err = _stderr()
-    for line in str(exc).splitlines() or ["error"]:
-        err.print(f"[bold red]bmupgrade:[/bold red] {line}", markup=True, highlight=False)
+    text = str(exc)
+    if _hint_context is not None:
+        from bmupgrade.hints import qualify
+
+        text = qualify(_hint_context, text)
+    for line in text.splitlines() or ["error"]:
+        err.print(f"[bold red]bmupgrade:[/bold red] {escape(line)}", markup=True, highlight=False)
 
 
 def handles_errors(fn):
@@ -280,11 +299,11 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     from bmupgrade.journal import default_state_dir
     from bmupgrade.prompts import InteractivePrompter, PolicyPrompter
     from bmupgrade.report import ConsoleReporter, JsonReporter
-    from bmupgrade.credentials import transport_factory
     from bmupgrade.runner import Session
     from bmupgrade.timeparse import parse_deadline
 
     reporter = JsonReporter() if as_json else ConsoleReporter()
+    interactive = None  # the InteractivePrompter, when there is one
     options = RunOptions(on_failure=on_failure.value, on_deadline=on_deadline.value,
                          deadline=parse_deadline(deadline) if deadline else None, from_step=from_step,
                          break_lock=break_lock, allow_no_stonith=allow_no_stonith)
@@ -306,14 +325,33 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
             raise UsageError(f"{', '.join(given)} answer(s) for unattended runs: add --yes, or drop them and "
                              "answer when asked. Nothing was changed.")
         console = reporter.console
-        prompter = InteractivePrompter(console, step_mode=step_mode)
+        prompter = interactive = InteractivePrompter(console, step_mode=step_mode)
         if save_answers is not None:
             from bmupgrade.prompts import RecordingPrompter
 
             prompter = RecordingPrompter(prompter)
     if save_answers is not None and answers is None and yes:
         raise UsageError("--save-answers records an interactive run's answers; drop --yes")
-    return Session(state_dir or default_state_dir(), reporter, prompter, transport_factory(), options)
+    _hints_for(state_dir)
+    return Session(state_dir or default_state_dir(), reporter, prompter,
+                   _transport_factory(interactive), options)
+
+
+def _transport_factory(interactive=None):
+    """The SSH transport (bmupgrade.credentials); once the runbook is known, the interactive
+    prompter's "get a shell" hint uses the same ssh settings (bmupgrade.hints.ssh_command)."""
+    from bmupgrade.credentials import transport_factory
+
+    make = transport_factory()
+
+    def factory(rb):
+        if interactive is not None:
+            from bmupgrade.hints import ssh_command
+
+            interactive.ssh_hint_for = functools.partial(ssh_command, rb)
+        return make(rb)
+
+    return factory
 
 
 def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=None) -> None:
@@ -331,6 +369,10 @@ def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=No
 
 
 def _finish(summary, reporter) -> None:
+    if _hint_context is not None:
+        from bmupgrade.hints import qualify_summary
+
+        qualify_summary(_hint_context, summary)
     reporter.final(summary)
     if summary.exit_code == 130:
         # Second Ctrl-C: the journal is saved; do not wait for worker threads still reading
@@ -466,13 +508,16 @@ def status(
             raise typer.Exit(EXIT_HA_OFF)  # a scheduler's check: HA handling is off on the nodes
         return
 
+    ctx = _hints_for(state_dir)
     journal = RunStore(state_dir or default_state_dir()).find(run_id)
     if fmt is StatusFormat.json:
         typer.echo(json.dumps(journal.data, indent=2))
         return
     from bmupgrade.report import make_console
 
-    render_status(journal, make_console())
+    from bmupgrade.hints import qualify
+
+    render_status(journal, make_console(), hint=functools.partial(qualify, ctx))
 
 
 @app.command()
@@ -487,6 +532,7 @@ def runs(
     from bmupgrade.journal import RunStore, default_state_dir
     from bmupgrade.report import make_console
 
+    _hints_for(state_dir)
     store = RunStore(state_dir or default_state_dir())
     found = store.all()
     if fmt is StatusFormat.json:

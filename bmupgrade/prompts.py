@@ -91,6 +91,9 @@ class InteractivePrompter:
                           "--ack ID,...) for an unattended run", exit_code=2)
         self.console = console
         self.step_mode = step_mode
+        # node -> the ssh command bmupgrade's own connection settings give (hints.ssh_command);
+        # set by the CLI once the runbook is known. Without it, the engine's hint is shown.
+        self.ssh_hint_for = None
 
     def _select(self, message: str, choices: list[tuple[str, str]], default: str | None = None) -> str:
         import questionary
@@ -129,7 +132,11 @@ class InteractivePrompter:
             if choice == "output":
                 self.console.print(for_terminal(ctx.output or "(no output)"), markup=False, highlight=False)
             elif choice == "shell":
-                self.console.print(ctx.ssh_hint, markup=False, highlight=False)
+                hint = ctx.ssh_hint
+                if self.ssh_hint_for is not None and ctx.nodes:
+                    hint = "\n".join(f"{self.ssh_hint_for(n)}    # {n}" for n in ctx.nodes)
+                    hint += "\n(then look at the step's output in the run's output log)"
+                self.console.print(hint, markup=False, highlight=False, soft_wrap=True)
             else:
                 return choice
 

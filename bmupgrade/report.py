@@ -262,13 +262,13 @@ class ConsoleReporter:
             self._print(f"[yellow]Cannot be undone automatically:[/yellow] {_esc(item)}")
         if s.ha_off_open:
             self.banner("HA handling is OFF: the cluster will not fail over. Restore it with:")
-            self._print(f"    {_esc(s.ha_restore_hint or '')}")
+            self._print(f"    {_esc(s.ha_restore_hint or '')}", soft_wrap=True)  # commands: never cut
         for cmd in s.next_commands:
-            self._print(f"Next: {_esc(cmd)}")
+            self._print(f"Next: {_esc(cmd)}", soft_wrap=True)
         for p in s.log_paths:
             self._print(f"[dim]log: {_esc(p)}[/dim]")
         style = "green" if s.exit_code == 0 else "red"
-        self._print(f"[bold {style}]{_esc(s.message)}[/bold {style}]")
+        self._print(f"[bold {style}]{_esc(s.message)}[/bold {style}]", soft_wrap=True)
 
 
 class JsonReporter:

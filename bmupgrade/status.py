@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from bmupgrade.journal import Journal
 
 
-def render_status(journal: Journal, console) -> None:
+def render_status(journal: Journal, console, hint=None) -> None:
+    """`hint(text)` makes the commands it mentions copy-paste ready (bmupgrade.hints.qualify)."""
     from rich.table import Table
 
+    hint = hint or (lambda text: text)
     d = journal.data
     by = d.get("by", {})
     console.print(f"[bold]Run {d['run_id']}[/bold]: {d['status']} — {d['runbook']['name']} "
@@ -16,7 +20,8 @@ def render_status(journal: Journal, console) -> None:
     ha = d.get("ha", {})
     if ha.get("off_since") and not ha.get("on_at"):
         console.print(f"[bold white on red] HA handling OFF since {ha['off_since']} [/bold white on red] — "
-                      f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` restores it")
+                      + escape(hint(f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` "
+                                    "restores it")))
     accepted = d.get("fencing_accepted")
     if accepted:
         console.print(f"[bold red]STONITH guard overridden[/bold red] by {accepted.get('user')}@{accepted.get('host')} "
