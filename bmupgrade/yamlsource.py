@@ -132,6 +132,9 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         self.raw[path] = node.value
+        return self._scalar_value(node)
+
+    def _scalar_value(self, node: yaml.Node) -> Any:
         try:
             value = self._scalar.construct_object(node, deep=True)
             if isinstance(value, int):

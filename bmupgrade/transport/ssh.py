@@ -396,7 +396,83 @@ class _Node:
         self.last_seen = time.monotonic()
 
 
-class SshTransport:
+class _TrustAndSudo:
+    """SshTransport's answers to "may I trust this key?" (known_hosts markers) and "may I send
+    this sudo password?" (attempts, rejections). Split out to keep the transport class readable."""
+
+    def _trust_error(self, conn: Connection, e: BaseException) -> str | None:
+        """A revoked key, or an unknown key where known_hosts trusts a CA: the one-line reason."""
+        where = f"{conn.host}:{conn.port}"
+        presented = getattr(e, "key", None)
+        revoked = self._revoked(conn, presented) if isinstance(presented, paramiko.PKey) else None
+        if revoked is not None:
+            return (f"host key REVOKED: {where} presented {presented.get_name()} {fingerprint(presented)}, "
+                    f"marked @revoked at {revoked.where}; refusing to connect (a compromised or retired key)")
+        if not isinstance(e, _UnknownHostKey):
+            return None
+        host, port = _split_hostkey_name(e.hostname)
+        known = self._known_hosts.get(id(conn))
+        ca_line = known.ca_for(e.hostname) if known is not None else None
+        if ca_line is None:
+            return None
+        return (f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}): "
+                f"{knownhosts.cert_authority_hint(ca_line, e.hostname)}: ssh-keyscan -t "
+                f"{_keyscan_type(e.key.get_name())} -p {port} {host} >> ~/.ssh/known_hosts "
+                "(after checking the fingerprint out of band)")
+
+    def _revoked(self, conn: Connection, key: paramiko.PKey):
+        """The @revoked line naming `key`, in the files read for this connection or its hops."""
+        c = conn
+        while isinstance(c, Connection):
+            kh = self._known_hosts.get(id(c))
+            line = kh.revoked_line(key) if kh is not None else None
+            if line is not None:
+                return line
+            c = c.gateway
+        return None
+
+    def run(
+        self,
+        node: str,
+        command: str,
+        *,
+        timeout: float | None = None,
+        sudo: bool = False,
+        capture: bool = False,
+        on_output: OutputSink | None = None,
+    ) -> CommandResult:
+        n = self._get(node)
+        kw = dict(timeout=timeout, capture=capture, on_output=on_output)
+        if not self._use_sudo(n, sudo) or self._password_provider is None:
+            return self._run_once(n, node, command, password=None, use_sudo=self._use_sudo(n, sudo), **kw)
+        r = None
+        for attempt in range(1, MAX_SUDO_ATTEMPTS + 1):
+            refused = self._sudo_refusal(n)
+            password = None if refused else self._sudo_password(n)
+            if refused or (password is not None and self._sudo_bad.get(node, set()) & {_pw_digest(password)}):
+                return CommandResult(node=node, command=command, exit_code=None, duration=0.0, sent=False,
+                                     error=refused or f"sudo on {node} already rejected this password; not sending "
+                                     "it again (account lockout). Nothing was sent.", sudo_rejected=True)
+            r = self._run_once(n, node, command, password=password, use_sudo=True, **kw)
+            if not r.sudo_rejected:
+                return r
+            self._sudo_bad.setdefault(node, set()).add(_pw_digest(password))
+            forget_password(self._password_provider, n.address, self._passwords, self._password_lock)
+            if not getattr(self._password_provider, "interactive", False) or attempt == MAX_SUDO_ATTEMPTS:
+                break
+            log.warning("%s: sudo rejected the password (%d/%d); asking again", node, attempt, MAX_SUDO_ATTEMPTS)
+        return r
+
+    def _sudo_refusal(self, n: _Node) -> str | None:
+        """After MAX_SUDO_ATTEMPTS rejected passwords on a node, stop asking."""
+        if len(self._sudo_bad.get(n.address.name, ())) >= MAX_SUDO_ATTEMPTS:
+            return (f"sudo on {n.address.name} rejected {MAX_SUDO_ATTEMPTS} passwords; not asking again. "
+                    "Nothing was sent.")
+        return None
+
+
+
+class SshTransport(_TrustAndSudo):
     """Runs commands on nodes over SSH. See the module docstring for the decisions.
 
     ``password_provider()`` (one password for all nodes) or ``password_provider(address)``
@@ -570,20 +646,11 @@ class SshTransport:
 
     def _connect_error(self, node: _Node, conn: Connection, e: BaseException) -> str:
         where = f"{conn.host}:{conn.port}"
-        presented = getattr(e, "key", None)
-        revoked = self._revoked(conn, presented) if isinstance(presented, paramiko.PKey) else None
-        if revoked is not None:
-            return (f"host key REVOKED: {where} presented {presented.get_name()} {fingerprint(presented)}, "
-                    f"marked @revoked at {revoked.where}; refusing to connect (a compromised or retired key)")
+        trust = self._trust_error(conn, e)
+        if trust is not None:
+            return trust
         if isinstance(e, _UnknownHostKey):
             host, port = _split_hostkey_name(e.hostname)
-            ca = self._known_hosts.get(id(conn))
-            ca_line = ca.ca_for(e.hostname) if ca is not None else None
-            if ca_line is not None:
-                return (f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}): "
-                        f"{knownhosts.cert_authority_hint(ca_line, e.hostname)}: ssh-keyscan -t "
-                        f"{_keyscan_type(e.key.get_name())} -p {port} {host} >> ~/.ssh/known_hosts "
-                        "(after checking the fingerprint out of band)")
             return (
                 f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}); "
                 f"check this fingerprint out of band, then accept it with: "
@@ -635,17 +702,6 @@ class SshTransport:
         if isinstance(e, OSError):
             return f"cannot connect to {where}: {e.strerror or _one_line(e)}"
         return f"cannot connect to {where}: {type(e).__name__}: {_one_line(e)}"
-
-    def _revoked(self, conn: Connection, key: paramiko.PKey):
-        """The @revoked line naming `key`, in the files read for this connection or its hops."""
-        c = conn
-        while isinstance(c, Connection):
-            kh = self._known_hosts.get(id(c))
-            line = kh.revoked_line(key) if kh is not None else None
-            if line is not None:
-                return line
-            c = c.gateway
-        return None
 
     def _close_node(self, node: _Node) -> None:
         conn = node.conn
@@ -750,45 +806,6 @@ class SshTransport:
         return ask_password(self._password_provider, node.address, self._passwords, self._password_lock)
 
     # ----------------------------------------------------------------- running
-
-    def run(
-        self,
-        node: str,
-        command: str,
-        *,
-        timeout: float | None = None,
-        sudo: bool = False,
-        capture: bool = False,
-        on_output: OutputSink | None = None,
-    ) -> CommandResult:
-        n = self._get(node)
-        kw = dict(timeout=timeout, capture=capture, on_output=on_output)
-        if not self._use_sudo(n, sudo) or self._password_provider is None:
-            return self._run_once(n, node, command, password=None, use_sudo=self._use_sudo(n, sudo), **kw)
-        r = None
-        for attempt in range(1, MAX_SUDO_ATTEMPTS + 1):
-            refused = self._sudo_refusal(n)
-            password = None if refused else self._sudo_password(n)
-            if refused or (password is not None and self._sudo_bad.get(node, set()) & {_pw_digest(password)}):
-                return CommandResult(node=node, command=command, exit_code=None, duration=0.0, sent=False,
-                                     error=refused or f"sudo on {node} already rejected this password; not sending "
-                                     "it again (account lockout). Nothing was sent.", sudo_rejected=True)
-            r = self._run_once(n, node, command, password=password, use_sudo=True, **kw)
-            if not r.sudo_rejected:
-                return r
-            self._sudo_bad.setdefault(node, set()).add(_pw_digest(password))
-            forget_password(self._password_provider, n.address, self._passwords, self._password_lock)
-            if not getattr(self._password_provider, "interactive", False) or attempt == MAX_SUDO_ATTEMPTS:
-                break
-            log.warning("%s: sudo rejected the password (%d/%d); asking again", node, attempt, MAX_SUDO_ATTEMPTS)
-        return r
-
-    def _sudo_refusal(self, n: _Node) -> str | None:
-        """After MAX_SUDO_ATTEMPTS rejected passwords on a node, stop asking."""
-        if len(self._sudo_bad.get(n.address.name, ())) >= MAX_SUDO_ATTEMPTS:
-            return (f"sudo on {n.address.name} rejected {MAX_SUDO_ATTEMPTS} passwords; not asking again. "
-                    "Nothing was sent.")
-        return None
 
     def _run_once(self, n: _Node, node: str, command: str, *, password: str | None, use_sudo: bool,
                   timeout: float | None, capture: bool, on_output: OutputSink | None) -> CommandResult:
