@@ -104,6 +104,9 @@ class InteractivePrompter:
                           "--ack ID,...) for an unattended run", exit_code=2)
         self.console = console
         self.step_mode = step_mode
+        # node -> the ssh command bmupgrade's own connection settings give (hints.ssh_command);
+        # set by the CLI once the runbook is known. Without it, the engine's hint is shown.
+        self.ssh_hint_for = None
 
     def _select(self, message: str, choices: list[tuple[str, str]], default: str | None = None) -> str:
         import questionary
@@ -116,18 +119,20 @@ class InteractivePrompter:
         return answer
 
     def ack_manual(self, step_id, title, text) -> bool:
-        self.console.print(f"\n[bold yellow]Manual action[/bold yellow] [{step_id}] {title}\n  {text}")
+        self.console.print(f"\n[bold yellow]Manual action[/bold yellow] {_esc(f'[{step_id}]')} {_esc(title)}\n"
+                           f"  {_esc(text)}")
         return self._select("Is this done?", [("yes", "Yes, it is done"), ("no", "No — stop here")]) == "yes"
 
     def confirm_step(self, step_id, title, where, commands) -> str:
-        self.console.print(f"\n[bold]Run[/bold] {title} [dim][{step_id}][/dim] on {where}?")
+        self.console.print(f"\n[bold]Run[/bold] {_esc(title)} [dim]{_esc(f'[{step_id}]')}[/dim] on {_esc(where)}?")
         for c in commands:
             self.console.print(f"  $ {c}", markup=False, highlight=False)
         return self._select("Proceed?", [("yes", "Run it"), ("skip", "Skip this step (recorded as skipped)"),
                                          ("abort", "Stop here (resumable)")], default="yes")
 
     def on_failure(self, ctx: FailureContext) -> str:
-        self.console.print(f"\n[bold red]Step failed:[/bold red] {ctx.title} [{ctx.step_id}]\n{ctx.summary}")
+        self.console.print(f"\n[bold red]Step failed:[/bold red] {_esc(ctx.title)} {_esc(f'[{ctx.step_id}]')}\n"
+                           f"{_esc(ctx.summary)}")
         while True:
             choice = self._select("What now?", [
                 (RETRY, "Retry the step"),
@@ -138,16 +143,20 @@ class InteractivePrompter:
                 ("shell", "How do I get a shell on that node?"),
             ])
             if choice == "output":
-                self.console.print(ctx.output or "(no output)", markup=False, highlight=False)
+                self.console.print(for_terminal(ctx.output or "(no output)"), markup=False, highlight=False)
             elif choice == "shell":
-                self.console.print(ctx.ssh_hint, markup=False, highlight=False)
+                hint = ctx.ssh_hint
+                if self.ssh_hint_for is not None and ctx.nodes:
+                    hint = "\n".join(f"{self.ssh_hint_for(n)}    # {n}" for n in ctx.nodes)
+                    hint += "\n(then look at the step's output in the run's output log)"
+                self.console.print(hint, markup=False, highlight=False, soft_wrap=True)
             else:
                 return choice
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:
-        self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {_esc(title)} [{_esc(step_id)}] was sent "
-                           f"to {', '.join(nodes)} and its result was lost (it is no longer running there); it "
-                           "has no verify command.")
+        self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {_esc(title)} {_esc(f'[{step_id}]')} was "
+                           f"sent to {_esc(', '.join(nodes))} and its result was lost (it is no longer running there); "
+                           "it has no verify command.")
         for c in commands:
             self.console.print(f"  $ {c}", markup=False, highlight=False)
         return self._select("Check on the node(s) first, then:", [
@@ -180,8 +189,8 @@ class InteractivePrompter:
         return answer.strip() == expected
 
     def confirm_no_fencing(self, step_id, title, why) -> bool:
-        self.console.print(f"\n[bold red]STONITH guard:[/bold red] {title} [{step_id}] turns automatic failover "
-                           f"back on, but {why}. Without fencing, a failover can split-brain and corrupt the "
+        self.console.print(f"\n[bold red]STONITH guard:[/bold red] {_esc(title)} {_esc(f'[{step_id}]')} turns "
+                           f"automatic failover back on, but {_esc(why)}. Without fencing, a failover can split-brain and corrupt the "
                            "shared storage.")
         return self._select("Turn failover back on anyway?", [
             ("no", "No — stop here (HA stays off; fix fencing, then resume)"),
@@ -195,6 +204,22 @@ class InteractivePrompter:
             self.console.print(f"  ✗ {line}: cannot be undone automatically", markup=False, highlight=False)
         return self._select("Roll back now?", [("yes", "Yes, roll back"), ("no", "No (nothing changes)")],
                             default="yes" if default else "no") == "yes"
+
+
+def _esc(text) -> str:
+    """Text shown inside rich markup: `[backup]` stays visible, `[/etc/bm]` is no markup error,
+    and control characters from a node's output are shown, not obeyed."""
+    from rich.markup import escape
+
+    from bmupgrade.sanitize import for_terminal
+
+    return escape(for_terminal(str(text)))
+
+
+def for_terminal(text: str) -> str:
+    from bmupgrade.sanitize import for_terminal as sanitize
+
+    return sanitize(text)
 
 
 def _isatty() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from bmupgrade.journal import Journal
 
 
@@ -18,9 +20,11 @@ def shown_status(d: dict) -> str:
     return f"running (pid {o.get('pid')} on {o.get('host')}" + (")" if alive else ", not checkable from here)")
 
 
-def render_status(journal: Journal, console) -> None:
+def render_status(journal: Journal, console, hint=None) -> None:
+    """`hint(text)` makes the commands it mentions copy-paste ready (bmupgrade.hints.qualify)."""
     from rich.table import Table
 
+    hint = hint or (lambda text: text)
     d = journal.data
     by = d.get("by", {})
     console.print(f"[bold]Run {d['run_id']}[/bold]: {shown_status(d)} — {d['runbook']['name']} "
@@ -29,7 +33,8 @@ def render_status(journal: Journal, console) -> None:
     ha = d.get("ha", {})
     if ha.get("state") == "off":
         console.print(f"[bold white on red] HA handling OFF since {ha['off_since']} [/bold white on red] — "
-                      f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` restores it")
+                      + escape(hint(f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` "
+                                    "restores it")))
     accepted = d.get("fencing_accepted")
     if accepted:
         console.print(f"[bold red]STONITH guard overridden[/bold red] by {accepted.get('user')}@{accepted.get('host')} "
