@@ -229,7 +229,8 @@ AckOpt = typer.Option([], "--ack", help="Manual steps already done, by id (comma
                       "for unattended runs: --ack backup,prepare.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable events, one JSON object per line.")
 StepOpt = typer.Option(False, "--step", help="Ask before every step (like ansible-playbook --step).")
-RerunOpt = typer.Option([], "--rerun", help="Resume: run again these steps found 'started' (outcome unknown).")
+RerunOpt = typer.Option([], "--rerun", help="Resume: send again these steps whose outcome is unknown, or run "
+                        "these skipped steps after all.")
 AssumeDoneOpt = typer.Option([], "--assume-done", help="Resume: record these 'started' steps as done.")
 
 
@@ -248,9 +249,12 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     from bmupgrade.timeparse import parse_deadline
 
     reporter = JsonReporter() if as_json else ConsoleReporter()
+    import shlex
+
     options = RunOptions(on_failure=on_failure.value, on_deadline=on_deadline.value,
                          deadline=parse_deadline(deadline) if deadline else None, from_step=from_step,
-                         break_lock=break_lock, allow_no_stonith=allow_no_stonith)
+                         break_lock=break_lock, allow_no_stonith=allow_no_stonith, rerun=_split(list(rerun)),
+                         cli_args=f"--state-dir {shlex.quote(str(state_dir))}" if state_dir else "")
     if answers is not None:
         from bmupgrade.prompts import Answers, AnswersPrompter
 
@@ -311,7 +315,7 @@ def run(
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Preflight, steps, postflight — journaled, resumable. Exit: 0 ok, 1 failed/aborted, 2 bad input,
-    3 preflight refused, 4 deadline, 130 interrupted."""
+    3 refused before any change (preflight or lock), 4 deadline, 5 stopped with HA left off, 130 interrupted."""
     from bmupgrade.runner import start_run
 
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
@@ -325,6 +329,39 @@ def run(
             session.prompter.answers.save(save_answers)
             session.reporter.info(f"Answers saved to {save_answers}; replay with --answers {save_answers}")
     _finish(summary, session.reporter)
+
+
+@app.command()
+@handles_errors
+def check(
+    runbook: Path = typer.Argument(..., help="The runbook whose preflight to run."),
+    inventory: Optional[Path] = InventoryOpt,
+    extra: List[str] = ExtraOpt,
+    fmt: StatusFormat = typer.Option(StatusFormat.text, "--format", "-f", help="text | json"),
+) -> None:
+    """Run the read-only preflight against the live nodes, days before the window: every failed check
+    with why and how to fix it. Changes nothing, takes no lock. Exit: 0 ready, 3 not ready, 2 bad input."""
+    from bmupgrade import runner
+    from bmupgrade.engine import RunOptions
+    from bmupgrade.prompts import PolicyPrompter
+    from bmupgrade.report import ConsoleReporter, NullReporter
+
+    reporter = NullReporter() if fmt is StatusFormat.json else ConsoleReporter()
+    session = runner.Session(Path("."), reporter, PolicyPrompter(), runner.ssh_transport_factory(), RunOptions())
+    summary, results = runner.check(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra))
+    if fmt is StatusFormat.json:
+        typer.echo(json.dumps({"ready": summary.exit_code == 0, "exit": summary.exit_code,
+                               "message": summary.message, "checks": results}))
+    else:
+        style = "green" if summary.exit_code == 0 else "red"
+        reporter.console.print(f"[bold {style}]{_esc(summary.message)}[/bold {style}]")
+    raise typer.Exit(summary.exit_code)
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 @app.command()
@@ -363,10 +400,12 @@ def rollback(
     extra: List[str] = ExtraOpt,
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
-    force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed."),
+    force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed, and past the "
+                               "point of no return (after typing the run id at a terminal)."),
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
-    """Undo a run's done steps (those with rollback commands), in reverse order, where they ran."""
+    """Undo a run's done steps (those with rollback commands), in reverse order, where they ran — never
+    past a point of no return (e.g. post-install) without --force."""
     from bmupgrade import runner
 
     session = _session(state_dir, yes, OnFailure.abort, None, OnDeadline.stop, [], as_json, False)
@@ -424,7 +463,7 @@ def runs(state_dir: Optional[Path] = StateDirOpt) -> None:
     store = RunStore(state_dir or default_state_dir())
     table = Table("run", "status", "started", "runbook", "by")
     for r in store.all():
-        table.add_row(r.run_id, r.status, r.created_at, r.runbook, r.by)
+        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
     Console(highlight=False).print(table)
 
 

@@ -54,7 +54,7 @@ def locate(text, marker):
         ("    parallel: true\n", "    parallel: sometimes\n", "sometimes", "parallel: Input should be a valid boolean"),
         ("  - id: post-install\n", "  - id: packages\n", "packages\n    on: primary", "duplicate id 'packages'"),
         ("  - id: post-install\n    on: primary\n", "  - id: post-install\n    on: bm3\n", "bm3",
-         "unknown target 'bm3'; use primary, secondary, all or one of: bm1, bm2"),
+         "unknown target 'bm3'; use primary, secondary, all, where:STEP or one of: bm1, bm2"),
         ("bm-full={{ target_version }}\n", "bm-full={{ target_versoin }}\n", "apt-get install -y bm-full={{ target_versoin",
          "undefined variable 'target_versoin'"),
         ("    timeout: 45m\n", "    timeout: 45 minutes\n", "45 minutes", "is not a duration"),
@@ -64,7 +64,7 @@ def locate(text, marker):
         ("bm-cli setup upgrade --password {{ password }}", "bm-cli setup upgrade '{{ password }}'", "bm-cli",
          "inside '-quotes"),
         ("    on: all\n    parallel", "    on: all\n    retries: -1\n    parallel", "-1", "greater than or equal to 0"),
-        ("capture: from_version}", "capture: from version}", "from version", "capture"),
+        ("capture: from_version,", "capture: from version,", "from version", "capture"),
     ],
 )
 def test_each_error_is_located(tmp_path, old, new, marker, fragment):

@@ -699,6 +699,7 @@ class SshTransport:
         sudo: bool = False,
         capture: bool = False,
         on_output: OutputSink | None = None,
+        tag: str | None = None,
     ) -> CommandResult:
         n = self._get(node)
         start = time.monotonic()
@@ -728,6 +729,10 @@ class SshTransport:
 
         use_sudo = self._use_sudo(n, sudo)
         password = self._sudo_password(n) if use_sudo else None
+        if tag:  # in the command's environment: how a lost command is found again (engine.remote)
+            from bmupgrade.engine.remote import tagged
+
+            command = tagged(command, tag)
         wire = announcing_pid(sudo_wrap(command, with_password=password is not None) if use_sudo else command)
         out = _Collector(node, capture, on_output, password)
         pid_line = _PidLine()
