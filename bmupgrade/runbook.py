@@ -25,8 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from bmupgrade import templating, yamlsource
+from bmupgrade import lean, templating, yamlsource
 from bmupgrade.errors import RunbookError, UsageError
+
+
+lean.install()  # no pydantic plugin scan (see bmupgrade/lean.py)
 
 ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"

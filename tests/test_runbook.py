@@ -8,6 +8,8 @@ from bmupgrade.errors import EXIT_USAGE, RunbookError
 from bmupgrade.runbook import load_runbook, parse_duration
 from tests.runbook_samples import MINIMAL
 
+pytestmark = pytest.mark.usefixtures("yaml_loader")  # libyaml and pure Python
+
 
 def write(tmp_path, text, name="rb.yaml"):
     p = tmp_path / name
