@@ -343,10 +343,3 @@ class RecordingPrompter:
     def confirm_no_fencing(self, step_id, title, why) -> bool:
         # not saved: accepting the split-brain risk is never replayed from a file
         return self.inner.confirm_no_fencing(step_id, title, why)
-
-
-def _esc(text: str) -> str:
-    """Text from the runbook or the nodes inside rich markup: `[/etc/bm]` is shown, not parsed."""
-    from rich.markup import escape
-
-    return escape(str(text))

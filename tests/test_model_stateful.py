@@ -256,6 +256,12 @@ class OperatorStories(RuleBasedStateMachine):
             assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, "I5: identity change needs --force"
 
     @precondition(lambda self: self.ran)
+    @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans())
+    def resume_as_is(self, answers, unattended, rerun):
+        """The common case: resume the same run, nothing changed (a second weight on resume)."""
+        self.resume(answers, unattended, rerun, False, None, False)
+
+    @precondition(lambda self: self.ran)
     @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans())
     def roll_back(self, answers, unattended, force):
         prompter = Recording(self.story) if unattended else Scripted(answers, self.story)
