@@ -84,7 +84,7 @@ def still_running(tag: str) -> str:
     Exit 0 always; the check itself is read-only."""
     needle = shlex.quote(f"{TAG_VAR}={tag}")
     return ("for p in /proc/[0-9]*; do [ \"${p#/proc/}\" = \"$$\" ] && continue; "
-            f"tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qxF {needle} && echo \"${{p#/proc/}}\"; done; true")
+            f"{{ tr '\\0' '\\n' < $p/environ; }} 2>/dev/null | grep -qxF {needle} && echo \"${{p#/proc/}}\"; done; true")
 
 
 # ------------------------------------------------------------------------------ for the in-memory transport
