@@ -71,7 +71,8 @@ class PolicyPrompter:
         return self.on_failure_policy
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:
-        if step_id in self.rerun:
+        if step_id in self.rerun and step_id not in self._retried:
+            self._retried.add(step_id)  # one --rerun, one more send
             return RERUN
         if step_id in self.assume_done:
             return ASSUME_DONE

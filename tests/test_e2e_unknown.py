@@ -51,13 +51,16 @@ def _started(state, step):
 
 def test_resume_after_sigkill_never_decides_while_post_install_still_runs(lab, tmp_path):
     state = tmp_path / "state"
-    lab.fault("hang", command="bm-cli setup", seconds=5)
+    lab.fault("hang", command="bm-cli setup", seconds=20)
     _kill_while_in_flight(lab, state, "post-install")  # (the lab's ledger records a call when it ends)
     r = bmupgrade("resume", "--yes", "--rerun", "post-install", state=state)  # even when asked to re-run it
     assert r.returncode == 5, r.stdout + r.stderr  # stopped, HA still off: 5 and the restore command
     assert "still running (pid" in r.stdout and "Restore it with" in r.stdout, r.stdout
     assert journal(state)["steps"]["post-install"]["nodes"]["bm1"]["state"] == "unknown"
-    time.sleep(5)  # the first copy ends on its own
+    for _ in range(400):  # the first copy ends on its own (the ledger records a call when it ends)
+        if count(lab, "bm1", "bm-cli setup upgrade"):
+            break
+        time.sleep(0.1)
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1  # and it was the only one
     r = bmupgrade("resume", "--yes", state=state)
     assert r.returncode == 5 and "--assume-done post-install" in r.stdout  # no verify: the operator decides
@@ -68,14 +71,17 @@ def test_resume_after_sigkill_never_decides_while_post_install_still_runs(lab, t
 
 def test_resume_after_sigkill_during_the_install_sends_nothing_while_dpkg_is_busy(lab, tmp_path):
     state = tmp_path / "state"
-    lab.fault("slow-apt", download=0, install=5)
+    lab.fault("slow-apt", download=0, install=15)
     _kill_while_in_flight(lab, state, "packages")
     installs = lambda node: count(lab, node, "apt-get install -y -q -o")  # noqa: E731 (not --download-only)
     r = bmupgrade("resume", "--yes", state=state)
     # the preflight's dpkg-lock check (always re-run) refuses first; the tag check is the second line
     assert r.returncode == 5, r.stdout + r.stderr
     assert "dpkg-lock-free" in r.stdout or "still running (pid" in r.stdout
-    time.sleep(5)  # the first installs end on their own (the lab's ledger records a call when it ends)
+    for _ in range(400):  # the first installs end on their own (the ledger records a call when it ends)
+        if all(installs(n) for n in ("bm1", "bm2")):
+            break
+        time.sleep(0.1)
     assert {n: installs(n) for n in ("bm1", "bm2")} == {"bm1": 1, "bm2": 1}
     r = bmupgrade("resume", "--yes", state=state)
     assert r.returncode == 0, r.stdout + r.stderr
