@@ -16,14 +16,6 @@ import time
 from tests.e2e import PACEMAKER, bmupgrade, count, journal
 
 
-def _started(state, step):
-    try:
-        nodes = journal(state)["steps"][step]["nodes"]
-    except (StopIteration, IndexError, FileNotFoundError, KeyError):
-        return False
-    return len(nodes) == 2 and all(e["state"] == "started" for e in nodes.values())
-
-
 def _kill_while_in_flight(lab, state, step):
     proc = subprocess.Popen([sys.executable, "-m", "bmupgrade", "run", PACEMAKER, "-i", str(lab.inventory_path),
                              "--yes", "--ack", "backup,prepare", "--state-dir", str(state)],

@@ -96,3 +96,15 @@ def render_cluster_markers(markers: dict[str, dict], console) -> None:
             lk = m["lock"]
             console.print(f"{node}: locked by run {lk.get('run_id')} ({lk.get('user')}@{lk.get('host')}, pid "
                           f"{lk.get('pid')}) since {lk.get('since')}", highlight=False)
+
+
+def render_runs(found) -> None:
+    """`bmupgrade runs`: one row per run; run ids never cut, a killed run says so."""
+    from rich.table import Column, Table
+
+    from bmupgrade.ui.report import make_console
+
+    table = Table(Column("run", no_wrap=True, overflow="ignore"), "status", "started", "runbook", "by")
+    for r in found:
+        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
+    make_console().print(table)
