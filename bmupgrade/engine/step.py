@@ -148,8 +148,11 @@ class StepRunner:
             if step.on in ("primary", "secondary") and (eng.prompter.interactive or waited > REPROBE_AFTER):
                 nodes = self._targets(step)  # a person may have sat on the prompt while the VIP moved
                 todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
-        if step.ha == "disable":
+        if step.ha == "disable" and not eng.ha.is_off():
             eng.ha.going_off(step, todo[0], why=step.label)
+            if step.on in ("primary", "secondary"):  # the marker writes took a round trip: ask again
+                nodes = self._targets(step)
+                todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
         return todo
 
     # ------------------------------------------------------------------ sending
