@@ -300,7 +300,8 @@ class StepRunner:
     def _finish(self, step: Step, nodes: list[str]) -> None:
         eng = self.eng
         if step.ha == "enable" and eng.ha.is_off():
-            eng.ha.back_on(step.id)
+            returned = [t for (sid, _), t in eng.run_ended.items() if sid == step.id]
+            eng.ha.back_on(step.id, at=max(returned) if returned else None)
         if step.capture and step.id not in eng.journal.data["captured"]:
             done = eng.journal.nodes_in(step.id, DONE)
             stdout = eng.journal.step(step.id)["nodes"].get(done[0], {}).get("stdout") if done else None
