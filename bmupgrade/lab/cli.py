@@ -83,6 +83,9 @@ def up(dir: str = DirOpt,
        subnet: Optional[str] = typer.Option(None, "--subnet", help="--cluster: IPv4 /24 (default 198.51.100.0/24).")):
     """Start both nodes (idempotent) and write DIR/inventory.yaml and DIR/ssh_config."""
     from bmupgrade.lab.core import usage_text
+    if cluster:  # privileges first: without them nothing else is looked at
+        from bmupgrade.lab.cluster.lab import check_privileges
+        _crun(check_privileges)
     if cluster or _is_cluster(dir):
         if not cluster:
             _fail(ValueError("%s is a cluster lab: bmupgrade lab up --cluster --dir %s" % (dir, dir)))

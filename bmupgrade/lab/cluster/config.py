@@ -125,5 +125,32 @@ class ClusterConfig:
         return cls(**{k: data[k] for k in ("dir", "name", "subnet")})
 
 
+REGISTRY = "/run/bmlab-cluster"  # NAME -> the lab directory owning the kernel objects of that name
+
+
+def owner(cfg: ClusterConfig) -> str | None:
+    """The directory of the lab that created the network objects named after cfg.name."""
+    try:
+        with open(os.path.join(REGISTRY, cfg.name)) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def claim(cfg: ClusterConfig) -> None:
+    os.makedirs(REGISTRY, mode=0o700, exist_ok=True)
+    with open(os.path.join(REGISTRY, cfg.name), "w") as f:
+        f.write(cfg.dir + "\n")
+
+
+def release(cfg: ClusterConfig) -> None:
+    if owner(cfg) == cfg.dir:
+        os.unlink(os.path.join(REGISTRY, cfg.name))
+        try:
+            os.rmdir(REGISTRY)
+        except OSError:
+            pass
+
+
 def is_cluster_lab(dir: str | os.PathLike) -> bool:
     return (Path(os.path.abspath(dir)) / MARKER).is_file()

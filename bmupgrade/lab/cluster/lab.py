@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bmupgrade.lab.cluster import crmmon, netns, node, packages, rootfs
+from bmupgrade.lab.cluster import config, crmmon, netns, node, packages, rootfs
 from bmupgrade.lab.cluster.config import ClusterConfig, ClusterLabError
 
 TOOLS = {  # command -> Debian package
@@ -107,15 +107,25 @@ class ClusterLab:
             return self
         if self.dir.exists() and any(self.dir.iterdir()) and not (self.dir / "cluster.json").is_file():
             raise ClusterLabError("%s exists and is not a cluster lab; choose another --dir" % self.dir)
-        self.down()  # leftovers of a killed supervisor, or reset
+        theirs = config.owner(self.cfg)
+        if theirs and theirs != str(self.dir):
+            raise ClusterLabError("a cluster lab named %r already runs in %s (down it, or use another --name)"
+                                  % (self.cfg.name, theirs))
+        if theirs:
+            self.down()  # ours: leftovers of a killed supervisor, or --reset
         why = netns.in_use(self.cfg)
         if why:
             raise ClusterLabError(why)
+        config.claim(self.cfg)
         if reset:
             rootfs.wipe(self.cfg)
-        self._create()
-        self._start_supervisor()
-        self.wait_ready()
+        try:
+            self._create()
+            self._start_supervisor()
+            self.wait_ready()
+        except BaseException:
+            self.down()  # a lab that did not come up leaves nothing running
+            raise
         self.startup_seconds = time.monotonic() - t0
         return self
 
@@ -214,6 +224,9 @@ class ClusterLab:
         """Stop everything; returns what is left behind (empty = clean). Works after a SIGKILLed
         supervisor too: nodes died with it (PDEATHSIG chain), and the network objects are found
         by name; any process still inside a lab netns is killed."""
+        theirs = config.owner(self.cfg)
+        if theirs != str(self.dir):  # never destroy another lab's objects of the same name
+            return [] if not theirs else ["the name %r belongs to the lab in %s" % (self.cfg.name, theirs)]
         pid = self.supervisor_pid
         if pid:
             os.kill(pid, signal.SIGTERM)
@@ -226,7 +239,10 @@ class ClusterLab:
         problems = netns.destroy(self.cfg)
         self.cfg.socket.unlink(missing_ok=True)
         (self.dir / "supervisor.json").unlink(missing_ok=True)
-        return problems + leftovers(self.cfg)
+        left = problems + leftovers(self.cfg)
+        if not left:
+            config.release(self.cfg)
+        return left
 
     # ---- inspection
     def run(self, name: str, command: str, **kw) -> subprocess.CompletedProcess:
