@@ -94,6 +94,16 @@ def placement(lab) -> dict:
     return {r: v["nodes"] for r, v in mon["resources"].items() if r in ("vip", "bluemind")}
 
 
+def eventually(fn, expected, timeout: float = 30):
+    """fn() once it equals expected (the cluster converges asynchronously), else its last value."""
+    deadline = time.monotonic() + timeout
+    value = fn()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = fn()
+    return value
+
+
 def assert_untouched(lab, before_versions):
     """A refused run changed nothing: versions, maintenance mode, placement, bm-cli."""
     assert versions(lab) == before_versions
@@ -192,6 +202,7 @@ def test_standins_answer_like_the_real_cluster(cluster, lab_factory):
     use, on the passive node of a fresh cluster: the stand-in lab must answer the same."""
     from bmupgrade.lab.cluster.cib import VIP_RESOURCE
     standin = lab_factory(pacemaker="standin")
+    standin.set_cluster_state(properties={"stonith-enabled": "true"})  # the real CIB sets it
     cmds = [c.replace("{vip}", cluster.public_ip) for c, _ in CONTRACT]
     real = run_batch(SshNode(cluster, "bm2"), *cmds)
     cluster.run("bm2", "crm_resource --resource %s --clear" % VIP_RESOURCE)
@@ -200,7 +211,7 @@ def test_standins_answer_like_the_real_cluster(cluster, lab_factory):
     for (cmd, out), r, f in zip(CONTRACT, real, fake):
         if r.rc != f.rc or (out and r.text.replace(cluster.public_ip, "VIP") != f.text.replace(standin.public_ip, "VIP")):
             diffs.append("%s: real rc=%d %r, stand-in rc=%d %r" % (cmd, r.rc, r.text[:80], f.rc, f.text[:80]))
-    assert diffs == []
+    assert diffs == [], "\n".join(diffs)
 
 
 # --------------------------------------------------------------------------- refusals: nothing changes
@@ -240,10 +251,7 @@ def test_disk_nearly_full_refuses(cluster, state):
 def test_resource_failure_refuses_until_cleaned_up(cluster, state):
     from bmupgrade.lab.cluster import faults
     faults.resource_failure(cluster)
-    deadline = time.monotonic() + 30
-    while not cluster.crm_mon()["failures"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert cluster.crm_mon()["failures"], "Pacemaker did not notice"
+    assert eventually(lambda: bool(cluster.crm_mon()["failures"]), True), "Pacemaker did not notice"
     r = _refused(cluster, state, "cluster-healthy")
     assert "fail" in r.stdout.lower()
     faults.clear(cluster)
@@ -254,13 +262,11 @@ def test_resource_failure_refuses_until_cleaned_up(cluster, state):
 def test_power_off_vip_holder_is_fenced_and_the_vip_moves(cluster, state):
     from bmupgrade.lab.cluster import faults
     faults.power_off(cluster, "bm1")
-    deadline = time.monotonic() + 30
-    while cluster.vip_holders() != ["bm2"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert cluster.vip_holders() == ["bm2"]
+    assert eventually(cluster.vip_holders, ["bm2"]) == ["bm2"]
+    assert eventually(lambda: placement(cluster), {"vip": ["bm2"], "bluemind": ["bm2"]}) == {
+        "vip": ["bm2"], "bluemind": ["bm2"]}
     mon = cluster.crm_mon()
     assert [(f["target"], f["status"]) for f in mon["fencing"]] == [("bm1", "success")]
-    assert placement(cluster) == {"vip": ["bm2"], "bluemind": ["bm2"]}
     power = [json.loads(x) for x in (cluster.dir / "power.log").read_text().splitlines()]
     assert {"node": "bm1", "by": "bm2", "action": "request-reboot"}.items() <= power[-2].items() or any(
         p.get("by") == "bm2" and p.get("node") == "bm1" for p in power)

@@ -138,7 +138,8 @@ def clear(lab) -> None:
                         "rm -f /var/lib/bmlab/faults/postinst-fail-once; "
                         "mountpoint -q %s && umount %s; true" % (ARCHIVES, ARCHIVES))
     lab.wait_ready()
-    lab.run(lab.cfg.nodes[0].name, "crm_resource --cleanup >/dev/null", check=True)
+    lab.run(lab.cfg.nodes[0].name, "crm_resource --cleanup >/dev/null && crm_resource --wait --timeout=30", check=True)
+    lab.wait_ready()
 
 
 FAULTS = {  # name -> (function, takes a node)
