@@ -211,8 +211,9 @@ def _one_check(eng: "Engine", a, probe) -> checks_mod.CheckResult:
         return res
     try:
         nodes = eng.resolve(a.target, probe=probe)
-    except Stop as stop:
-        return checks_mod.CheckResult(a.id, a.title, False, a.severity, problems=[stop.message], why=a.why)
+    except Stop as stop:  # no single VIP holder: not run (the VIP check above says why)
+        return checks_mod.CheckResult(a.id, a.title, False, a.severity, why=a.why,
+                                      problems=["not run: " + stop.message.split(" Nothing was sent")[0]])
     cmds = {n: a.commands[n].run[0] for n in nodes}
     outs = eng.on_each(nodes, lambda n: eng.send(n, cmds[n], timeout=a.timeout, key=a.id, capture=True, quiet=True))
     return checks_mod.evaluate(a, outs)
