@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.e2e import KEEPALIVED, PACEMAKER, bmupgrade, count, journal, ledger, run_upgrade, version
+from tests.e2e import CHANGE_COMMANDS, KEEPALIVED, PACEMAKER, bmupgrade, count, journal, ledger, run_upgrade, version
 
 pytestmark = pytest.mark.lab
 
@@ -79,19 +79,30 @@ def test_vip_moves_mid_run_and_the_reprobe_follows(lab, tmp_path):
 
 @pytest.mark.parametrize("fault", ["split-brain", "no-vip"])
 def test_no_single_vip_holder_stops_before_the_step(lab, tmp_path, fault):
-    # the package step fails on bm2 (abort); meanwhile the VIP breaks; resume must not send anything
+    # the package step fails on bm2 (abort, HA left off: exit 5); meanwhile the VIP breaks;
+    # resume re-runs the preflight, which refuses: nothing is sent, HA is still off (exit 5)
     lab.fault("fail", node="bm2", command="apt-get install !--download-only", exit_code=100, times=1)
     state = tmp_path / "state"
     first = run_upgrade(lab, state)
-    assert first.returncode == 1
+    assert first.returncode == 5, first.stdout + first.stderr
     lab.fault(fault)
     before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
     r = bmupgrade("resume", "--yes", state=state)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "Nothing was sent" in r.stdout
-    assert "bm1:" in r.stdout and "bm2:" in r.stdout
+    assert r.returncode == 5, r.stdout + r.stderr
+    out = " ".join(r.stdout.split())
+    assert "Preflight refused" in out and "one-vip-holder (public IP 192.0.2.10: " in out
+    assert "Nothing was changed" in out and "HA handling is still OFF" in out
+    why = "bm1: holds it" if fault == "split-brain" else "bm1: does not hold it"
+    assert why in out and why.replace("bm1", "bm2") in out
+    assert "stonith-enabled (not run: public IP 192.0.2.10" in out  # a primary check cannot pick its node
+    assert "same-version: skipped (step 'packages' has run" in out  # a half-done packages step makes it false
     for n in ("bm1", "bm2"):
-        assert not any("bm-cli" in l for l in ledger(lab, n)[before[n]:])
+        sent = ledger(lab, n)[before[n]:]
+        assert sent and not [l for l in sent if any(c in l for c in CHANGE_COMMANDS)], sent
+    j = journal(state)
+    assert j["status"] == "failed" and j["preflight"] == "failed" and j["ha"]["state"] == "off"
+    assert {n: e["state"] for n, e in j["steps"]["packages"]["nodes"].items()} == {"bm1": "done", "bm2": "failed"}
+    assert j["steps"]["post-install"]["state"] == "pending"
 
 
 @pytest.mark.parametrize("fault,check", [
