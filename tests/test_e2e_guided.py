@@ -4,6 +4,7 @@ failure policies, rollback, deadline, Ctrl-C, answers files and the HA-off debt.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,11 +74,17 @@ def test_terminal_abort_then_resume(lab, tmp_path):
     p.expect("HA handling is OFF")
     p.expect(pexpect.EOF)
     p.close()
-    assert p.exitstatus == 1
+    assert p.exitstatus == 5  # stopped with HA handling left off (maintenance mode on)
     j = journal(tmp_path / "s")
     assert j["status"] == "aborted" and j["steps"]["packages"]["nodes"]["bm2"]["state"] == "failed"
-    bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
+    assert j["ha"]["state"] == "off" and lab.cluster_state()["properties"]["maintenance-mode"] == "true"
+    term = screen(tmp_path)
+    assert f"Restore it with: bmupgrade resume {j['run_id']} --state-dir {tmp_path / 's'}" in term
+    r = bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
+    assert "same-version: skipped (step 'packages' has run" in " ".join(r.stdout.split())
     assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
+    assert len(lab.node("bm1").calls(PKG_FAULT)) == 1 and len(lab.node("bm2").calls(PKG_FAULT)) == 2
+    assert journal(tmp_path / "s")["ha"]["state"] == "on"
 
 
 def test_terminal_confirm_no_stops_before_the_change(lab, tmp_path):
@@ -93,6 +100,12 @@ def test_terminal_confirm_no_stops_before_the_change(lab, tmp_path):
     assert p.exitstatus == 1
     assert not lab.node("bm1").calls("crm_attribute --update")
     assert journal(tmp_path / "s")["steps"]["ha-off"]["state"] == "pending"
+
+
+def screen(tmp_path) -> str:
+    """What the terminal showed, without escape sequences, whitespace folded (lines wrap)."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r", "", (tmp_path / "terminal.log").read_text())
+    return " ".join(text.split())
 
 
 class Scripted:
