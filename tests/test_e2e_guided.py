@@ -114,11 +114,13 @@ class Scripted:
     interactive = True
     step_mode = False
 
-    def __init__(self, failure=(), confirm=None, unknown=ASSUME_DONE, rollback=True):
+    def __init__(self, failure=(), confirm=None, unknown=ASSUME_DONE, rollback=True, interrupt="abort", typed=None):
         self.failure = list(failure)
         self.confirm = confirm or {}
         self.unknown = unknown
         self.rollback = rollback
+        self.interrupt = interrupt
+        self.typed = typed
         self.asked: list[tuple] = []
 
     def ack_manual(self, step_id, title, text):
@@ -137,9 +139,25 @@ class Scripted:
         self.asked.append(("unknown", step_id, tuple(nodes)))
         return self.unknown
 
-    def confirm_rollback(self, undo, cannot):
-        self.asked.append(("rollback", tuple(undo), tuple(cannot)))
+    def confirm_rollback(self, undo, cannot, *, default=True):
+        self.asked.append(("rollback", tuple(undo), tuple(cannot), default))
         return self.rollback
+
+    def on_interrupt(self, step_id, title, completed, undo):
+        self.asked.append(("interrupt", step_id, completed))
+        return self.interrupt
+
+    def still_running(self, step_id, title, text):
+        self.asked.append(("still-running", step_id, text))
+        return "abort"
+
+    def confirm_typed(self, message, expected):
+        self.asked.append(("typed", expected))
+        return self.typed == expected
+
+    def confirm_no_fencing(self, step_id, title, why):
+        self.asked.append(("no-fencing", step_id, why))
+        return False
 
 
 def in_process(lab, tmp_path, prompter, **kw):
@@ -160,18 +178,31 @@ def test_scripted_skip(lab, tmp_path):
     assert "versions-at-target" in s.message
 
 
-def test_scripted_rollback_lists_what_cannot_be_undone(lab, tmp_path):
+def test_scripted_rollback_after_a_failed_post_install_keeps_the_packages(lab, tmp_path):
+    """post-install is the point of no return, also when it failed (it may have migrated part of
+    the data): Rollback from the failure menu only turns HA back on; the packages are not
+    downgraded and the plan says the back-out is a restore from the backup."""
     lab.fault("fail", node="bm2", command="bm-cli setup", exit_code=1)  # bm2 never runs it: no effect
     lab.fault("fail", node="bm1", command="bm-cli setup", exit_code=1)
     pr = Scripted(failure=[ROLLBACK])
     s = in_process(lab, tmp_path, pr)
-    undo, cannot = next(a for a in pr.asked if a[0] == "rollback")[1:]
-    assert [u.split(" on ")[0] for u in undo] == ["packages", "ha-off"]
-    assert [c.split(" ")[0] for c in cannot] == ["post-install"]  # refresh/prefetch/passive-stopped: rollback: []
+    undo, cannot, default = next(a for a in pr.asked if a[0] == "rollback")[1:]
+    assert default is True  # the run failed: rolling back is the expected answer
+    assert undo == ("ha-off on bm1: crm_attribute --type crm_config --name maintenance-mode --update false",)
+    assert len(cannot) == 1 and cannot[0].startswith("everything up to and including 'post-install'")
+    assert "except turning HA back on: it is the point of no return" in cannot[0]
+    assert "restore from the backup, not a downgrade" in cannot[0]
     assert s.exit_code == 1 and s.status == "rolled-back"
-    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.2"
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"  # not downgraded under migrated data
+    assert not [l for n in ("bm1", "bm2") for l in ledger(lab, n) if "--allow-downgrades" in l]
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1 and not count(lab, "bm2", "bm-cli setup upgrade")
     assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
-    assert s.cannot_undo and not s.ha_off_open
+    assert len(s.cannot_undo) == 1 and "point of no return" in s.cannot_undo[0] and not s.ha_off_open
+    j = journal(tmp_path / "state")
+    assert j["ha"]["state"] == "on" and j["direction"] == "rollback"
+    assert j["steps"]["ha-off"]["state"] == "rolled-back" and j["steps"]["packages"]["state"] == "done"
+    assert j["steps"]["post-install"]["state"] == "failed"
+    assert not (lab.node("bm1").state_dir / "ha-off").exists()
 
 
 def test_unattended_rollback_policy(lab, tmp_path):
