@@ -220,9 +220,10 @@ def test_unattended_rollback_policy(lab, tmp_path):
 def test_unattended_abort_leaves_ha_debt_visible(lab, tmp_path):
     lab.fault("fail", node="bm2", command=PKG_FAULT, exit_code=100)
     r = run_upgrade(lab, tmp_path / "s")
-    assert r.returncode == 1
+    assert r.returncode == 5, r.stdout + r.stderr  # failed with HA handling left off
     assert "HA handling is OFF" in r.stdout and "maintenance-mode --update false" in r.stdout
     run_id = journal(tmp_path / "s")["run_id"]
+    assert f"Restore it with: bmupgrade resume {run_id} --state-dir {tmp_path / 's'}" in " ".join(r.stdout.split())
     st = bmupgrade("status", state=tmp_path / "s", check_rc=0)
     assert "HA handling OFF" in st.stdout
     # a colleague without the journal asks the nodes
@@ -232,8 +233,10 @@ def test_unattended_abort_leaves_ha_debt_visible(lab, tmp_path):
     lab.clear_faults()
     other = run_upgrade(lab, tmp_path / "colleague")
     assert other.returncode == 3 and f"turned off by run {run_id}" in other.stdout
+    assert not [l for l in ledger(lab, "bm1") + ledger(lab, "bm2") if "bm-cli" in l]  # refused before anything
     assert bmupgrade("resume", "--yes", state=tmp_path / "s").returncode == 0
-    assert version(lab, "bm2") == "4.9.3"
+    assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
+    assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
 
 
 def _fast_runbook(tmp_path, packages_timeout="60s"):
