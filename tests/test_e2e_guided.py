@@ -311,11 +311,18 @@ def test_ctrl_c_once_finishes_the_command_then_stops(lab, tmp_path):
     _wait_started(lab, "bm1", "bm-cli setup")
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
-    assert p.returncode == 130, out
-    assert "waiting for the running command to finish" in out
+    assert p.returncode == 130, out  # interrupted (130 wins over 5: HA is off, and said so)
+    flat = " ".join(out.split())
+    assert "Ctrl-C: the running command is let finish, then the run stops at a safe point" in flat
+    assert "Stopped by Ctrl-C at a safe point (after 'post-install')" in flat
+    assert "HA handling is still OFF" in flat and "Restore it with: bmupgrade resume" in flat
     j = journal(tmp_path / "s")
     assert j["steps"]["post-install"]["state"] == "done"  # it finished, and it is recorded
+    assert j["steps"]["post-install"]["nodes"]["bm1"]["exit_code"] == 0
     assert j["steps"]["config-sync"]["state"] == "pending" and j["status"] == "interrupted"
+    assert j["ha"]["state"] == "off" and not lab.node("bm1").calls("rsync")
+    for n in ("bm1", "bm2"):  # the cluster lock is released; the HA-off marker stays until HA is back on
+        assert sorted(f.name for f in lab.node(n).state_dir.iterdir()) == ["ha-off"]
     assert bmupgrade("resume", "--yes", state=tmp_path / "s").returncode == 0
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
 
