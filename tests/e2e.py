@@ -27,6 +27,28 @@ def bmupgrade(*args: str, state: Path, env: dict | None = None, timeout: float =
     return r
 
 
+def run_printed(command: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a `bmupgrade ...` command exactly as the CLI printed it (no --state-dir added)."""
+    import shlex
+
+    argv = shlex.split(command)
+    assert argv[0] == "bmupgrade", command
+    e = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    e.pop("BMUPGRADE_CRASH_AT", None)
+    return subprocess.run([sys.executable, "-m", "bmupgrade", *argv[1:]], capture_output=True, text=True,
+                          timeout=timeout, env=e, stdin=subprocess.DEVNULL)
+
+
+def printed_commands(output: str, verb: str = "") -> list[str]:
+    """Every `bmupgrade ...` command shown between backquotes or after 'Next:' / 'Restore it with:'."""
+    import re
+
+    flat = " ".join(output.split())
+    found = re.findall(r"`(bmupgrade [^`]*)`", flat)
+    found += [m.strip() for m in re.findall(r"(?:Next:|Restore it with:) (bmupgrade \S+ \S+(?: --state-dir \S+)?)", flat)]
+    return [c for c in dict.fromkeys(found) if c.startswith("bmupgrade " + verb)]
+
+
 def run_upgrade(lab, state: Path, *extra: str, runbook: str = PACEMAKER, **kw) -> subprocess.CompletedProcess:
     return bmupgrade("run", runbook, "-i", str(lab.inventory_path), "--yes", "--ack", "backup,prepare",
                      *extra, state=state, **kw)

@@ -16,7 +16,8 @@ import pytest
 from bmupgrade.prompts import ASSUME_DONE, ROLLBACK, SKIP
 from bmupgrade.report import ConsoleReporter
 from bmupgrade.runner import Session, ssh_transport_factory, start_run
-from tests.e2e import PACEMAKER, ROOT, bmupgrade, count, journal, ledger, run_upgrade, version
+from tests.e2e import (PACEMAKER, ROOT, bmupgrade, count, journal, ledger, printed_commands, run_printed, run_upgrade,
+                       version)
 
 pytestmark = pytest.mark.lab
 DOWN, ENTER = "\x1b[B", "\r"
@@ -285,9 +286,12 @@ def _popen_run(lab, state, runbook=PACEMAKER):
 
 
 def _wait_started(lab, node, command, timeout=30):
+    """Until `command` (a lab stand-in: bin/COMMAND ...) runs in THIS lab (the machine is shared:
+    other labs run the same stand-ins)."""
+    needle = f"{lab.dir}/bin/{command}"
     t = time.time() + timeout
     while time.time() < t:
-        hits = [p for p in _procs() if command in p]
+        hits = [p for p in _procs() if needle in p]
         if hits:
             return
         time.sleep(0.05)
@@ -327,25 +331,58 @@ def test_ctrl_c_once_finishes_the_command_then_stops(lab, tmp_path):
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
 
 
-def test_ctrl_c_twice_exits_at_once_with_step_started(lab, tmp_path):
-    lab.fault("hang", node="bm1", command="bm-cli setup", seconds=8)
-    p = _popen_run(lab, tmp_path / "s")
+def test_ctrl_c_twice_exits_at_once_with_step_unknown(lab, tmp_path):
+    """Second Ctrl-C: the CLI exits at once (130) while bm-cli still runs on bm1; the step is
+    `unknown` and the cluster lock stays. Resume never decides while it runs, and after it
+    ended never re-sends it blindly: the printed --assume-done command settles it."""
+    lab.fault("hang", node="bm1", command="bm-cli setup", seconds=15)
+    state = tmp_path / "s"
+    p = _popen_run(lab, state)
     _wait_started(lab, "bm1", "bm-cli setup")
-    t0 = time.time()
     p.send_signal(signal.SIGINT)
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=30)
+    out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
-    assert time.time() - t0 < 4  # did not wait for the 8 s command
-    j = journal(tmp_path / "s")
-    assert j["steps"]["post-install"]["nodes"]["bm1"]["state"] == "started"
-    assert "may still be running" in out
-    time.sleep(8.5)  # the remote command ran to its end meanwhile
-    r = bmupgrade("resume", "--yes", state=tmp_path / "s")
-    assert r.returncode == 1 and "outcome is unknown" in r.stdout  # resume asks, never re-runs blindly
-    r = bmupgrade("resume", "--yes", "--assume-done", "post-install", state=tmp_path / "s", check_rc=0)
+    assert _running(lab, "bm-cli setup")  # the CLI did not wait for the command
+    flat = " ".join(out.split())
+    assert "Interrupted while 'post-install' on bm1 ran: it may still be running on the node" in flat
+    assert "The cluster lock stays on the nodes while that command may run" in flat
+    j = journal(state)
+    bm1 = j["steps"]["post-install"]["nodes"]["bm1"]
+    assert bm1["state"] == "unknown" and bm1["outcome"].startswith("interrupted (second Ctrl-C")
+    assert j["status"] == "interrupted" and j["ha"]["state"] == "off"
+    assert (lab.node("bm1").state_dir / "lock").exists() and (lab.node("bm1").state_dir / "ha-off").exists()
+
+    r = bmupgrade("resume", "--yes", state=state)  # at once: bm-cli still runs on bm1
+    assert r.returncode == 5, r.stdout + r.stderr  # stopped, HA still off
+    assert "Step 'post-install': bm1: still running (pid" in " ".join(r.stdout.split())
+    _wait_gone(lab, "bm-cli setup")
+    r = bmupgrade("resume", "--yes", state=state)  # it ended: no verify command, so a person decides
+    assert r.returncode == 5, r.stdout + r.stderr
+    flat = " ".join(r.stdout.split())
+    assert "Step 'post-install' was sent to bm1 and its outcome is unknown" in flat
+    hints = printed_commands(r.stdout, "resume")
+    done = f"bmupgrade resume {j['run_id']} --yes --assume-done post-install --state-dir {state}"
+    assert done in hints and done.replace("--assume-done", "--rerun") in hints
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1  # never re-sent
+    r = run_printed(done)
+    assert r.returncode == 0, r.stdout + r.stderr  # the hint works as printed
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+    j = journal(state)
+    assert j["status"] == "succeeded" and j["steps"]["post-install"]["nodes"]["bm1"]["state"] == "done"
+    assert j["steps"]["post-install"]["nodes"]["bm1"]["by"]["how"] == "--assume-done flag"
+
+
+def _running(lab, command) -> bool:
+    return any(f"{lab.dir}/bin/{command}" in p for p in _procs())
+
+
+def _wait_gone(lab, command, timeout=120):
+    t = time.time() + timeout
+    while time.time() < t and _running(lab, command):
+        time.sleep(0.2)
+    assert not _running(lab, command), f"{command} still runs"
 
 
 def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path):
