@@ -385,9 +385,11 @@ def _wait_gone(lab, command, timeout=120):
     assert not _running(lab, command), f"{command} still runs"
 
 
-def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path):
-    """Through a real pty: Ctrl-C while bm-cli runs -> it finishes and is recorded, then the
-    menu asks what to do (here: Abort); nothing after it was sent."""
+@pytest.mark.parametrize("choice", ["abort", "continue"])
+def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path, choice):
+    """Through a real pty: Ctrl-C while bm-cli runs -> it finishes and is recorded done, then the
+    menu says the step completed and offers Continue as the default. Abort: exit 130, nothing
+    after it sent; Continue (Enter): the run goes on to the end."""
     lab.fault("hang", node="bm1", command="bm-cli setup", seconds=2)
     p = spawn("run", PACEMAKER, "-i", str(lab.inventory_path), "--state-dir", str(tmp_path / "s"), cwd=tmp_path)
     for prompt in ("Is this done", "Is this done", "Proceed", "Proceed"):  # backup, prepare, ha-off, post-install
@@ -395,17 +397,30 @@ def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path):
         p.send(ENTER)
     _wait_started(lab, "bm1", "bm-cli setup")
     p.sendintr()
-    p.expect("waiting for the running command to finish")
-    p.expect("Interrupted by Ctrl-C")
+    p.expect("the running command is let finish, then the run stops at a safe point")
+    p.expect(r"Interrupted\S* \(the step completed\)")
     p.expect("What now")
-    p.send(DOWN * 3 + ENTER)  # Abort
+    p.expect("Continue the run")
+    if choice == "abort":
+        p.send(DOWN + ENTER)  # Stop here
+    else:
+        p.send(ENTER)  # the default: Continue
+        p.expect("Proceed")  # ha-on's confirmation
+        p.send(ENTER)
     p.expect(pexpect.EOF)
     p.close()
-    assert p.exitstatus == 130  # interrupted, at a safe point, by the operator's choice
     j = journal(tmp_path / "s")
-    assert j["steps"]["post-install"]["state"] == "done" and j["steps"]["config-sync"]["state"] == "pending"
-    assert j["status"] == "interrupted"
-    assert count(lab, "bm1", "bm-cli setup upgrade") == 1 and not lab.node("bm1").calls("rsync")
+    assert j["steps"]["post-install"]["state"] == "done"
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+    if choice == "abort":
+        assert p.exitstatus == 130  # interrupted, at a safe point, by the operator's choice (HA off: said so)
+        assert j["status"] == "interrupted" and j["steps"]["config-sync"]["state"] == "pending"
+        assert not lab.node("bm1").calls("rsync") and j["ha"]["state"] == "off"
+        assert "HA handling is still OFF" in screen(tmp_path)
+    else:
+        assert p.exitstatus == 0
+        assert j["status"] == "succeeded" and j["ha"]["state"] == "on"
+        assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
 
 
 def test_no_tty_without_yes_is_refused(lab, tmp_path):
