@@ -254,12 +254,17 @@ def steps(eng: "Engine") -> None:
 
 def rollback(eng: "Engine") -> None:
     from bmupgrade.engine.core import Stop
-    from bmupgrade.engine.rollback import roll_back
+    from bmupgrade.engine.rollback import barrier, roll_back
 
     assert eng.safety_passed and eng.rollback_confirmed
     done = roll_back(eng, ask=False)
     if not done:
         raise Stop(EXIT_FAILED, "failed", "Rollback incomplete: see above; `" + eng.hint("rollback") + "` goes on.")
+    stop = None if eng.options.force_past_no_return else barrier(eng)
+    if stop is not None:  # not a plain "Rolled back.": the upgrade itself stays
+        raise Stop(EXIT_OK, "rolled-back", f"Rolled back as far as the point of no return '{stop.id}'"
+                   + ("" if eng.ha.is_off() else ", HA handling on") + ": nothing up to it was undone (no "
+                   "downgrade under migrated data); the back-out for the rest is a restore from the backup.")
 
 
 def postflight(eng: "Engine") -> None:
