@@ -441,9 +441,32 @@ def test_unattended_lists_missing_answers_before_anything(lab, tmp_path):
 
 
 def test_rollback_command_after_a_finished_run(lab, tmp_path):
+    """`rollback --yes` of a succeeded run: post-install (the point of no return) was done, so only
+    what follows it is undone (ha-on: HA off) and HA goes back on (ha-off's rollback); nothing is
+    downgraded; the output says the back-out for the rest is a restore."""
     run_upgrade(lab, tmp_path / "s", check_rc=0)
+    before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
     r = bmupgrade("rollback", "--yes", state=tmp_path / "s")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.2"
+    out = " ".join(r.stdout.split())
+    assert "Rolled back as far as the point of no return 'post-install', HA handling on" in out
+    assert "Cannot be undone automatically: config-sync" in out
+    assert "Cannot be undone automatically: everything up to and including 'post-install'" in out
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"  # no downgrade under migrated data
+    assert [l for l in ledger(lab, "bm1")[before["bm1"]:] if "--update" in l] == [
+        "crm_attribute --type crm_config --name maintenance-mode --update true",    # ha-on undone
+        "crm_attribute --type crm_config --name maintenance-mode --update false"]   # ha-off undone: HA on
+    assert not [l for n in ("bm1", "bm2") for l in ledger(lab, n)[before[n]:] if "apt-get" in l or "bm-cli" in l]
     assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
-    assert "Cannot be undone automatically" in r.stdout and "post-install" in r.stdout
+    j = journal(tmp_path / "s")
+    assert j["status"] == "rolled-back" and j["ha"]["state"] == "on"
+    assert {s: e["state"] for s, e in j["steps"].items() if e["state"] != "done"} == {
+        "ha-off": "rolled-back", "ha-on": "rolled-back"}
+    for n in ("bm1", "bm2"):
+        assert list(lab.node(n).state_dir.iterdir()) == []  # no marker, no lock
+    r = bmupgrade("rollback", "--yes", state=tmp_path / "s")
+    assert r.returncode == 2 and "already rolled back" in r.stderr
+    r = bmupgrade("resume", "--yes", state=tmp_path / "s")
+    assert r.returncode == 2 and "no unfinished run" in r.stderr
+    r = bmupgrade("resume", j["run_id"], "--yes", state=tmp_path / "s")
+    assert r.returncode == 2 and f"run {j['run_id']} is rolled-back: nothing to resume" in r.stderr
