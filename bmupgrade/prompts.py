@@ -111,18 +111,20 @@ class InteractivePrompter:
         return answer
 
     def ack_manual(self, step_id, title, text) -> bool:
-        self.console.print(f"\n[bold yellow]Manual action[/bold yellow] [{step_id}] {title}\n  {text}")
+        self.console.print(f"\n[bold yellow]Manual action[/bold yellow] {_esc('[' + step_id + ']')} {_esc(title)}\n"
+                           f"  {_esc(text)}")
         return self._select("Is this done?", [("yes", "Yes, it is done"), ("no", "No — stop here")]) == "yes"
 
     def confirm_step(self, step_id, title, where, commands) -> str:
-        self.console.print(f"\n[bold]Run[/bold] {title} [dim][{step_id}][/dim] on {where}?")
+        self.console.print(f"\n[bold]Run[/bold] {_esc(title)} [dim]{_esc('[' + step_id + ']')}[/dim] on {_esc(where)}?")
         for c in commands:
             self.console.print(f"  $ {c}", markup=False, highlight=False)
         return self._select("Proceed?", [("yes", "Run it"), ("skip", "Skip this step (recorded as skipped)"),
                                          ("abort", "Stop here (resumable)")], default="yes")
 
     def on_failure(self, ctx: FailureContext) -> str:
-        self.console.print(f"\n[bold red]Step failed:[/bold red] {ctx.title} [{ctx.step_id}]\n{ctx.summary}")
+        self.console.print(f"\n[bold red]Step failed:[/bold red] {_esc(ctx.title)} {_esc('[' + ctx.step_id + ']')}\n"
+                           f"{_esc(ctx.summary)}")
         while True:
             choice = self._select("What now?", [
                 (RETRY, "Retry the step"),
@@ -140,8 +142,8 @@ class InteractivePrompter:
                 return choice
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:
-        self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {_esc(title)} [{_esc(step_id)}] was sent "
-                           f"to {', '.join(nodes)} and its result was lost (it is no longer running there); it "
+        self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {_esc(title)} {_esc('[' + step_id + ']')} "
+                           f"was sent to {', '.join(nodes)} and its result was lost (it is no longer running there); it "
                            "has no verify command.")
         for c in commands:
             self.console.print(f"  $ {c}", markup=False, highlight=False)
@@ -152,14 +154,16 @@ class InteractivePrompter:
         ], default=ABORT)
 
     def still_running(self, step_id, title, text) -> str:
-        self.console.print(f"\n[bold yellow]Still running:[/bold yellow] {_esc(title)} [{_esc(step_id)}]: {_esc(text)}")
+        self.console.print(f"\n[bold yellow]Still running:[/bold yellow] {_esc(title)} {_esc('[' + step_id + ']')}: "
+                           f"{_esc(text)}")
         return self._select("A second copy is never started. What now?", [
             (WAIT, "Wait for it to finish (check again in a few seconds)"),
             (ABORT, "Stop here (resume later)")], default=WAIT)
 
     def on_interrupt(self, step_id, title, completed, undo) -> str:
         what = {True: "the step completed", False: "the step failed", None: "at a safe point"}[completed]
-        self.console.print(f"\n[bold yellow]Interrupted[/bold yellow] ({what}): {_esc(title)} [{_esc(step_id)}]")
+        self.console.print(f"\n[bold yellow]Interrupted[/bold yellow] ({what}): {_esc(title)} "
+                           f"{_esc('[' + step_id + ']')}")
         return self._select("What now?", [
             (CONTINUE, "Continue the run"),
             (ABORT, "Stop here (`bmupgrade resume` continues later)"),
@@ -175,9 +179,9 @@ class InteractivePrompter:
         return answer.strip() == expected
 
     def confirm_no_fencing(self, step_id, title, why) -> bool:
-        self.console.print(f"\n[bold red]STONITH guard:[/bold red] {title} [{step_id}] turns automatic failover "
-                           f"back on, but {why}. Without fencing, a failover can split-brain and corrupt the "
-                           "shared storage.")
+        self.console.print(f"\n[bold red]STONITH guard:[/bold red] {_esc(title)} {_esc('[' + step_id + ']')} turns "
+                           f"automatic failover back on, but {_esc(why)}. Without fencing, a failover can split-brain "
+                           "and corrupt the shared storage.")
         return self._select("Turn failover back on anyway?", [
             ("no", "No — stop here (HA stays off; fix fencing, then resume)"),
             ("yes", "Yes, I accept the split-brain risk (recorded in the journal)")], default="no") == "yes"
