@@ -170,8 +170,8 @@ def test_a_retry_follows_no_vip_that_moved_away(lab, tmp_path):
     rb = variant(tmp_path, "retries.yaml", ("    run: bm-cli setup upgrade\n",
                                              "    run: bm-cli setup upgrade\n    retries: 2\n    retry_delay: 1s\n"))
     state = tmp_path / "s"
+    lab.fault("vip-move", node="bm1", command="bm-cli setup", to="bm2")  # first: the VIP moves, then it fails
     lab.fault("fail", node="bm1", command="bm-cli setup", exit_code=1, times=1)
-    lab.fault("vip-move", node="bm1", command="bm-cli setup", to="bm2")
     r = run_upgrade(lab, state, runbook=rb)
     assert r.returncode == 5, flat(r)
     out = flat(r)
