@@ -15,6 +15,17 @@ CHANGE_COMMANDS = ("bm-cli setup upgrade", "crm_attribute --update", "apt-get in
                    "rsync", "systemctl stop", "systemctl start")
 
 
+def is_change(line: str) -> bool:
+    """A ledger line (argv joined) that changes a node: `crm_attribute ... --update` has options
+    between its words, so words are matched in order, not as one substring."""
+    words = line.split()
+    for c in CHANGE_COMMANDS:
+        want = c.split()
+        if words and words[0] == want[0] and all(w in words[1:] for w in want[1:]):
+            return True
+    return False
+
+
 def bmupgrade(*args: str, state: Path, env: dict | None = None, timeout: float = 120,
               check_rc: int | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a real process (no TTY, like a scheduler)."""

@@ -13,7 +13,7 @@ import time
 import pexpect
 import pytest
 
-from tests.e2e import (CHANGE_COMMANDS, PACEMAKER, bmupgrade, count, journal, ledger, printed_commands, run_printed,
+from tests.e2e import (PACEMAKER, bmupgrade, count, is_change, journal, ledger, printed_commands, run_printed,
                        run_upgrade, version)
 from tests.test_e2e_guided import DOWN, ENTER, _popen_run, _wait_started, screen, spawn
 
@@ -26,7 +26,7 @@ def changes_sent(lab, since: dict[str, int] | None = None) -> list[str]:
     """Change commands that reached a node (since the given ledger lengths)."""
     since = since or {}
     return [f"{n}: {l}" for n in ("bm1", "bm2") for l in ledger(lab, n)[since.get(n, 0):]
-            if any(c in l for c in CHANGE_COMMANDS)]
+            if is_change(l)]
 
 
 def mark(lab) -> dict[str, int]:
