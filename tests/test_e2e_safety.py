@@ -4,11 +4,11 @@ journal, the exit code and what the operator saw."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pexpect
 import pytest
@@ -406,3 +406,50 @@ def test_sigterm_before_ha_off_stops_with_ha_on(lab, tmp_path):
     r = bmupgrade("resume", "--yes", state=state)
     assert r.returncode == 0, flat(r)
     assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
+
+
+def test_ctrl_c_in_a_prompt_releases_the_remote_lock(lab, tmp_path):
+    """Why: Ctrl-C in a prompt kept the remote lock. At the ha-on confirmation, Ctrl-C: exit 130
+    (HA off: the banner says how to restore it), nothing was in flight, so the cluster lock is
+    released (the HA-off marker stays); resume finishes."""
+    state = tmp_path / "s"
+    p = spawn("run", PACEMAKER, "-i", str(lab.inventory_path), "--state-dir", str(state), cwd=tmp_path)
+    for prompt in ("Is this done", "Is this done", "Proceed", "Proceed"):  # backup, prepare, ha-off, post-install
+        p.expect(prompt)
+        p.send(ENTER)
+    p.expect("Turn HA handling back on")
+    p.expect("Proceed")
+    p.sendcontrol("c")
+    p.expect(pexpect.EOF)
+    p.close()
+    assert p.exitstatus == 130
+    shown = screen(tmp_path)
+    assert "Interrupted. Nothing was in flight." in shown and "HA handling is OFF" in shown
+    j = journal(state)
+    assert j["status"] == "interrupted" and j["steps"]["ha-on"]["state"] == "pending"
+    assert j["steps"]["config-sync"]["state"] == "done" and j["ha"]["state"] == "off"
+    for n in ("bm1", "bm2"):
+        assert sorted(f.name for f in lab.node(n).state_dir.iterdir()) == ["ha-off"]
+    r = bmupgrade("resume", "--yes", state=state)
+    assert r.returncode == 0, flat(r)
+    assert lab.cluster_state()["properties"].get(MAINT) == "false"
+
+
+def test_ctrl_c_in_json_mode_stops_cleanly(lab, tmp_path):
+    """Why: Ctrl-C in --json mode deadlocked (the handler took the reporter's lock). Now: the
+    command finishes, the run stops at the safe point (exit 130) and every line is JSON."""
+    state = tmp_path / "s"
+    lab.fault("hang", node="bm1", command="bm-cli setup", seconds=2)
+    p = subprocess.Popen([sys.executable, "-m", "bmupgrade", "run", PACEMAKER, "-i", str(lab.inventory_path),
+                          "--yes", "--json", "--ack", "backup,prepare", "--state-dir", str(state)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "NO_COLOR": "1"})
+    _wait_started(lab, "bm1", "bm-cli setup")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, out + err
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert events and "Stopped by Ctrl-C at a safe point (after 'post-install')" in json.dumps(events)
+    j = journal(state)
+    assert j["status"] == "interrupted" and j["steps"]["post-install"]["state"] == "done"
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1
