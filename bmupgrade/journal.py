@@ -151,6 +151,19 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _clean_stale_temps(runs: Path, older_than: float = 600.0) -> None:
+    """Temp files of compactions a crash interrupted (`.RUN.journal.jsonl.XXXX`): the journal
+    itself is intact (rename is atomic), so they are only litter."""
+    import time
+
+    for p in runs.glob(".*" + SUFFIX + ".*"):
+        try:
+            if time.time() - p.lstat().st_mtime > older_than:
+                p.unlink()
+        except OSError:
+            pass
+
+
 def _fsync_dir(path: Path) -> None:
     dir_fd = os.open(path, os.O_RDONLY)
     try:
@@ -211,6 +224,7 @@ class Journal:
     def create(cls, state_dir: Path, *, run_id: str | None = None, **header: Any) -> "Journal":
         private_dir(Path(state_dir))
         runs = private_dir(Path(state_dir) / "runs")
+        _clean_stale_temps(runs)
         run_id = run_id or new_run_id()
         data = {"format": FORMAT, "run_id": run_id, "status": RUNNING.value, "created_at": now(),
                 "updated_at": now(), "by": whoami(), "owner": owner_record(), "captured": {}, "facts": [],

@@ -1,6 +1,5 @@
 """Engine logic on the in-memory transport: order, targets, journal-first, failures, resume."""
 
-import json
 import time
 import re
 
@@ -9,7 +8,7 @@ import pytest
 from bmupgrade.errors import UsageError
 from bmupgrade.journal import Journal, RunStore
 from bmupgrade.prompts import PolicyPrompter
-from bmupgrade.report import ConsoleReporter
+from bmupgrade.ui.report import ConsoleReporter
 from bmupgrade.runner import Session, resume_run, start_run
 from bmupgrade.engine import RunOptions
 from bmupgrade.transport.memory import ANY, MemoryTransport, Reply
@@ -161,9 +160,14 @@ def test_abort_then_resume_does_not_repeat_done_steps(tmp_path, rb_path):
     t.on("bm2", "apt-get install -y bm-full=4.9.3", exit_code=100, stderr="E: boom")
     s = start_run(rb_path, session(tmp_path, t))
     assert s.exit_code == 5 and s.ha_off_open and s.next_commands[0].startswith("bmupgrade resume")
+    assert "--rerun packages" in s.message  # not idempotent: sent again only on the operator's word
+    t1 = sim("bm1")
+    t1.state = t.state
+    s1 = resume_run(session(tmp_path, t1), None)
+    assert s1.exit_code == 5 and "--rerun packages" in s1.message and changes(t1) == []
     t2 = sim("bm1")  # a new process: a new transport; the cluster state is the same
     t2.state = t.state  # and the admin fixed the cause (no failing rule on t2)
-    s2 = resume_run(session(tmp_path, t2), None)
+    s2 = resume_run(session(tmp_path, t2, PolicyPrompter(rerun={"packages"})), None)
     assert s2.exit_code == 0, s2.message
     assert changes(t2) == [
         ("bm2", "apt-get install -y bm-full=4.9.3"),
@@ -432,3 +436,73 @@ def test_accepting_the_guard_once_covers_a_retry_of_the_same_step(tmp_path):
     assert s.exit_code == 0, s.message
     assert [a[0] for a in pr.asked] == ["ha-on"]  # asked once, not again for the retry
     assert len([c for n, c in changes(t) if c.endswith("--update false")]) == 2
+
+
+# ------------------------------------------------------------------ point of no return (I6) and declines (I7)
+PONR = MINIMAL.replace("  - id: post-install\n    on: primary\n",
+                       "  - id: post-install\n    on: primary\n    point_of_no_return: true\n")
+
+
+class _Rollbacker(PolicyPrompter):
+    def __init__(self, yes: bool, typed: bool = False):
+        super().__init__()
+        self.yes, self.typed, self.asked = yes, typed, []
+
+    def confirm_rollback(self, undo, cannot, *, default=True):
+        self.asked.append((undo, cannot, default))
+        return self.yes
+
+    def confirm_typed(self, message, expected):
+        return self.typed
+
+
+def test_rollback_after_the_point_of_no_return_turns_ha_on_and_never_downgrades(tmp_path):
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    t = sim("bm1")
+    t.on("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false", exit_code=1, times=1)
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 5 and t.state["maint"] == "true"  # ha-on failed: HA off
+    t2 = sim("bm1")
+    t2.state = t.state
+    pr = _Rollbacker(yes=True)
+    s2 = rollback(session(tmp_path, t2, pr), None)
+    assert s2.exit_code == 0 and not s2.ha_off_open, s2.message
+    assert [c for _, c in changes(t2)] == ["crm_attribute --type crm_config --name maintenance-mode --update false"]
+    undo, cannot, default = pr.asked[0]
+    assert any("point of no return" in c and "restore from the backup" in c for c in cannot)
+    assert not any("allow-downgrades" in u for u in undo) and default is True  # a failed run: default yes
+    assert t.state["version"] == {"bm1": "4.9.3", "bm2": "4.9.3"}
+
+
+def test_rollback_of_a_succeeded_run_defaults_to_no_and_declining_changes_nothing(tmp_path, rb_path):
+    from bmupgrade.runner import rollback
+
+    assert start_run(rb_path, session(tmp_path, sim("bm1"))).exit_code == 0
+    before = journal(tmp_path)
+    t2 = sim("bm1")
+    pr = _Rollbacker(yes=False)
+    s = rollback(session(tmp_path, t2, pr), None)
+    assert s.exit_code == 1 and "declined" in s.message
+    assert pr.asked[0][2] is False  # default No for a succeeded run
+    assert t2.calls == []  # asked before connecting: nothing sent at all
+    after = journal(tmp_path)
+    assert after["status"] == "succeeded" and after["steps"] == before["steps"]
+
+
+def test_rollback_force_past_the_point_of_no_return_needs_the_typed_confirmation(tmp_path):
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    assert start_run(rb, session(tmp_path, sim("bm1"))).exit_code == 0
+    t2 = sim("bm1")
+    s = rollback(session(tmp_path, t2, _Rollbacker(yes=True, typed=False)), None, force=True)
+    assert s.exit_code == 1 and "Not confirmed" in s.message and t2.calls == []
+    t3 = sim("bm1")
+    t3.state["version"] = {"bm1": "4.9.3", "bm2": "4.9.3"}
+    s = rollback(session(tmp_path, t3, _Rollbacker(yes=True, typed=True)), None, force=True)
+    assert s.exit_code == 0, s.message
+    assert t3.state["version"] == {"bm1": "4.9.2", "bm2": "4.9.2"}  # forced: downgraded

@@ -55,29 +55,28 @@ def stonith_guard(eng: "Engine", step: Step) -> None:
 
 # ------------------------------------------------------------------------------ deadline
 
-def step_estimate(eng: "Engine", step: Step) -> float:
+def step_estimate(rb: Runbook, history: dict[str, float], step: Step) -> float:
     """Seconds a step may take: earlier runs' measured duration, else its worst case (every
     retry and its delay, the verify, each node in turn unless parallel)."""
     if step.manual is not None:
         return 0.0
-    if step.id in eng.options.history:
-        per_node = eng.options.history[step.id]
+    if step.id in history:
+        per_node = history[step.id]
     else:
         attempts = step.retries + 1
         delays = sum(min(step.retry_delay * 2 ** i, 300) for i in range(step.retries))
         per_node = attempts * step.timeout * (len(step.run or []) + (1 if step.verify else 0)) + delays
-    on = step.on or "all"
-    nodes = len(eng.rb.node_names) if on == "all" else 1
+    nodes = len(rb.node_names) if (step.on or "all") == "all" else 1
     return per_node if step.parallel else per_node * nodes
 
 
-def window_estimate(eng: "Engine", start: Step) -> tuple[float, str]:
+def window_estimate(rb: Runbook, history: dict[str, float], start: Step) -> tuple[float, str]:
     """Everything from `start` (the HA-off step) up to and including the HA-on step."""
-    ids = [s.id for s in eng.rb.steps]
-    enable = eng.rb.ha_step("enable")
+    ids = [s.id for s in rb.steps]
+    enable = rb.ha_step("enable")
     end = ids.index(enable.id) if enable else len(ids) - 1
-    steps = eng.rb.steps[ids.index(start.id): end + 1]
-    return sum(step_estimate(eng, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
+    steps = rb.steps[ids.index(start.id): end + 1]
+    return sum(step_estimate(rb, history, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
 
 
 def check_deadline(eng: "Engine", step: Step) -> None:
@@ -90,10 +89,10 @@ def check_deadline(eng: "Engine", step: Step) -> None:
         return
     left = eng.options.deadline - time.time()
     if step.ha == "disable" and not eng.ha.is_off():
-        need, what = window_estimate(eng, step)
+        need, what = window_estimate(eng.rb, eng.options.history, step)
         label = f"the HA-off window ({what})"
     else:
-        need, label = step_estimate(eng, step), f"step '{step.id}'"
+        need, label = step_estimate(eng.rb, eng.options.history, step), f"step '{step.id}'"
     if need <= left:
         return
     basis = "measured in earlier runs" if step.id in eng.options.history else "worst case from the timeouts"
@@ -149,12 +148,13 @@ class HaDebt:
         eng.journal.set("ha", {**eng.journal.data["ha"], "state": "off", "off_since": now(), "on_at": None,
                                "off_by": step.id, "off_t": time.time()})
 
-    def back_on(self, step_id: str) -> None:
+    def back_on(self, step_id: str, *, at: float | None = None) -> None:
+        """HA is back on (`at`: when the enabling command returned; its verify only confirms it)."""
         from bmupgrade.engine import remote
 
         eng = self.eng
         eng.journal.set("ha", {**eng.journal.data["ha"], "state": "on", "on_at": now(), "on_by": step_id,
-                               "on_t": time.time()})
+                               "on_t": at or time.time()})
         for node, r in eng.on_each(eng.rb.node_names, lambda n: eng.send(
                 n, remote.remove_marker(eng.rb.node(n).state_dir), timeout=15, key="ha-marker",
                 quiet=True)).items():
@@ -187,6 +187,7 @@ class Signals:
     def __init__(self) -> None:
         self.count = 0
         self.last: str | None = None  # "Ctrl-C" | "SIGTERM" | "SIGHUP"
+        self.exiting = False  # on the exit path: never raise, the cleanup must finish
         self._old: dict[int, object] = {}
 
     def install(self) -> None:
@@ -203,6 +204,8 @@ class Signals:
     def _handle(self, signum, frame) -> None:
         self.count += 1
         self.last = self.NAMES.get(signum, str(signum))
+        if self.exiting:
+            return
         if self.count >= 2:
             raise KeyboardInterrupt
         note = (f"\n{self.last}: the running command is let finish, then the run stops at a safe point "

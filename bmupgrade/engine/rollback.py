@@ -1,8 +1,8 @@
 """Undo a run's steps in reverse order, where they ran — but never past a point of no return.
 
 A step marked `point_of_no_return` (BlueMind's post-install: the data is migrated) splits the
-run: once it has been sent, rollback only undoes the steps after it, then the step that turned
-HA off (so HA is back on at the end), and the back-out for the rest is a restore from backup. `--force` crosses it, after a typed
+run: once it has been sent, rollback only undoes the steps after it (typically: HA back on)
+and the back-out for the rest is a restore from backup. `--force` crosses it, after a typed
 confirmation. Rolling back a step that turned HA on turns it off: the marker goes on first,
 as for the forward HA-off step. A run being rolled back never goes forward again.
 """
@@ -34,16 +34,14 @@ def barrier(eng: "Engine") -> Step | None:
 
 
 def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
-    """Steps to consider, newest first, stopping at the point of no return (unless forced) —
-    except the step that turned HA off: its rollback (HA back on) is always due."""
+    """Steps to consider, newest first. Past the point of no return (unless forced) only the
+    step that turned HA off is still undone: turning HA back on is not a downgrade."""
     out = []
     stop_at = None if force else barrier(eng)
-    crossed = False
+    past = False
     for s in reversed(eng.rb.steps):
-        crossed = crossed or (stop_at is not None and s.id == stop_at.id)
-        if crossed and s.ha != "disable":
-            continue
-        if s.manual is None and _ran_on(eng, s):
+        past = past or (stop_at is not None and s.id == stop_at.id)
+        if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable"):
             out.append(s)
     return out
 
@@ -59,10 +57,9 @@ def preview(eng: "Engine", *, force: bool = False) -> tuple[list[str], list[str]
             cannot.append(f"{s.id} ({s.label})")
     stop = None if force else barrier(eng)
     if stop is not None:
-        ha_back = any(s.ha == "disable" for s in _undoable(eng, force=force))
-        cannot.append(f"everything up to and including '{stop.id}' ({stop.label})"
-                      + (" except turning HA back on" if ha_back else "") + ": it is the point of no return "
-                      "— the back-out is a restore from the backup, not a downgrade (--force overrides)")
+        cannot.append(f"everything up to and including '{stop.id}' ({stop.label}) but turning HA back on: it is "
+                      "the point of no return — the back-out is a restore from the backup, not a downgrade "
+                      "(--force overrides)")
     return undo, cannot
 
 

@@ -50,7 +50,8 @@ STEP_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     N.FAILED: frozenset({N.STARTED, N.SKIPPED, N.ROLLED_BACK}),  # STARTED: a retry
     # UNKNOWN is settled by verify or by a person (DONE / PENDING = "it did not run"), or
     # re-sent (STARTED) only for an idempotent step or by a person's explicit choice.
-    N.UNKNOWN: frozenset({N.DONE, N.PENDING, N.STARTED, N.SKIPPED, N.ROLLED_BACK}),
+    # FAILED: verify says a non-idempotent step did not achieve its goal (only a chosen retry re-sends it).
+    N.UNKNOWN: frozenset({N.DONE, N.PENDING, N.FAILED, N.STARTED, N.SKIPPED, N.ROLLED_BACK}),
     N.DONE: frozenset({N.ROLLED_BACK}),
     N.SKIPPED: frozenset({N.PENDING}),  # `resume --rerun STEP`: run a skipped step after all
     N.ROLLED_BACK: frozenset(),

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from bmupgrade.engine.guards import check_deadline, stonith_guard
 from bmupgrade.errors import EXIT_FAILED
-from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, PENDING, SKIPPED, STARTED, UNKNOWN, whoami
-from bmupgrade.outcome import ABORT, ASSUME_DONE, RERUN, RETRY, ROLLBACK, SKIP, WAIT, FailureContext
+from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, SKIPPED, STARTED, UNKNOWN, whoami
+from bmupgrade.outcome import RETRY, ROLLBACK, SKIP, FailureContext
 from bmupgrade.runbook import Step
 from bmupgrade.transport.base import CommandResult
 
@@ -59,6 +59,8 @@ class StepRunner:
         if step.manual is not None:
             return self._manual(seq, total, step)
         self.settle(step)
+        if not self._may_resend_failed(step):
+            return
         attempt, first = 0, True
         while True:
             nodes = self._targets(step)
@@ -91,6 +93,17 @@ class StepRunner:
                 attempt = 0
                 continue
             return
+
+    def _may_resend_failed(self, step: Step) -> bool:
+        """A non-idempotent step that failed in an earlier invocation is sent again only on a
+        person's word: the failure menu (interactive), or `resume --rerun STEP` (unattended)."""
+        eng = self.eng
+        failed = eng.journal.nodes_in(step.id, FAILED)
+        if not failed or step.idempotent:
+            return True
+        bad = {n: CommandResult(n, "", eng.journal.step(step.id)["nodes"][n].get("exit_code"), 0.0,
+                                error="failed in an earlier attempt") for n in failed}
+        return self._after_failure(step, bad) == RETRY
 
     def _targets(self, step: Step) -> list[str]:
         """Resolve (re-probing the VIP); refuse if the target moved away from a node where an
@@ -135,8 +148,11 @@ class StepRunner:
             if step.on in ("primary", "secondary") and (eng.prompter.interactive or waited > REPROBE_AFTER):
                 nodes = self._targets(step)  # a person may have sat on the prompt while the VIP moved
                 todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
-        if step.ha == "disable":
+        if step.ha == "disable" and not eng.ha.is_off():
             eng.ha.going_off(step, todo[0], why=step.label)
+            if step.on in ("primary", "secondary"):  # the marker writes took a round trip: ask again
+                nodes = self._targets(step)
+                todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
         return todo
 
     # ------------------------------------------------------------------ sending
@@ -246,8 +262,9 @@ class StepRunner:
                                                                   "rollback not (fully) done — see above."))
         maybe_off = (" HA handling may be off: the HA-off marker stays on the nodes until this run is resumed "
                      "or rolled back." if step.ha == "disable" else "")
+        again = eng.hint("resume") if step.idempotent else eng.hint("resume", f"--rerun {step.id}")
         raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                   f"Step '{step.id}' failed on {where}. Fix the cause, then `{eng.hint('resume')}` retries it "
+                   f"Step '{step.id}' failed on {where}. Fix the cause, then `{again}` sends it again "
                    f"(or `{eng.hint('rollback')}`)." + maybe_off)
 
     def _context(self, step: Step, failures: dict[str, CommandResult]) -> FailureContext:
@@ -262,76 +279,10 @@ class StepRunner:
         return FailureContext(step.id, step.label, list(failures), summary, output,
                               eng.ssh_hint(next(iter(failures))), preview(eng)[0])
 
-    # ------------------------------------------------------------------ unknown outcomes
     def settle(self, step: Step) -> None:
-        """Settle the nodes whose outcome is unknown (`started` left by a crash, or `unknown`):
-        never while the command still runs; verify decides; else idempotent → send again; else
-        a person, or (unattended) --assume-done/--rerun, or stop with the exact next command."""
-        from bmupgrade.engine.core import Stop
+        from bmupgrade.engine.settle import settle
 
-        eng = self.eng
-        crashed = eng.journal.nodes_in(step.id, STARTED)
-        if crashed:
-            eng.journal.mark(step.id, crashed, UNKNOWN, outcome="the run stopped while it was in flight")
-        nodes = eng.journal.nodes_in(step.id, UNKNOWN)
-        if not nodes:
-            return
-        self._wait_while_running(step, nodes)
-        if step.verify:
-            for node in nodes:
-                r = eng.send(node, eng.render(step.verify, node), timeout=step.timeout, key=f"{step.id}:verify")
-                verdict = DONE if r.ok else PENDING
-                eng.journal.mark(step.id, [node], verdict, note=f"outcome unknown; verify {'passed' if r.ok else 'failed'}")
-                eng.reporter.info(f"  {step.id} on {node}: outcome was unknown; verify says "
-                                  + ("it is done" if r.ok else "not done: it runs again"))
-            return
-        if step.idempotent:
-            eng.journal.mark(step.id, nodes, PENDING, note="outcome unknown; idempotent: sent again")
-            return
-        shown = [eng.shown(c, nodes[0]) for c in step.run or []]
-        answer = eng.prompter.unknown_outcome(step.id, step.label, nodes, shown)
-        if answer == ASSUME_DONE:
-            eng.journal.mark(step.id, nodes, DONE, note="outcome unknown; recorded done", by=self._who("assume-done"))
-        elif answer == RERUN:
-            eng.journal.mark(step.id, nodes, PENDING, note="outcome unknown; re-run", by=self._who("rerun"))
-        else:
-            raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                       f"Step '{step.id}' was sent to {', '.join(nodes)} and its outcome is unknown (it has no "
-                       "verify command). Check on the node, then `"
-                       + eng.hint("resume", f"--yes --assume-done {step.id}") + "` (it completed) or `"
-                       + eng.hint("resume", f"--yes --rerun {step.id}") + "` (it did not run).")
-
-    def _who(self, how: str) -> dict:
-        p = self.eng.prompter
-        return {**whoami(), "how": "prompt" if p.interactive else f"--{how} flag"}
-
-    def _wait_while_running(self, step: Step, nodes: list[str]) -> None:
-        """Never decide while the first copy may still run: ask the node (the command's tag)."""
-        from bmupgrade.engine import remote
-        from bmupgrade.engine.core import Stop
-
-        eng = self.eng
-        while True:
-            running = {}
-            for n in nodes:
-                tag = eng.journal.step(step.id)["nodes"].get(n, {}).get("tag")
-                if not tag:
-                    continue
-                r = eng.send(n, remote.still_running(tag), timeout=30, key=f"{step.id}:still-running",
-                             capture=True, quiet=True)
-                if r.exit_code is None:
-                    running[n] = "cannot ask the node (" + (r.error or "no answer") + ")"
-                elif r.stdout.split():
-                    running[n] = "still running (pid " + ", ".join(r.stdout.split()) + ")"
-            if not running:
-                return
-            text = "; ".join(f"{n}: {why}" for n, why in running.items())
-            if eng.prompter.interactive and eng.prompter.still_running(step.id, step.label, text) == WAIT:
-                eng.sleep(5)
-                continue
-            raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                       f"Step '{step.id}': {text}. Not deciding anything while it runs: wait for it to end, then "
-                       f"`{eng.hint('resume')}`.")
+        settle(self.eng, step)
 
     # ------------------------------------------------------------------ small pieces
     def _manual(self, seq: int, total: int, step: Step) -> None:
@@ -349,7 +300,8 @@ class StepRunner:
     def _finish(self, step: Step, nodes: list[str]) -> None:
         eng = self.eng
         if step.ha == "enable" and eng.ha.is_off():
-            eng.ha.back_on(step.id)
+            returned = [t for (sid, _), t in eng.run_ended.items() if sid == step.id]
+            eng.ha.back_on(step.id, at=max(returned) if returned else None)
         if step.capture and step.id not in eng.journal.data["captured"]:
             done = eng.journal.nodes_in(step.id, DONE)
             stdout = eng.journal.step(step.id)["nodes"].get(done[0], {}).get("stdout") if done else None
