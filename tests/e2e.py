@@ -59,6 +59,13 @@ def printed_commands(output: str, verb: str = "") -> list[str]:
     return [c for c in dict.fromkeys(found) if c.startswith("bmupgrade " + verb)]
 
 
+def find_hint(output: str, verb: str, *parts: str) -> str:
+    """The one printed `bmupgrade VERB ...` command containing every part (flags in any order)."""
+    found = [c for c in printed_commands(output, verb) if all(p in c for p in parts)]
+    assert len(found) == 1, f"{verb} {parts}: {found} in {printed_commands(output)}"
+    return found[0]
+
+
 def run_upgrade(lab, state: Path, *extra: str, runbook: str = PACEMAKER, **kw) -> subprocess.CompletedProcess:
     return bmupgrade("run", runbook, "-i", str(lab.inventory_path), "--yes", "--ack", "backup,prepare",
                      *extra, state=state, **kw)

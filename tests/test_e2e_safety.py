@@ -13,7 +13,7 @@ import sys
 import pexpect
 import pytest
 
-from tests.e2e import (PACEMAKER, bmupgrade, count, is_change, journal, ledger, printed_commands, run_printed,
+from tests.e2e import (PACEMAKER, bmupgrade, count, find_hint, is_change, journal, ledger, printed_commands, run_printed,
                        run_upgrade, version)
 from tests.test_e2e_guided import DOWN, ENTER, _popen_run, _wait_started, screen, spawn
 
@@ -152,9 +152,7 @@ def test_a_lost_command_is_never_sent_again_by_retries_or_resume(lab, tmp_path):
     r = bmupgrade("resume", "--yes", state=state)  # unattended, without a decision: stops again
     assert r.returncode == 5, flat(r)
     assert "its outcome is unknown" in flat(r) and len(lab.node("bm1").calls("bm-cli setup")) == 1
-    hints = printed_commands(r.stdout, "resume")
-    done = f"bmupgrade resume {j['run_id']} --yes --assume-done post-install --state-dir {state}"
-    assert done in hints
+    done = find_hint(r.stdout, "resume", j["run_id"], "--yes --assume-done post-install", f"--state-dir {state}")
     r = run_printed(done)
     assert r.returncode == 0, flat(r)
     assert len(lab.node("bm1").calls("bm-cli setup")) == 1 and not lab.node("bm2").calls("bm-cli setup")
@@ -178,7 +176,11 @@ def test_a_retry_follows_no_vip_that_moved_away(lab, tmp_path):
     assert "Step 'post-install' already ran on bm1, but the target 'primary' is now bm2 (the public IP moved)" in out
     assert len(lab.node("bm1").calls("bm-cli setup")) == 1 and not lab.node("bm2").calls("bm-cli setup")
     before = mark(lab)
-    r = bmupgrade("resume", "--yes", state=state)
+    r = bmupgrade("resume", "--yes", state=state)  # a failed non-idempotent step: only a person re-sends it
+    assert r.returncode == 5, flat(r)
+    assert "Step 'post-install' failed on bm1. Fix the cause, then" in flat(r)
+    rerun = find_hint(r.stdout, "resume", "--rerun post-install", f"--state-dir {state}")
+    r = run_printed(rerun + " --yes")  # even then, not on the node that now holds the VIP
     assert r.returncode == 5, flat(r)
     assert "already ran on bm1, but the target 'primary' is now bm2" in flat(r)
     assert changes_sent(lab, before) == []
@@ -197,6 +199,9 @@ def test_a_vip_moved_between_attempts_stops_before_post_install_runs_elsewhere(l
     assert r.returncode == 5, flat(r)
     lab.failover("bm2")
     r = bmupgrade("resume", "--yes", state=state)
+    assert r.returncode == 5, flat(r)
+    assert "Step 'post-install' failed on bm1" in flat(r)  # not re-sent without a person's word
+    r = run_printed(find_hint(r.stdout, "resume", "--rerun post-install") + " --yes")
     assert r.returncode == 5, flat(r)
     assert "Step 'post-install' already ran on bm1, but the target 'primary' is now bm2" in flat(r)
     assert not lab.node("bm2").calls("bm-cli setup") and len(lab.node("bm1").calls("bm-cli setup")) == 1
