@@ -49,6 +49,14 @@ def run_printed(command: str, *, timeout: float = 120) -> subprocess.CompletedPr
                           timeout=timeout, env=e, stdin=subprocess.DEVNULL)
 
 
+def one_line(text: str) -> str:
+    """Output as one line: the per-line timestamps of no-TTY output dropped, whitespace folded
+    (a message may wrap, or continue on the next timestamped line)."""
+    import re
+
+    return " ".join(re.sub(r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* ", "", text).split())
+
+
 def printed_commands(output: str, verb: str = "") -> list[str]:
     """Every `bmupgrade ...` command shown between backquotes or after 'Next:' / 'Restore it with:'."""
     import re

@@ -16,8 +16,8 @@ import pytest
 from bmupgrade.prompts import ASSUME_DONE, ROLLBACK, SKIP
 from bmupgrade.ui.report import ConsoleReporter
 from bmupgrade.runner import Session, ssh_transport_factory, start_run
-from tests.e2e import (PACEMAKER, ROOT, bmupgrade, count, find_hint, journal, ledger, run_printed, run_upgrade,
-                       version)
+from tests.e2e import (PACEMAKER, ROOT, bmupgrade, count, find_hint, journal, ledger, one_line, run_printed,
+                       run_upgrade, version)
 
 pytestmark = pytest.mark.lab
 DOWN, ENTER = "\x1b[B", "\r"
@@ -82,7 +82,7 @@ def test_terminal_abort_then_resume(lab, tmp_path):
     term = screen(tmp_path)
     assert f"Restore it with: bmupgrade resume {j['run_id']} --state-dir {tmp_path / 's'}" in term
     r = bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
-    assert "same-version: skipped (step 'packages' has run" in " ".join(r.stdout.split())
+    assert "same-version: skipped (step 'packages' has run" in one_line(r.stdout)
     assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
     assert len(lab.node("bm1").calls(PKG_FAULT)) == 1 and len(lab.node("bm2").calls(PKG_FAULT)) == 2
     assert journal(tmp_path / "s")["ha"]["state"] == "on"
@@ -191,7 +191,7 @@ def test_scripted_rollback_after_a_failed_post_install_keeps_the_packages(lab, t
     assert default is True  # the run failed: rolling back is the expected answer
     assert undo == ("ha-off on bm1: crm_attribute --type crm_config --name maintenance-mode --update false",)
     assert len(cannot) == 1 and cannot[0].startswith("everything up to and including 'post-install'")
-    assert "except turning HA back on: it is the point of no return" in cannot[0]
+    assert "but turning HA back on: it is the point of no return" in cannot[0]
     assert "restore from the backup, not a downgrade" in cannot[0]
     assert s.exit_code == 1 and s.status == "rolled-back"
     assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"  # not downgraded under migrated data
@@ -224,7 +224,7 @@ def test_unattended_abort_leaves_ha_debt_visible(lab, tmp_path):
     assert r.returncode == 5, r.stdout + r.stderr  # failed with HA handling left off
     assert "HA handling is OFF" in r.stdout and "maintenance-mode --update false" in r.stdout
     run_id = journal(tmp_path / "s")["run_id"]
-    assert f"Restore it with: bmupgrade resume {run_id} --state-dir {tmp_path / 's'}" in " ".join(r.stdout.split())
+    assert f"Restore it with: bmupgrade resume {run_id} --state-dir {tmp_path / 's'}" in one_line(r.stdout)
     st = bmupgrade("status", state=tmp_path / "s", check_rc=0)
     assert "HA handling OFF" in st.stdout
     # a colleague without the journal asks the nodes
@@ -259,7 +259,7 @@ def test_deadline_stops_before_a_step_that_cannot_fit(lab, tmp_path, policy):
     r = run_upgrade(lab, tmp_path / "s", "--deadline", "+150s", "--on-deadline", policy,
                     runbook=_fast_runbook(tmp_path))
     assert r.returncode == 4, r.stdout + r.stderr
-    out = " ".join(r.stdout.split())
+    out = one_line(r.stdout)
     assert "Deadline: the HA-off window ('ha-off' … 'ha-on') may take 2m40s (worst case from the timeouts)" in out
     assert "stopped before it with HA on, nothing half-done." in out
     assert ("Nothing to roll back." in out) == (policy == "rollback")  # refresh/prefetch: nothing to undo
@@ -316,7 +316,7 @@ def test_ctrl_c_once_finishes_the_command_then_stops(lab, tmp_path):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out  # interrupted (130 wins over 5: HA is off, and said so)
-    flat = " ".join(out.split())
+    flat = one_line(out)
     assert "Ctrl-C: the running command is let finish, then the run stops at a safe point" in flat
     assert "Stopped by Ctrl-C at a safe point (after 'post-install')" in flat
     assert "HA handling is still OFF" in flat and "Restore it with: bmupgrade resume" in flat
@@ -345,7 +345,7 @@ def test_ctrl_c_twice_exits_at_once_with_step_unknown(lab, tmp_path):
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
     assert _running(lab, "bm-cli setup")  # the CLI did not wait for the command
-    flat = " ".join(out.split())
+    flat = one_line(out)
     assert "Interrupted while 'post-install' on bm1 ran: it may still be running on the node" in flat
     assert "The cluster lock stays on the nodes while that command may run" in flat
     j = journal(state)
@@ -356,11 +356,11 @@ def test_ctrl_c_twice_exits_at_once_with_step_unknown(lab, tmp_path):
 
     r = bmupgrade("resume", "--yes", state=state)  # at once: bm-cli still runs on bm1
     assert r.returncode == 5, r.stdout + r.stderr  # stopped, HA still off
-    assert "Step 'post-install': bm1: still running (pid" in " ".join(r.stdout.split())
+    assert "Step 'post-install': bm1: still running (pid" in one_line(r.stdout)
     _wait_gone(lab, "bm-cli setup")
     r = bmupgrade("resume", "--yes", state=state)  # it ended: no verify command, so a person decides
     assert r.returncode == 5, r.stdout + r.stderr
-    flat = " ".join(r.stdout.split())
+    flat = one_line(r.stdout)
     assert "Step 'post-install' was sent to bm1 and its outcome is unknown" in flat
     done = find_hint(r.stdout, "resume", j["run_id"], "--yes --assume-done post-install", f"--state-dir {state}")
     find_hint(r.stdout, "resume", j["run_id"], "--yes --rerun post-install", f"--state-dir {state}")
@@ -447,7 +447,7 @@ def test_rollback_command_after_a_finished_run(lab, tmp_path):
     before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
     r = bmupgrade("rollback", "--yes", state=tmp_path / "s")
     assert r.returncode == 0, r.stdout + r.stderr
-    out = " ".join(r.stdout.split())
+    out = one_line(r.stdout)
     assert "Rolled back as far as the point of no return 'post-install', HA handling on" in out
     assert "Cannot be undone automatically: config-sync" in out
     assert "Cannot be undone automatically: everything up to and including 'post-install'" in out

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.e2e import PACEMAKER, bmupgrade, count, journal, run_upgrade
+from tests.e2e import PACEMAKER, bmupgrade, count, journal, one_line, run_upgrade
 
 pytestmark = pytest.mark.lab
 
@@ -38,7 +38,7 @@ def test_resume_refuses_a_changed_runbook_unless_forced(lab, tmp_path):
     assert r.returncode == -signal.SIGKILL
     rb.write_text(rb.read_text().replace("timeout: 45m", "timeout: 50m"))
     r = bmupgrade("resume", "--yes", state=state)
-    err = " ".join(r.stderr.split())
+    err = one_line(r.stderr)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"would not be the same run: {rb} (or its inventory) changed since the run started" in err
     assert "add --force" in err and "Nothing was changed" in err

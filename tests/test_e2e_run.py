@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.e2e import KEEPALIVED, PACEMAKER, bmupgrade, count, is_change, journal, ledger, run_upgrade, version
+from tests.e2e import (KEEPALIVED, PACEMAKER, bmupgrade, count, is_change, journal, ledger, one_line, run_upgrade,
+                       version)
 
 pytestmark = pytest.mark.lab
 
@@ -89,7 +90,7 @@ def test_no_single_vip_holder_stops_before_the_step(lab, tmp_path, fault):
     before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
     r = bmupgrade("resume", "--yes", state=state)
     assert r.returncode == 5, r.stdout + r.stderr
-    out = " ".join(r.stdout.split())
+    out = one_line(r.stdout)
     assert "Preflight refused" in out and "one-vip-holder (public IP 192.0.2.10: " in out
     assert "Nothing was changed" in out and "HA handling is still OFF" in out
     why = "bm1: holds it" if fault == "split-brain" else "bm1: does not hold it"
@@ -170,7 +171,7 @@ def test_ssh_session_dropped_mid_step_verify_settles_it(lab, tmp_path):
     lab.fault("drop", node="bm2", command=pkg, when="after")
     r = run_upgrade(lab, state)
     assert r.returncode == 0, r.stdout + r.stderr
-    out = " ".join(r.stdout.split())
+    out = one_line(r.stdout)
     assert "✗ bm2: connection lost" in out and "(outcome unknown)" in out
     assert "packages on bm2: outcome was unknown; verify says it is done" in out
     assert [c.get("dropped") for c in lab.node("bm2").calls(pkg)] == [True]  # sent once, the session dropped

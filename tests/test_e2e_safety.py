@@ -13,8 +13,8 @@ import sys
 import pexpect
 import pytest
 
-from tests.e2e import (PACEMAKER, bmupgrade, count, find_hint, is_change, journal, ledger, printed_commands, run_printed,
-                       run_upgrade, version)
+from tests.e2e import (PACEMAKER, bmupgrade, count, find_hint, is_change, journal, ledger, one_line, printed_commands,
+                       run_printed, run_upgrade, version)
 from tests.test_e2e_guided import DOWN, ENTER, _popen_run, _wait_started, screen, spawn
 
 pytestmark = pytest.mark.lab
@@ -34,7 +34,7 @@ def mark(lab) -> dict[str, int]:
 
 
 def flat(r) -> str:
-    return " ".join((r.stdout + r.stderr).split())
+    return one_line(r.stdout + r.stderr)
 
 
 def variant(tmp_path, name: str, *edits: tuple[str, str]) -> str:
@@ -372,7 +372,7 @@ def test_sigterm_and_sighup_mid_step_let_the_command_finish(lab, tmp_path, sig):
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 130, out
     name = {signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}[sig]
-    text = " ".join(out.split())
+    text = one_line(out)
     assert f"{name}: the running command is let finish, then the run stops at a safe point" in text
     assert f"Stopped by {name} at a safe point (after 'post-install')" in text
     assert "HA handling is OFF" in text
@@ -402,7 +402,7 @@ def test_sigterm_before_ha_off_stops_with_ha_on(lab, tmp_path):
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 130, out
-    assert "Stopped by SIGTERM at a safe point (after 'prefetch')" in " ".join(out.split())
+    assert "Stopped by SIGTERM at a safe point (after 'prefetch')" in one_line(out)
     assert "HA handling is" not in out
     j = journal(state)
     assert j["steps"]["prefetch"]["state"] == "done" and j["steps"]["ha-off"]["state"] == "pending"
