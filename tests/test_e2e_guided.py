@@ -3,6 +3,7 @@ failure policies, rollback, deadline, Ctrl-C, answers files and the HA-off debt.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -464,6 +465,14 @@ def test_rollback_command_after_a_finished_run(lab, tmp_path):
         "ha-off": "rolled-back", "ha-on": "rolled-back"}
     for n in ("bm1", "bm2"):
         assert list(lab.node(n).state_dir.iterdir()) == []  # no marker, no lock
+    # undoing ha-on turns HA off: the HA-off marker was written first, as for the forward HA-off step
+    audit = [json.loads(l) for l in (tmp_path / "s" / "runs" / f"{j['run_id']}.audit.jsonl").read_text().splitlines()]
+    sent = [(e["key"], e["command"]) for e in audit if e["event"] == "sent" and e["node"] == "bm1"]
+    undo_on = max(i for i, (k, _) in enumerate(sent) if k == "rollback:ha-on")
+    writes = [i for i, (k, c) in enumerate(sent) if k == "ha-marker" and "/ha-off && test -s" in c]
+    assert any(i < undo_on for i in writes) and max(i for i in writes if i < undo_on) > max(
+        i for i, (k, _) in enumerate(sent) if k == "ha-on")
+    assert journal(tmp_path / "s")["ha"]["off_by"] == "ha-on"  # the journal knew HA was off meanwhile
     r = bmupgrade("rollback", "--yes", state=tmp_path / "s")
     assert r.returncode == 2 and "already rolled back" in r.stderr
     r = bmupgrade("resume", "--yes", state=tmp_path / "s")
