@@ -104,10 +104,12 @@ def check_deadline(eng: "Engine", step: Step) -> None:
     msg += "; stopped before it with HA on, nothing half-done."
     if eng.options.on_deadline == "rollback":
         eng.reporter.warn(msg)
-        from bmupgrade.engine.rollback import roll_back
+        from bmupgrade.engine.rollback import preview, roll_back
 
-        roll_back(eng, ask=False)
-        raise Stop(EXIT_DEADLINE, DEADLINE, msg + " Rolled back.")
+        undo = preview(eng)[0]
+        done = roll_back(eng, ask=False)
+        raise Stop(EXIT_DEADLINE, DEADLINE, msg + (" Nothing to roll back." if not undo else " Rolled back."
+                                                   if done else " Rollback incomplete — see above."))
     raise Stop(EXIT_DEADLINE, DEADLINE, msg)
 
 
