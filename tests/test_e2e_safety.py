@@ -279,7 +279,10 @@ def test_declining_the_rollback_of_a_succeeded_run_changes_nothing(lab, tmp_path
     `succeeded` to `failed`. At a terminal, the question defaults to No; Enter declines, and the
     journal file and the nodes are untouched."""
     state = tmp_path / "s"
-    run_upgrade(lab, state, check_rc=0)
+    # a runbook without a point of no return, so that a succeeded run has something to undo
+    no_ponr = tmp_path / "no-ponr.yaml"
+    no_ponr.write_text(open(PACEMAKER).read().replace("point_of_no_return: true", "point_of_no_return: false"))
+    run_upgrade(lab, state, runbook=str(no_ponr), check_rc=0)
     rid = journal(state)["run_id"]
     jpath = state / "runs" / f"{rid}.journal.jsonl"
     before, text = mark(lab), jpath.read_bytes()

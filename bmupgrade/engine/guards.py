@@ -136,7 +136,7 @@ class HaDebt:
             return
         info = {"run_id": eng.journal.run_id, **whoami(), "since": now(), "step": step.id, "why": why,
                 "expected_end": eng.deadline_text() if eng.options.deadline else None,
-                "restore": self.restore_hint(node)}
+                "restore": self._restore_for_the_marker(node)}
         results = eng.on_each(eng.rb.node_names, lambda n: eng.send(
             n, remote.write_marker(eng.rb.node(n).state_dir, info), timeout=15, key="ha-marker", quiet=True))
         bad = {n: r for n, r in results.items() if not r.ok}
@@ -161,6 +161,13 @@ class HaDebt:
             if not r.ok:
                 eng.reporter.warn(f"{node}: could not remove the HA-off marker ({r.error or r.exit_code}); "
                                   f"remove {eng.rb.node(node).state_dir}/ha-off by hand")
+
+    def _restore_for_the_marker(self, node: str) -> str:
+        """For a colleague reading the marker: the command with this run's state dir."""
+        from bmupgrade.hints import Context, qualify
+
+        state_dir = self.eng.journal.path.parent.parent
+        return qualify(Context.of(str(state_dir)), self.restore_hint(node)) if state_dir.name else self.restore_hint(node)
 
     def restore_hint(self, node: str | None = None) -> str:
         """The exact command that brings HA back (and the manual fallback)."""

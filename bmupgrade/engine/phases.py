@@ -54,7 +54,10 @@ def confirm_rollback(eng: "Engine") -> None:
             eng.journal.run_id):
         raise Stop(EXIT_FAILED, None, "Not confirmed (the run id must be typed, at a terminal): nothing was changed.")
     succeeded = eng.journal.status == "succeeded"
-    if undo and not eng.prompter.confirm_rollback(undo, cannot, default=not succeeded):
+    if not undo:
+        raise Stop(EXIT_FAILED, None, "Nothing to roll back automatically" + (": " + "; ".join(cannot) if cannot
+                                                                                else ".") + " Nothing was changed.")
+    if not eng.prompter.confirm_rollback(undo, cannot, default=not succeeded):
         raise Stop(EXIT_FAILED, None, "Rollback declined: nothing was changed.")
     eng.rollback_confirmed = True
 
