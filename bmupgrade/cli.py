@@ -368,6 +368,24 @@ def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=No
         raise UsageError("\n".join(problems + ["Nothing was changed."]))
 
 
+def _refuse_unused_answers(rb, journal_data: dict, *, rerun=(), assume_done=()) -> None:
+    """--rerun/--assume-done decide about a step found 'started' (outcome unknown) without a
+    verify command; naming any other step would be silently ignored: refuse it, saying why."""
+    problems = []
+    for flag, names in (("--rerun", rerun), ("--assume-done", assume_done)):
+        for name in sorted(_split(list(names))):
+            entry = journal_data.get("steps", {}).get(name, {})
+            started = [n for n, e in (entry.get("nodes") or {}).items() if e.get("state") == "started"]
+            if not started:
+                problems.append(f"{flag} {name}: step '{name}' is {entry.get('state', 'pending')} in this run, "
+                                f"not 'started'; {flag} only decides about a step whose outcome is unknown")
+            elif rb.step(name).verify:
+                problems.append(f"{flag} {name}: step '{name}' has a verify command; resume runs it on "
+                                f"{', '.join(started)} and decides (done, or run again) by itself")
+    if problems:
+        raise UsageError("\n".join(problems + ["Nothing was changed."]))
+
+
 def _finish(summary, reporter) -> None:
     if _hint_context is not None:
         from bmupgrade.hints import qualify_summary
@@ -455,8 +473,9 @@ def resume(
     if ack or rerun or assume_done:
         from bmupgrade.runner import load_for_resume
 
-        rb, _ = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
+        rb, found = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
         _refuse_unknown_steps(rb, acks=ack, rerun=rerun, assume_done=assume_done)
+        _refuse_unused_answers(rb, found.data, rerun=rerun, assume_done=assume_done)
     _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 

@@ -110,5 +110,10 @@ def test_resume_with_an_unknown_rerun_or_assume_done_is_exit_2(lab, tmp_path):
         r = bmupgrade("resume", run_id, "--yes", flag, "pakcages", state=state)
         assert r.returncode == 2, r.stderr
         assert f"{flag} pakcages: no step of this runbook has this id; did you mean 'packages'?" in r.stderr
+    # a real step, but nothing to decide about: refused, not silently ignored
+    r = bmupgrade("resume", run_id, "--yes", "--rerun", "packages", "--assume-done", "ha-off", state=state)
+    assert r.returncode == 2, r.stderr
+    assert "--rerun packages: step 'packages' has a verify command; resume runs it on bm1, bm2" in r.stderr
+    assert "--assume-done ha-off: step 'ha-off' is done in this run, not 'started'" in r.stderr
     assert len(lab.node("bm1").calls()) == calls  # nothing was sent: not even a preflight
     assert journal(state, run_id)["steps"]["packages"]["state"] == "started"
