@@ -9,8 +9,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # a step failed or the run was aborted
 EXIT_USAGE = 2  # bad input or usage; nothing on any node changed
-EXIT_PREFLIGHT = 3  # preflight refused; nothing on any node changed
+EXIT_PREFLIGHT = 3  # refused before any change (preflight, or another run holds the lock)
 EXIT_DEADLINE = 4  # stopped by the maintenance-window deadline
+EXIT_HA_OFF = 5  # stopped with HA handling left off (the restore command is printed)
 EXIT_INTERRUPTED = 130  # second Ctrl-C
 
 

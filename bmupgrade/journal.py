@@ -1,38 +1,44 @@
-"""The journal: a durable, resumable record of one run, written before and after every change.
+"""The journal: a durable, resumable record of one run, written before every change.
 
-One JSON file per run in the state dir, replaced atomically (temp file, fsync, rename, fsync
-of the directory) with mode 0600, so a run killed at any instant leaves either the previous
-or the next complete state — never a torn file. A step is recorded `started` *before* its
-command is sent: on resume, `started` means "outcome unknown", never "not run".
+An append-only log of JSON lines, one per transition, each fsync'd before the effect it
+announces (O(1) per transition, whatever the run's length). The first line holds the run's
+header; loading replays the records into `data`, the plain-JSON view the rest of bmupgrade
+reads. A torn last line (a crash mid-write) is ignored; damage anywhere else is reported with
+the path and line, never as "run not found". When a run ends, the log is compacted into one
+snapshot line (atomic replace). Every state change is checked against `engine.states`.
 
 Secrets never reach it: variables are stored redacted (secret overrides must be given again
-on resume).
+on resume). Files are opened with O_NOFOLLOW, mode 0600, in 0700 directories.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import getpass
 import json
 import os
 import secrets
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from bmupgrade.engine.states import NodeState, RunState, aggregate, check_node, check_run
 from bmupgrade.errors import BmError, UsageError
 
-FORMAT = "bmupgrade-journal/1"
+FORMAT = "bmupgrade-journal/2"
+SUFFIX = ".journal.jsonl"  # beside it: RUN.audit.jsonl and RUN.output.log (audit.py)
 
-# Per node (and per step, derived): the life of a step.
-PENDING, STARTED, DONE, FAILED, SKIPPED, ROLLED_BACK = (
-    "pending", "started", "done", "failed", "skipped", "rolled-back")
-# A run's status; the "open" ones can be resumed.
-RUNNING, FAILED_RUN, ABORTED, INTERRUPTED, DEADLINE, SUCCEEDED, ROLLED_BACK_RUN = (
-    "running", "failed", "aborted", "interrupted", "deadline", "succeeded", "rolled-back")
+PENDING, STARTED, DONE, FAILED, UNKNOWN, SKIPPED, ROLLED_BACK = (
+    NodeState.PENDING, NodeState.STARTED, NodeState.DONE, NodeState.FAILED, NodeState.UNKNOWN,
+    NodeState.SKIPPED, NodeState.ROLLED_BACK)
+RUNNING, REFUSED, FAILED_RUN, ABORTED, INTERRUPTED, DEADLINE, SUCCEEDED, ROLLED_BACK_RUN = (
+    RunState.RUNNING, RunState.REFUSED, RunState.FAILED, RunState.ABORTED, RunState.INTERRUPTED,
+    RunState.DEADLINE, RunState.SUCCEEDED, RunState.ROLLED_BACK)
 OPEN_STATUSES = {RUNNING, FAILED_RUN, ABORTED, INTERRUPTED, DEADLINE}
 
 
@@ -60,6 +66,72 @@ def whoami() -> dict[str, Any]:
     return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: with the boot id, a pid that cannot
+    be confused with a later process that reused the number."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_record() -> dict[str, Any]:
+    me = whoami()
+    return {**me, "boot_id": _boot_id(), "start": _start_time(me["pid"])}
+
+
+def owner_alive(owner: dict[str, Any] | None) -> bool | None:
+    """True/False on the owner's own host; None when it ran on another machine (cannot tell)."""
+    if not owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return None
+    if owner.get("boot_id") and owner.get("boot_id") != _boot_id():
+        return False
+    start = _start_time(int(owner.get("pid") or 0)) if owner.get("pid") else ""
+    return bool(start) and (not owner.get("start") or start == owner.get("start"))
+
+
+# ----------------------------------------------------------------------------- private files
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) 0700; refuse an existing one others can write to,
+    or a symlink: someone else could plant or swap our journal and locks there."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{path}: the state directory must be a real directory, not a symlink or a file")
+    if st.st_mode & 0o022 or st.st_uid != os.getuid():
+        raise UsageError(f"{path}: the state directory is writable by others or not yours "
+                         f"(mode {stat.S_IMODE(st.st_mode):o}); fix it with `chmod 700 {path}` "
+                         "or choose another --state-dir")
+    return path
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open with O_NOFOLLOW and mode 0600 (a planted symlink is refused, not followed)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BmError(f"{path} is a symbolic link; refusing to follow it (remove it)") from None
+        raise
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write-temp, fsync, rename, fsync-dir: the file is always the old or the new version."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -76,87 +148,176 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _clean_stale_temps(runs: Path, older_than: float = 600.0) -> None:
+    """Temp files of compactions a crash interrupted (`.RUN.journal.jsonl.XXXX`): the journal
+    itself is intact (rename is atomic), so they are only litter."""
+    import time
+
+    for p in runs.glob(".*" + SUFFIX + ".*"):
+        try:
+            if time.time() - p.lstat().st_mtime > older_than:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-class Journal:
-    """The record of one run. `data` is plain JSON; `save()` persists it durably."""
+# ----------------------------------------------------------------------------- the journal
 
-    def __init__(self, path: Path, data: dict[str, Any]):
+def _apply(data: dict[str, Any], rec: dict[str, Any]) -> None:
+    """Replay one record into the view (the same code live and on load)."""
+    kind = rec["r"]
+    if kind == "node":
+        table = data["rollback"] if rec.get("rb") else data["steps"]
+        step = table.setdefault(rec["step"], {"state": PENDING.value, "nodes": {}})
+        for node in rec["nodes"]:
+            entry = step["nodes"].setdefault(node, {"state": PENDING.value, "attempts": 0})
+            entry["state"] = rec["state"]
+            if rec["state"] == STARTED:
+                entry["started_at"] = rec["at"]
+                entry["attempts"] = entry.get("attempts", 0) + 1
+                for k in ("ended_at", "exit_code", "outcome"):
+                    entry.pop(k, None)
+            else:
+                entry["ended_at"] = rec["at"]
+            entry.update(rec.get("f", {}))
+            entry.update(rec.get("nf", {}).get(node, {}))
+        step["state"] = aggregate([e["state"] for e in step["nodes"].values()]).value
+    elif kind == "run":
+        data["status"] = rec["status"]
+        data.update(rec.get("f", {}))
+    elif kind == "set":
+        *parents, last = rec["p"]
+        target = data
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[last] = rec["v"]
+    elif kind == "add":
+        data.setdefault(rec["p"], []).append(rec["v"])
+    data["updated_at"] = rec.get("at", data.get("updated_at"))
+
+
+class Journal:
+    """The record of one run. Read `data`; change it only through the methods below."""
+
+    after_write_hook: Callable[[dict], None] | None = None  # the model test's crash point (every journal)
+
+    def __init__(self, path: Path, data: dict[str, Any], fd: int | None = None):
         self.path = path
         self.data = data
+        self._fd = fd
         self._crash_at = os.environ.get("BMUPGRADE_CRASH_AT")  # fault injection for tests
+        self.after_write: Callable[[dict], None] | None = None  # the model test's crash point
 
     # ---------------------------------------------------------------- creation / loading
     @classmethod
-    def create(cls, state_dir: Path, *, runbook_path: str, runbook_sha256: str, runbook_name: str,
-               inventory: str | None, cluster_id: str, variables: dict[str, str],
-               overrides: dict[str, str], secret_overrides: list[str], step_ids: list[str],
-               options: dict[str, Any]) -> "Journal":
-        runs = state_dir / "runs"
-        runs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run_id = new_run_id()
-        data = {
-            "format": FORMAT,
-            "run_id": run_id,
-            "status": RUNNING,
-            "created_at": now(),
-            "updated_at": now(),
-            "by": whoami(),
-            "runbook": {"path": runbook_path, "sha256": runbook_sha256, "name": runbook_name},
-            "inventory": inventory,
-            "cluster_id": cluster_id,
-            "vars": variables,
-            "overrides": overrides,
-            "secret_overrides": secret_overrides,
-            "options": options,
-            "captured": {},
-            "facts": [],
-            "preflight": None,
-            "steps": {sid: {"state": PENDING, "nodes": {}} for sid in step_ids},
-            "rollback": {},
-            "ha": {"off_since": None, "on_at": None},
-            "resumes": [],
-            "exit": None,
-        }
-        journal = cls(runs / f"{run_id}.json", data)
-        journal.save()
+    def create(cls, state_dir: Path, *, run_id: str | None = None, **header: Any) -> "Journal":
+        private_dir(Path(state_dir))
+        runs = private_dir(Path(state_dir) / "runs")
+        _clean_stale_temps(runs)
+        run_id = run_id or new_run_id()
+        data = {"format": FORMAT, "run_id": run_id, "status": RUNNING.value, "created_at": now(),
+                "updated_at": now(), "by": whoami(), "owner": owner_record(), "captured": {}, "facts": [],
+                "preflight": None, "rollback": {}, "ha": {"off_since": None, "on_at": None}, "resumes": [],
+                "exit": None, **header}
+        data["steps"] = {sid: {"state": PENDING.value, "nodes": {}} for sid in header.get("step_ids", [])}
+        data.pop("step_ids", None)
+        path = runs / f"{run_id}{SUFFIX}"
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        journal = cls(path, data, fd)
+        journal._write({"r": "begin", "data": data})
+        _fsync_dir(runs)
         return journal
 
     @classmethod
     def load(cls, path: Path) -> "Journal":
         try:
-            data = json.loads(path.read_text())
+            fd = open_private(path, os.O_RDONLY)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such run journal; `bmupgrade runs` lists the runs") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BmError(f"{path}: journal is not valid JSON ({exc}); it was not written by bmupgrade "
-                          "or the disk is damaged") from None
-        if data.get("format") != FORMAT:
-            raise BmError(f"{path}: unknown journal format {data.get('format')!r}")
-        return cls(path, data)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline; else a torn last record
+        data: dict[str, Any] | None = None
+        for no, line in enumerate(lines, 1):
+            try:
+                rec = json.loads(line)
+                if data is None:
+                    data = rec["data"]
+                    if data.get("format") != FORMAT:
+                        raise ValueError(f"unknown journal format {data.get('format')!r}")
+                else:
+                    _apply(data, rec)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                raise BmError(f"{path}:{no}: the journal is damaged ({exc}); it was not written by this "
+                              "bmupgrade or the disk is damaged. `bmupgrade status` cannot read it; keep it "
+                              "for the record and check the cluster by hand") from None
+        if data is None:
+            raise BmError(f"{path}: the journal is empty or damaged (a crash while it was created?); "
+                          "nothing was sent in that run")
+        journal = cls(path, data)
+        journal._torn = len(torn)
+        return journal
+
+    @classmethod
+    def in_memory(cls, **header: Any) -> "Journal":
+        """For `bmupgrade check`: the same view and rules, nothing written (read-only invocation)."""
+        data = {"format": FORMAT, "run_id": "check", "status": RUNNING.value, "captured": {}, "facts": [],
+                "preflight": None, "rollback": {}, "ha": {}, "steps": {}, **header}
+        journal = cls(Path("/dev/null"), data)
+        journal._write = lambda rec: None  # type: ignore[method-assign]
+        journal.snapshot = lambda: None  # type: ignore[method-assign]
+        return journal
+
+    def _open_for_append(self) -> int:
+        if self._fd is None:
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            torn = getattr(self, "_torn", 0)
+            if torn:  # drop the torn tail so the next record starts on a line of its own
+                os.ftruncate(self._fd, os.fstat(self._fd).st_size - torn)
+                self._torn = 0
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     # ---------------------------------------------------------------- persistence
-    def save(self) -> None:
-        self.data["updated_at"] = now()
-        # One line, no indent: json's C encoder only runs without indent (4x faster, and the
-        # journal is rewritten at every transition). `bmupgrade status` is the readable view.
-        atomic_write(self.path, json.dumps(self.data).encode() + b"\n")
+    def _write(self, rec: dict[str, Any]) -> None:
+        line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        fd = self._open_for_append()
+        try:
+            os.write(fd, line)
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise BmError(f"cannot write the journal {self.path}: {exc.strerror} (disk full?); the run stops "
+                          "here") from None
+        hook = self.after_write or Journal.after_write_hook
+        if hook:
+            hook(rec)
 
-    def _maybe_crash(self, state: str, step_id: str, node: str | None) -> None:
-        """BMUPGRADE_CRASH_AT=state:step[:node] kills the process right after that record is
-        durable — how the tests prove that resume is correct at every boundary."""
-        if not self._crash_at:
-            return
-        want = self._crash_at.split(":")
-        if want[0] == state and want[1] == step_id and (len(want) < 3 or want[2] == node):
-            import signal
+    def _record(self, rec: dict[str, Any]) -> None:
+        rec["at"] = now()
+        self._write(rec)
+        _apply(self.data, rec)
 
-            os.kill(os.getpid(), signal.SIGKILL)
+    def snapshot(self) -> None:
+        """Compact the log into one line (when a run ends): same view, smaller file."""
+        self.close()
+        atomic_write(self.path, json.dumps({"r": "begin", "data": self.data}, separators=(",", ":")).encode()
+                     + b"\n")
 
     # ---------------------------------------------------------------- accessors
     @property
@@ -169,59 +330,55 @@ class Journal:
 
     def step(self, step_id: str, *, rollback: bool = False) -> dict[str, Any]:
         table = self.data["rollback"] if rollback else self.data["steps"]
-        return table.setdefault(step_id, {"state": PENDING, "nodes": {}})
+        return table.get(step_id) or {"state": PENDING.value, "nodes": {}}
 
     def node_state(self, step_id: str, node: str, *, rollback: bool = False) -> str:
-        return self.step(step_id, rollback=rollback)["nodes"].get(node, {}).get("state", PENDING)
+        return self.step(step_id, rollback=rollback)["nodes"].get(node, {}).get("state", PENDING.value)
+
+    def nodes_in(self, step_id: str, *states: str, rollback: bool = False) -> list[str]:
+        return [n for n, e in self.step(step_id, rollback=rollback)["nodes"].items() if e.get("state") in states]
 
     # ---------------------------------------------------------------- transitions
     def mark(self, step_id: str, nodes: list[str], state: str, *, rollback: bool = False,
-             **fields: Any) -> None:
-        """Record a state for a step on some nodes (one durable write for all of them)."""
-        step = self.step(step_id, rollback=rollback)
-        stamp = now()
+             node_fields: dict[str, dict] | None = None, **fields: Any) -> None:
+        """One durable record: `state` for a step on some nodes (checked against the table)."""
         for node in nodes:
-            entry = step["nodes"].setdefault(node, {"state": PENDING, "attempts": 0})
-            entry["state"] = state
-            if state == STARTED:
-                entry["started_at"] = stamp
-                entry["attempts"] = entry.get("attempts", 0) + 1
-                entry.pop("ended_at", None)
-                entry.pop("exit_code", None)
-            else:
-                entry["ended_at"] = stamp
-            entry.update({k: v for k, v in fields.items() if k != "node_fields"})
-            entry.update(fields.get("node_fields", {}).get(node, {}))
-        step["state"] = _aggregate([e["state"] for e in step["nodes"].values()])
-        self.save()
+            check_node(step_id, node, self.node_state(step_id, node, rollback=rollback), state, rollback=rollback)
+        rec: dict[str, Any] = {"r": "node", "step": step_id, "nodes": list(nodes), "state": str(state)}
+        if rollback:
+            rec["rb"] = True
+        if fields:
+            rec["f"] = fields
+        if node_fields:
+            rec["nf"] = {n: node_fields[n] for n in nodes if n in node_fields}
+        self._record(rec)
         for node in nodes:
-            self._maybe_crash(state if not rollback else f"rollback-{state}", step_id, node)
-
-    def set_step_state(self, step_id: str, state: str, **fields: Any) -> None:
-        step = self.step(step_id)
-        step["state"] = state
-        step.update(fields)
-        self.save()
+            self._maybe_crash(str(state) if not rollback else f"rollback-{state}", step_id, node)
 
     def set_status(self, status: str, **fields: Any) -> None:
-        self.data["status"] = status
-        self.data.update(fields)
-        self.save()
+        check_run(self.status, status)
+        if status == RUNNING:
+            fields["owner"] = owner_record()
+        self._record({"r": "run", "status": str(status), "f": fields})
 
+    def set(self, path: str | list[str], value: Any) -> None:
+        """Set a top-level key (or a nested one: ["captured", "from_version"])."""
+        self._record({"r": "set", "p": [path] if isinstance(path, str) else list(path), "v": value})
 
-def _aggregate(states: list[str]) -> str:
-    if not states:
-        return PENDING
-    for s in (STARTED, FAILED):
-        if s in states:
-            return s
-    if all(s == DONE for s in states):
-        return DONE
-    if all(s in (DONE, SKIPPED) for s in states):
-        return SKIPPED if SKIPPED in states else DONE
-    if all(s == ROLLED_BACK for s in states):
-        return ROLLED_BACK
-    return states[0] if len(set(states)) == 1 else STARTED
+    def add(self, key: str, item: Any) -> None:
+        """Append to a top-level list (facts, resumes)."""
+        self._record({"r": "add", "p": key, "v": item})
+
+    def _maybe_crash(self, state: str, step_id: str, node: str | None) -> None:
+        """BMUPGRADE_CRASH_AT=state:step[:node] kills the process right after that record is
+        durable — how the tests prove that resume is correct at every boundary."""
+        if not self._crash_at:
+            return
+        want = self._crash_at.split(":")
+        if want[0] == state and want[1] == step_id and (len(want) < 3 or want[2] == node):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -232,6 +389,7 @@ class RunInfo:
     created_at: str
     runbook: str
     by: str
+    owner_gone: bool = False  # says `running`, but its process is gone (killed, crashed)
 
 
 class RunStore:
@@ -241,28 +399,35 @@ class RunStore:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.runs_dir = self.state_dir / "runs"
 
+    def paths(self) -> list[Path]:
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(self.runs_dir.glob("*" + SUFFIX))
+
     def all(self) -> list[RunInfo]:
         out = []
-        if not self.runs_dir.is_dir():
-            return out
-        for p in sorted(self.runs_dir.glob("*.json")):
+        for p in self.paths():
             try:
-                d = json.loads(p.read_text())
-            except (OSError, ValueError):
+                d = Journal.load(p).data
+            except BmError:
+                out.append(RunInfo(_run_id(p), p, "damaged", "", "", ""))
                 continue
-            out.append(RunInfo(d.get("run_id", p.stem), p, d.get("status", "?"), d.get("created_at", ""),
+            gone = d.get("status") == RUNNING and owner_alive(d.get("owner")) is False
+            out.append(RunInfo(d.get("run_id", _run_id(p)), p, d.get("status", "?"), d.get("created_at", ""),
                                d.get("runbook", {}).get("name", ""),
-                               f"{d.get('by', {}).get('user')}@{d.get('by', {}).get('host')}"))
+                               f"{d.get('by', {}).get('user')}@{d.get('by', {}).get('host')}", gone))
         return sorted(out, key=lambda r: r.run_id)
 
     def find(self, run_id: str | None, *, open_only: bool = False) -> Journal:
-        runs = self.all()
         if run_id:
-            matches = [r for r in runs if r.run_id == run_id or r.run_id.startswith(run_id)]
+            matches = [p for p in self.paths() if _run_id(p).startswith(run_id)]
+            exact = [p for p in matches if _run_id(p) == run_id]
+            matches = exact or matches
             if len(matches) != 1:
                 raise UsageError(f"run '{run_id}' {'is ambiguous' if matches else 'not found'} in "
                                  f"{self.runs_dir}; `bmupgrade runs` lists the runs")
-            return Journal.load(matches[0].path)
+            return Journal.load(matches[0])
+        runs = self.all()
         candidates = [r for r in runs if r.status in OPEN_STATUSES] if open_only else runs
         if not candidates:
             what = "unfinished run" if open_only else "run"
@@ -270,18 +435,22 @@ class RunStore:
         return Journal.load(candidates[-1].path)
 
 
+def _run_id(path: Path) -> str:
+    return path.name[: -len(SUFFIX)]
+
+
 class LocalLock:
     """One run per cluster on this machine: an flock held for the life of the process (the
     kernel drops it if the process dies, so it can never go stale)."""
 
     def __init__(self, state_dir: Path, cluster_id: str):
-        locks = state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(Path(state_dir))
+        locks = private_dir(Path(state_dir) / "locks")
         self.path = locks / f"{cluster_id}.lock"
         self._fd: int | None = None
 
     def acquire(self, info: dict[str, Any]) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -292,8 +461,10 @@ class LocalLock:
                 who = f"run {h.get('run_id')} by {h.get('user')}@{h.get('host')} (pid {h.get('pid')}) since {h.get('since')}"
             except ValueError:
                 who = holder or "another process"
+            from bmupgrade.errors import EXIT_PREFLIGHT
+
             raise BmError(f"another bmupgrade run is active on this cluster: {who}; wait for it to end "
-                          "(`bmupgrade status`)") from None
+                          "(`bmupgrade status`). Nothing was changed.", exit_code=EXIT_PREFLIGHT) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd

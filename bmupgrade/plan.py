@@ -105,11 +105,17 @@ class Plan:
     deadline: float | None = None  # epoch seconds, if the run has a maintenance-window deadline
 
     def latest_start(self, a: Action, history: dict[str, float] | None = None) -> float | None:
-        """The engine does not start a step whose timeout (or measured duration) would end past
-        the deadline: this is the last moment it may start."""
+        """The engine does not start a step whose estimate (measured duration, else the worst case
+        from its timeout) would end past the deadline, nor the HA-off step unless the whole HA
+        window fits: this is the last moment it may start."""
         if self.deadline is None or a.phase != "step" or a.kind != "command" or not a.timeout:
             return None
-        return self.deadline - (history or {}).get(a.id, a.timeout)
+        from bmupgrade.engine.guards import step_estimate, window_estimate
+
+        step = self.runbook.step(a.id)
+        if step.ha == "disable":  # HA goes off only if the whole window fits
+            return self.deadline - window_estimate(self.runbook, history or {}, step)[0]
+        return self.deadline - step_estimate(self.runbook, history or {}, step)
 
     @property
     def ha_window(self) -> tuple[str | None, str | None]:

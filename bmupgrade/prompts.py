@@ -12,19 +12,8 @@ from typing import Protocol
 
 from bmupgrade.errors import BmError
 
-RETRY, SKIP, ROLLBACK, ABORT = "retry", "skip", "rollback", "abort"
-RERUN, ASSUME_DONE = "rerun", "assume-done"
-
-
-@dataclass
-class FailureContext:
-    step_id: str
-    title: str
-    nodes: list[str]  # nodes where the step failed
-    summary: str  # one line per node: exit code / reason
-    output: str  # the failed command's output tail (redacted)
-    ssh_hint: str  # how to reach the node by hand
-    rollback_preview: list[str] = field(default_factory=list)
+from bmupgrade.outcome import (  # noqa: F401 (re-exported)
+    ABORT, ASSUME_DONE, CONTINUE, RERUN, RETRY, ROLLBACK, SKIP, WAIT, FailureContext)
 
 
 class Prompter(Protocol):
@@ -41,7 +30,17 @@ class Prompter(Protocol):
     def unknown_outcome(self, step_id: str, title: str, nodes: list[str], commands: list[str]) -> str:
         """rerun | assume-done | abort — a step found `started` on resume, with no verify."""
 
-    def confirm_rollback(self, undo: list[str], cannot: list[str]) -> bool: ...
+    def confirm_rollback(self, undo: list[str], cannot: list[str], *, default: bool = True) -> bool: ...
+
+    def on_interrupt(self, step_id: str, title: str, completed: bool | None, undo: list[str]) -> str:
+        """continue | abort | rollback — Ctrl-C reached a safe point (completed: the step just
+        succeeded everywhere; False: it failed; None: between steps/prompts)."""
+
+    def still_running(self, step_id: str, title: str, text: str) -> str:
+        """wait | abort — the command of a step whose outcome is unknown still runs on its node."""
+
+    def confirm_typed(self, message: str, expected: str) -> bool:
+        """A typed confirmation (e.g. rolling back past the point of no return)."""
 
     def confirm_no_fencing(self, step_id: str, title: str, why: str) -> bool:
         """The STONITH guard: turn automatic failover back on without proven fencing?"""
@@ -56,6 +55,7 @@ class PolicyPrompter:
     rerun: set[str] = field(default_factory=set)
     assume_done: set[str] = field(default_factory=set)
     interactive: bool = False
+    _retried: set[str] = field(default_factory=set, repr=False)
 
     def ack_manual(self, step_id: str, title: str, text: str) -> bool:
         return step_id in self.acks or "all" in self.acks
@@ -64,6 +64,10 @@ class PolicyPrompter:
         return "yes"
 
     def on_failure(self, ctx: FailureContext) -> str:
+        # `resume --rerun STEP`: the operator's word to send a failed non-idempotent step again, once
+        if ctx.step_id in self.rerun and ctx.step_id not in self._retried:
+            self._retried.add(ctx.step_id)
+            return RETRY
         return self.on_failure_policy
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:
@@ -73,11 +77,20 @@ class PolicyPrompter:
             return ASSUME_DONE
         return ABORT
 
-    def confirm_rollback(self, undo, cannot) -> bool:
+    def confirm_rollback(self, undo, cannot, *, default: bool = True) -> bool:
         return True
 
     def confirm_no_fencing(self, step_id, title, why) -> bool:
         return False  # only --allow-no-stonith says yes for an unattended run
+
+    def on_interrupt(self, step_id, title, completed, undo) -> str:
+        return ABORT  # unattended: a signal means stop at the safe point
+
+    def still_running(self, step_id, title, text) -> str:
+        return ABORT
+
+    def confirm_typed(self, message, expected) -> bool:
+        return False  # never typed by a policy
 
 
 class InteractivePrompter:
@@ -142,14 +155,38 @@ class InteractivePrompter:
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:
         self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {_esc(title)} {_esc(f'[{step_id}]')} was "
-                           f"started on {_esc(', '.join(nodes))} when the previous run stopped, and has no verify command.")
+                           f"sent to {_esc(', '.join(nodes))} and its result was lost (it is no longer running there); "
+                           "it has no verify command.")
         for c in commands:
             self.console.print(f"  $ {c}", markup=False, highlight=False)
-        return self._select("Check on the node(s), then:", [
-            (ASSUME_DONE, "It completed: record it as done"),
-            (RERUN, "It did not run (or must run again): run it now"),
-            (ABORT, "Stop here"),
-        ])
+        return self._select("Check on the node(s) first, then:", [
+            (ABORT, "Stop here (resume later, after checking)"),
+            (ASSUME_DONE, "I checked: it completed — record it as done"),
+            (RERUN, "I checked: it did not take effect — send it again"),
+        ], default=ABORT)
+
+    def still_running(self, step_id, title, text) -> str:
+        self.console.print(f"\n[bold yellow]Still running:[/bold yellow] {_esc(title)} [{_esc(step_id)}]: {_esc(text)}")
+        return self._select("A second copy is never started. What now?", [
+            (WAIT, "Wait for it to finish (check again in a few seconds)"),
+            (ABORT, "Stop here (resume later)")], default=WAIT)
+
+    def on_interrupt(self, step_id, title, completed, undo) -> str:
+        what = {True: "the step completed", False: "the step failed", None: "at a safe point"}[completed]
+        self.console.print(f"\n[bold yellow]Interrupted[/bold yellow] ({what}): {_esc(title)} [{_esc(step_id)}]")
+        return self._select("What now?", [
+            (CONTINUE, "Continue the run"),
+            (ABORT, "Stop here (`bmupgrade resume` continues later)"),
+            (ROLLBACK, "Roll back the done steps, in reverse order")], default=CONTINUE)
+
+    def confirm_typed(self, message, expected) -> bool:
+        import questionary
+
+        self.console.print(f"\n[bold red]{_esc(message)}[/bold red]")
+        answer = questionary.text(f"Type {expected} to confirm (anything else cancels):").ask()
+        if answer is None:
+            raise KeyboardInterrupt
+        return answer.strip() == expected
 
     def confirm_no_fencing(self, step_id, title, why) -> bool:
         self.console.print(f"\n[bold red]STONITH guard:[/bold red] {_esc(title)} {_esc(f'[{step_id}]')} turns "
@@ -159,13 +196,14 @@ class InteractivePrompter:
             ("no", "No — stop here (HA stays off; fix fencing, then resume)"),
             ("yes", "Yes, I accept the split-brain risk (recorded in the journal)")], default="no") == "yes"
 
-    def confirm_rollback(self, undo, cannot) -> bool:
+    def confirm_rollback(self, undo, cannot, *, default: bool = True) -> bool:
         self.console.print("\n[bold]Rollback plan[/bold] (reverse order):")
         for line in undo:
             self.console.print(f"  ↶ {line}", markup=False, highlight=False)
         for line in cannot:
             self.console.print(f"  ✗ {line}: cannot be undone automatically", markup=False, highlight=False)
-        return self._select("Roll back now?", [("yes", "Yes, roll back"), ("no", "No")]) == "yes"
+        return self._select("Roll back now?", [("yes", "Yes, roll back"), ("no", "No (nothing changes)")],
+                            default="yes" if default else "no") == "yes"
 
 
 def _esc(text) -> str:
@@ -290,8 +328,17 @@ class RecordingPrompter:
     def unknown_outcome(self, *args) -> str:
         return self.inner.unknown_outcome(*args)
 
-    def confirm_rollback(self, undo, cannot) -> bool:
-        return self.inner.confirm_rollback(undo, cannot)
+    def confirm_rollback(self, undo, cannot, *, default: bool = True) -> bool:
+        return self.inner.confirm_rollback(undo, cannot, default=default)
+
+    def on_interrupt(self, *args) -> str:
+        return self.inner.on_interrupt(*args)
+
+    def still_running(self, *args) -> str:
+        return self.inner.still_running(*args)
+
+    def confirm_typed(self, message, expected) -> bool:
+        return self.inner.confirm_typed(message, expected)
 
     def confirm_no_fencing(self, step_id, title, why) -> bool:
         # not saved: accepting the split-brain risk is never replayed from a file

@@ -12,36 +12,12 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from bmupgrade.checks import CheckResult
 
 
-@dataclass
-class StepRow:
-    id: str
-    title: str
-    state: str
-    nodes: dict[str, str]  # node -> state
-    duration: float | None = None
-    rollback_state: str | None = None
-    can_undo: bool = True
-
-
-@dataclass
-class Summary:
-    run_id: str
-    status: str
-    exit_code: int
-    message: str
-    rows: list[StepRow] = field(default_factory=list)
-    ha_window: float | None = None  # seconds from the HA-off step's start until the HA-on command returned
-    ha_off_open: bool = False
-    ha_restore_hint: str | None = None
-    next_commands: list[str] = field(default_factory=list)
-    cannot_undo: list[str] = field(default_factory=list)
-    log_paths: list[str] = field(default_factory=list)
+from bmupgrade.outcome import StepRow, Summary  # noqa: E402,F401 (re-exported for the UI)
 
 
 class _Elapsed:
@@ -329,3 +305,10 @@ def _esc(text: str) -> str:
     from bmupgrade.sanitize import for_terminal
 
     return escape(for_terminal(str(text)))
+
+
+class NullReporter:
+    """Says nothing (`check -f json` prints one document at the end, nothing else)."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

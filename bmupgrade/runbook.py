@@ -25,8 +25,11 @@ from pydantic import (
     model_validator,
 )
 
-from bmupgrade import templating, yamlsource
-from bmupgrade.errors import RunbookError
+from bmupgrade import lean, templating, yamlsource
+from bmupgrade.errors import RunbookError, UsageError
+
+
+lean.install()  # no pydantic plugin scan (see bmupgrade/lean.py)
 
 ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -320,6 +323,19 @@ def _normalise_vars(data: dict, source: yamlsource.Source, overrides: dict[str, 
     data["vars"] = out
 
 
+def _refuse_unknown_overrides(data: dict, overrides: dict[str, str]) -> None:
+    """`-e nmae=x` is a typo, never a silent new variable: exit 2 with the closest name."""
+    import difflib
+
+    declared = list(data["vars"]) if isinstance(data.get("vars"), dict) else []
+    for key in overrides:
+        if key not in declared:
+            close = difflib.get_close_matches(key, declared, n=1)
+            raise UsageError(f"-e {key}=...: the runbook (and inventory) has no variable '{key}'"
+                             + (f"; did you mean '{close[0]}'?" if close else "")
+                             + f" Variables: {', '.join(sorted(declared)) or 'none'}. Nothing was changed.")
+
+
 def _located(source: yamlsource.Source, loc: tuple, message: str, *, key: bool = False) -> str:
     pos = source.where(loc, key=key)
     where = ".".join(str(p) for p in loc) or "(top level)"
@@ -521,7 +537,7 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                 avail = sorted(defined | captures)
                 problems.append(_located(
                     source, loc,
-                    f"undefined variable '{ref.name}'; define it under 'vars:' or pass -e {ref.name}=VALUE"
+                    f"undefined variable '{ref.name}'; define it under 'vars:' (then -e {ref.name}=VALUE can set it)"
                     + (f" (defined: {', '.join(avail)})" if avail else "")))
 
     check_template(cluster.get("vip_probe"), ("cluster", "vip_probe"))
@@ -624,6 +640,7 @@ def load_runbook(
             merged_vars.update(inv["vars"])
             data["vars"] = merged_vars
     overrides = dict(overrides or {})
+    _refuse_unknown_overrides(data, overrides)
     _normalise_vars(data, source, overrides)
     # Problems inside the merged cluster point at the inventory file when it supplied them.
     loc_source = source

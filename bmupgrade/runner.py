@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bmupgrade.engine import Engine, RunOptions, fencing_gap
-from bmupgrade.errors import EXIT_OK, BmError, UsageError
-from bmupgrade.journal import DONE, OPEN_STATUSES, RUNNING, Journal, LocalLock, RunStore, now, whoami
+from bmupgrade.engine.core import Engine, Mode, RunOptions
+from bmupgrade.engine.guards import fencing_gap
+from bmupgrade.errors import EXIT_OK, UsageError
+from bmupgrade.journal import (DONE, OPEN_STATUSES, RUNNING, Journal, LocalLock, RunStore, new_run_id, now,
+                               owner_alive, whoami)
 from bmupgrade.runbook import Runbook, load_runbook
 from bmupgrade.templating import Redactor
 
@@ -29,6 +30,7 @@ class Session:
     prompter: Any
     transport_factory: Callable[[Runbook], Any]
     options: RunOptions = field(default_factory=RunOptions)
+    sleep: Callable[[float], None] | None = None  # tests: no real waiting (retry delays, "wait for it")
 
 
 def cluster_id(rb: Runbook) -> str:
@@ -64,22 +66,24 @@ def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | No
             f"--allow-no-stonith. Nothing was {nothing}.")
 
 
-def step_history(store: RunStore, rb: Runbook) -> dict[str, float]:
-    """Median measured duration of each step in earlier runs of this runbook (for deadlines)."""
-    samples: dict[str, list[float]] = {}
-    for info in store.all():
-        try:
-            data = Journal.load(info.path).data
-        except BmError:
-            continue
-        if data["runbook"].get("name") != rb.name:
-            continue
-        for sid, entry in data["steps"].items():
-            ds = [n["duration"] for n in entry.get("nodes", {}).values()
-                  if n.get("state") == DONE and isinstance(n.get("duration"), (int, float))]
-            if ds:
-                samples.setdefault(sid, []).append(max(ds))
-    return {sid: statistics.median(v) for sid, v in samples.items()}
+def step_history(state_dir: Path, rb: Runbook) -> dict[str, float]:
+    """Median measured duration of each step in earlier runs of this runbook (for deadlines):
+    read from a small index (history.json), independent of how many runs the state dir holds."""
+    from bmupgrade import history
+
+    return history.medians(state_dir, rb.name)
+
+
+def _record_history(session: Session, journal: Journal) -> None:
+    """At the end of a run: add its measured durations to the index (best effort)."""
+    from bmupgrade import history
+
+    try:
+        durations, retried = history.from_journal(journal.data)
+        if durations:
+            history.record(session.state_dir, journal.data["runbook"]["name"], durations, retried=retried)
+    except Exception:  # noqa: BLE001 - the run's outcome matters, not its statistics
+        pass
 
 
 def _redacted_vars(rb: Runbook) -> dict[str, str]:
@@ -92,19 +96,31 @@ def _engine(rb: Runbook, journal: Journal, session: Session) -> tuple[Engine, An
     audit = AuditLog(journal.path.parent, journal.run_id,
                      redact=Redactor([v.value for v in rb.vars.values() if v.secret]))
     transport = session.transport_factory(rb)
-    return Engine(rb, transport, journal, session.prompter, session.reporter, audit, session.options), audit
+    engine = Engine(rb, transport, journal, session.prompter, session.reporter, audit, session.options)
+    if session.sleep is not None:
+        engine.sleep = session.sleep
+    return engine, audit
 
 
-def _drive(rb: Runbook, journal: Journal, session: Session, action: Callable[[Engine], Any]):
-    """Run `action(engine)` under the local cluster lock; always close the transport and logs."""
+def _locked(rb: Runbook, session: Session, run_id: str) -> LocalLock:
+    """Lock before journal: a run refused by the local lock leaves nothing to resume."""
     lock = LocalLock(session.state_dir, cluster_id(rb))
-    lock.acquire({"run_id": journal.run_id, **whoami(), "since": now()})
+    lock.acquire({"run_id": run_id, **whoami(), "since": now()})
+    return lock
+
+
+def _drive(rb: Runbook, journal: Journal, session: Session, mode: Mode, lock: LocalLock):
+    """Run the engine in `mode` under the local cluster lock; always close transport and logs."""
     engine, audit = _engine(rb, journal, session)
     try:
-        return action(engine)
+        summary = engine.execute(mode)
+        if mode in (Mode.RUN, Mode.RESUME) and journal.status == "succeeded":
+            _record_history(session, journal)  # once per run, when it completed
+        return summary
     finally:
         engine.transport.close()
         audit.close()
+        journal.close()
         lock.release()
 
 
@@ -121,29 +137,77 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
     refusal = stonith_guard_refusal(rb, session)
     if refusal:
         raise UsageError(refusal)
-    store = RunStore(session.state_dir)
-    session.options.history = step_history(store, rb)
+    session.options.history = step_history(session.state_dir, rb)
     secret_names = {k for k, v in rb.vars.items() if v.secret}
-    journal = Journal.create(
-        session.state_dir, runbook_path=rb.source_path, runbook_sha256=rb.source_sha256, runbook_name=rb.name,
-        inventory=str(Path(inventory).resolve()) if inventory else None, cluster_id=cluster_id(rb),
-        variables=_redacted_vars(rb),
-        overrides={k: v for k, v in overrides.items() if k not in secret_names},
-        secret_overrides=sorted(k for k in overrides if k in secret_names),
-        step_ids=[s.id for s in rb.steps],
-        options={"on_failure": session.options.on_failure, "deadline": session.options.deadline})
-    session.reporter.info(f"Run {journal.run_id} — journal {journal.path}")
-    return _drive(rb, journal, session, lambda engine: engine.execute())
+    run_id = new_run_id()
+    lock = _locked(rb, session, run_id)
+    try:
+        journal = Journal.create(
+            session.state_dir, run_id=run_id,
+            runbook={"path": rb.source_path, "sha256": rb.source_sha256, "name": rb.name},
+            inventory=str(Path(inventory).resolve()) if inventory else None, cluster_id=cluster_id(rb),
+            vars=_redacted_vars(rb), overrides={k: v for k, v in overrides.items() if k not in secret_names},
+            secret_overrides=sorted(k for k in overrides if k in secret_names), step_ids=[s.id for s in rb.steps],
+            options={"on_failure": session.options.on_failure, "deadline": session.options.deadline,
+                     "cli_args": session.options.cli_args})
+    except BaseException:
+        lock.release()
+        raise
+    session.reporter.info(f"Run {journal.run_id} — journal {journal.path}"
+                          + (f" — deadline {_deadline(session)}" if session.options.deadline else ""))
+    return _drive(rb, journal, session, Mode.RUN, lock)
+
+
+def _deadline(session: Session) -> str:
+    from bmupgrade.timeparse import show_local
+
+    return show_local(session.options.deadline)
+
+
+def _refuse_not_resumable(journal: Journal, *, rollback: bool) -> None:
+    data, rid = journal.data, journal.run_id
+    status = data["status"]
+    if status == RUNNING:
+        alive = owner_alive(data.get("owner"))
+        if alive is not False:
+            o = data.get("owner") or {}
+            raise UsageError(f"run {rid} is running (pid {o.get('pid')} on {o.get('host')})"
+                             + ("" if alive else ", as far as this machine can tell")
+                             + "; wait for it, or stop it first")
+        return  # its owner is gone (killed, crashed): resumable
+    if status == "refused":
+        raise UsageError(f"run {rid} was refused before any change: nothing to "
+                         + ("roll back" if rollback else "resume; fix the cause and start a new `bmupgrade run`"))
+    if rollback:
+        if status == "rolled-back":
+            raise UsageError(f"run {rid} is already rolled back")
+        return
+    if status not in OPEN_STATUSES:
+        raise UsageError(f"run {rid} is {status}: nothing to resume (`bmupgrade status {rid}`)")
+    if data.get("direction") == "rollback":
+        raise UsageError(f"run {rid} was being rolled back: it never goes forward again; "
+                         f"`bmupgrade rollback {rid}` finishes the rollback")
+
+
+def identity_changes(journal: Journal, rb: Runbook) -> list[str]:
+    """What differs from the run's identity: the runbook/inventory files and the effective variables."""
+    data = journal.data
+    out = []
+    if rb.source_sha256 != data["runbook"]["sha256"]:
+        out.append(f"{data['runbook']['path']} (or its inventory) changed since the run started")
+    old, new = data.get("vars", {}), _redacted_vars(rb)
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            out.append(f"variable {k}: {old.get(k)!r} → {new.get(k)!r}")
+    return out
 
 
 def load_for_resume(session: Session, run_id: str | None, *, force: bool, overrides: dict[str, str],
-                    open_only: bool = True) -> tuple[Runbook, Journal]:
+                    rollback: bool = False) -> tuple[Runbook, Journal]:
     store = RunStore(session.state_dir)
-    journal = store.find(run_id, open_only=open_only and run_id is None)
+    journal = store.find(run_id, open_only=not rollback and run_id is None)
+    _refuse_not_resumable(journal, rollback=rollback)
     data = journal.data
-    if open_only and data["status"] not in OPEN_STATUSES:
-        raise UsageError(f"run {journal.run_id} is {data['status']}: nothing to resume "
-                         f"(`bmupgrade status {journal.run_id}`)")
     path = data["runbook"]["path"]
     merged = {**data.get("overrides", {}), **overrides}
     missing_secrets = [k for k in data.get("secret_overrides", []) if k not in overrides]
@@ -151,9 +215,14 @@ def load_for_resume(session: Session, run_id: str | None, *, force: bool, overri
         raise UsageError("secret variables are never journaled: give them again with "
                          + " ".join(f"-e {k}=..." for k in missing_secrets))
     rb = load_runbook(path, overrides=merged, inventory=data.get("inventory"))
-    if rb.source_sha256 != data["runbook"]["sha256"] and not force:
-        raise UsageError(f"{path} (or its inventory) changed since run {journal.run_id} started; resuming "
-                         "would mix two procedures. Review the change, then add --force to resume anyway.")
+    changes = identity_changes(journal, rb)
+    if changes and not force:
+        raise UsageError(f"run {journal.run_id} would not be the same run: " + "; ".join(changes)
+                         + ". Resuming would mix two procedures. Review the change, then add --force to go on "
+                         "anyway. Nothing was changed.")
+    if changes:
+        session.reporter.warn("--force: going on despite: " + "; ".join(changes))
+        session.options.identity_changes = changes
     return rb, journal
 
 
@@ -163,21 +232,34 @@ def resume_run(session: Session, run_id: str | None, *, force: bool = False,
     refusal = stonith_guard_refusal(rb, session, journal.data, nothing="sent")
     if refusal:
         raise UsageError(refusal)
-    store = RunStore(session.state_dir)
-    session.options.history = step_history(store, rb)
-    session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}")
-
-    def go(engine: Engine):
-        journal.set_status(RUNNING)  # only once the local lock is ours
-        return engine.execute(resuming=True)
-
-    return _drive(rb, journal, session, go)
+    session.options.history = step_history(session.state_dir, rb)
+    lock = _locked(rb, session, journal.run_id)
+    session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}"
+                          + (f" — deadline {_deadline(session)}" if session.options.deadline else ""))
+    return _drive(rb, journal, session, Mode.RESUME, lock)
 
 
 def rollback(session: Session, run_id: str | None, *, force: bool = False,
              overrides: dict[str, str] | None = None):
-    rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {}, open_only=False)
-    return _drive(rb, journal, session, lambda engine: engine.rollback_run())
+    rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {}, rollback=True)
+    session.options.force_past_no_return = force
+    lock = _locked(rb, session, journal.run_id)
+    return _drive(rb, journal, session, Mode.ROLLBACK, lock)
+
+
+def check(runbook_path: Path, session: Session, *, inventory: Path | None = None,
+          overrides: dict[str, str] | None = None):
+    """`bmupgrade check`: the read-only safety checks against the live nodes, days before the
+    window. No lock, no journal on disk, nothing written on the nodes."""
+    rb = load_runbook(runbook_path, overrides=overrides or {}, inventory=inventory)
+    journal = Journal.in_memory(runbook={"path": rb.source_path, "sha256": rb.source_sha256, "name": rb.name})
+    engine = Engine(rb, session.transport_factory(rb), journal, session.prompter, session.reporter, None,
+                    session.options)
+    try:
+        summary = engine.execute(Mode.CHECK)
+    finally:
+        engine.transport.close()
+    return summary, journal.data.get("preflight_results", {})
 
 
 def ssh_transport_factory(*, insecure: bool = False) -> Callable[[Runbook], Any]:

@@ -7,6 +7,19 @@ from rich.markup import escape
 from bmupgrade.journal import Journal
 
 
+def shown_status(d: dict) -> str:
+    """The run's status as a person should read it: `running` only with a live owner."""
+    from bmupgrade.journal import owner_alive
+
+    if d.get("status") != "running":
+        return d.get("status", "?")
+    alive = owner_alive(d.get("owner"))
+    if alive is False:
+        return "stopped without a trace (owner gone: killed or crashed; `bmupgrade resume` continues)"
+    o = d.get("owner") or {}
+    return f"running (pid {o.get('pid')} on {o.get('host')}" + (")" if alive else ", not checkable from here)")
+
+
 def render_status(journal: Journal, console, hint=None) -> None:
     """`hint(text)` makes the commands it mentions copy-paste ready (bmupgrade.hints.qualify)."""
     from rich.table import Table
@@ -14,11 +27,11 @@ def render_status(journal: Journal, console, hint=None) -> None:
     hint = hint or (lambda text: text)
     d = journal.data
     by = d.get("by", {})
-    console.print(f"[bold]Run {d['run_id']}[/bold]: {d['status']} — {d['runbook']['name']} "
+    console.print(f"[bold]Run {d['run_id']}[/bold]: {shown_status(d)} — {d['runbook']['name']} "
                   f"({d['runbook']['path']})")
     console.print(f"started {d['created_at']} by {by.get('user')}@{by.get('host')}, updated {d['updated_at']}")
     ha = d.get("ha", {})
-    if ha.get("off_since") and not ha.get("on_at"):
+    if ha.get("state") == "off":
         console.print(f"[bold white on red] HA handling OFF since {ha['off_since']} [/bold white on red] — "
                       + escape(hint(f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` "
                                     "restores it")))

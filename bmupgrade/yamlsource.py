@@ -8,13 +8,19 @@ Hostile input is refused with a located one-line problem instead of a traceback 
 non-UTF-8/binary bytes, files over `MAX_BYTES`, nesting deeper than `MAX_DEPTH`, alias
 expansion past `MAX_NODES` (a "billion laughs" document), duplicate keys (which PyYAML would
 silently let the last one win — a classic source of a wrong runbook).
+
+Speed: the node tree comes from libyaml (`yaml.CSafeLoader`, ~10× faster on a large runbook)
+when PyYAML was built with it. Its marks are the same line/column; its error messages are
+worded differently, so a document libyaml refuses is parsed again by the pure-Python loader,
+whose error is the one reported: the same message at the same place with or without libyaml.
 """
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -24,9 +30,11 @@ MAX_NODES = 200_000
 
 Path_ = tuple  # a path into the document: keys (str) and list indexes (int)
 
+# libyaml's loader if PyYAML has it (None: pure Python only; tests switch between the two)
+C_LOADER = getattr(yaml, "CSafeLoader", None)
 
-@dataclass(frozen=True)
-class Pos:
+
+class Pos(NamedTuple):  # a tuple: built for every node of the document, cheaply
     line: int  # 1-based
     column: int  # 1-based
 
@@ -73,8 +81,13 @@ def _pos(mark) -> Pos:
     return Pos(mark.line + 1, mark.column + 1)
 
 
+class _Reparse(Exception):
+    """libyaml placed something differently from PyYAML: compose again with PyYAML."""
+
+
 class _Builder:
-    def __init__(self, filename: str):
+    def __init__(self, filename: str, *, from_libyaml: bool = False):
+        self.from_libyaml = from_libyaml
         self.filename = filename
         self.values: dict[Path_, Pos] = {}
         self.keys: dict[Path_, Pos] = {}
@@ -100,6 +113,8 @@ class _Builder:
         self.values.setdefault(path, _pos(node.start_mark))
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
+            if self.from_libyaml and node.flow_style:
+                _check_flow_pairs(node)
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     p = _pos(key_node.start_mark)
@@ -135,6 +150,8 @@ class _Builder:
         return self._scalar_value(node)
 
     def _scalar_value(self, node: yaml.Node) -> Any:
+        if node.tag == "tag:yaml.org,2002:str":  # most values: what construct_object returns
+            return node.value
         try:
             value = self._scalar.construct_object(node, deep=True)
             if isinstance(value, int):
@@ -152,8 +169,31 @@ class _Builder:
         return value
 
 
-def load(text_or_bytes: str | bytes, filename: str) -> Source:
-    """Parse one YAML document with positions. Raises SourceError with located problems."""
+def _check_flow_pairs(node: yaml.MappingNode) -> None:
+    """An empty value in a flow mapping (`{a: , b: 1}`): PyYAML places it just after the ':',
+    libyaml at the next token. Rare in a runbook; PyYAML's place is the one reported."""
+    for pair in node.value:
+        for n in pair:
+            if isinstance(n, yaml.ScalarNode) and n.value == "" and not n.style:
+                raise _Reparse()
+
+
+def _compose(text: str, fast: bool) -> tuple[list, bool]:
+    """The documents' node trees, and whether libyaml made them. libyaml first (if `fast`);
+    anything it refuses goes to the pure-Python loader, which words the error. Texts with a tab
+    or a '?' (libyaml accepts some that PyYAML refuses: `a\tb: 1`, `{a: b?c}`) or a character
+    PyYAML's reader refuses go to the pure-Python loader only (tests/test_yaml_loaders.py
+    fuzzes the two against each other)."""
+    if fast and C_LOADER is not None and "\t" not in text and "?" not in text \
+            and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+        try:
+            return list(yaml.compose_all(text, Loader=C_LOADER)), True
+        except (yaml.YAMLError, RecursionError):
+            pass
+    return list(yaml.compose_all(text, Loader=yaml.SafeLoader)), False
+
+
+def _decode(text_or_bytes: str | bytes, filename: str) -> str:
     if isinstance(text_or_bytes, bytes):
         if len(text_or_bytes) > MAX_BYTES:
             raise SourceError(
@@ -179,8 +219,13 @@ def load(text_or_bytes: str | bytes, filename: str) -> Source:
     ):
         raise SourceError([f"{filename}:1:1: the file is empty; a runbook needs at least "
                            "'version: 1', 'cluster:' and 'steps:' (see `bmupgrade schema`)"])
+    return text
+
+
+def _parse(text: str, filename: str, fast: bool) -> tuple[yaml.Node, bool]:
+    """The single document's node tree (and whether libyaml made it), or a located SourceError."""
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes, from_libyaml = _compose(text, fast)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
@@ -197,9 +242,13 @@ def load(text_or_bytes: str | bytes, filename: str) -> Source:
         where = _pos(nodes[1].start_mark) if len(nodes) > 1 else Pos(1, 1)
         raise SourceError([f"{filename}:{where.line}:{where.column}: expected exactly one YAML "
                            f"document, found {len(nodes)}; remove the extra '---' sections"])
-    builder = _Builder(filename)
+    return nodes[0], from_libyaml
+
+
+def _build(node: yaml.Node, filename: str, from_libyaml: bool) -> Source:
+    builder = _Builder(filename, from_libyaml=from_libyaml)
     try:
-        data = builder.build(nodes[0])
+        data = builder.build(node)
     except RecursionError:
         raise SourceError([f"{filename}:1:1: nested too deeply; a runbook is at most a few "
                            "levels deep"]) from None
@@ -210,6 +259,24 @@ def load(text_or_bytes: str | bytes, filename: str) -> Source:
     if builder.problems:
         raise SourceError(builder.problems)
     return Source(filename, data, builder.values, builder.keys, builder.raw)
+
+
+def load(text_or_bytes: str | bytes, filename: str) -> Source:
+    """Parse one YAML document with positions. Raises SourceError with located problems."""
+    text = _decode(text_or_bytes, filename)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # tens of thousands of new objects, no cycles to find: halves a big file's time
+    try:
+        node, from_libyaml = _parse(text, filename, fast=True)
+        if from_libyaml:
+            try:
+                return _build(node, filename, True)
+            except _Reparse:
+                node, _ = _parse(text, filename, fast=False)
+        return _build(node, filename, False)
+    finally:
+        if gc_was_on:
+            gc.enable()
 
 
 def load_file(path: str | Path) -> Source:

@@ -130,3 +130,17 @@ def run_batch(node, *commands: str, timeout: float = 60) -> list[Result]:
 @pytest.fixture
 def batch():
     return run_batch
+
+
+@pytest.fixture(params=["libyaml", "pure-python"])
+def yaml_loader(request, monkeypatch):
+    """Run a test once with libyaml's parser (when PyYAML has it) and once with PyYAML's pure-
+    Python one: errors must name the same file:line:column either way."""
+    from bmupgrade import yamlsource
+
+    if request.param == "libyaml":
+        if yamlsource.C_LOADER is None:
+            pytest.skip("PyYAML built without libyaml")
+    else:
+        monkeypatch.setattr(yamlsource, "C_LOADER", None)
+    return request.param

@@ -33,9 +33,11 @@ def run_upgrade(lab, state: Path, *extra: str, runbook: str = PACEMAKER, **kw) -
 
 
 def journal(state: Path, run_id: str | None = None) -> dict:
-    runs = sorted((state / "runs").glob("*.json"))
+    from bmupgrade.journal import Journal
+
+    runs = sorted((state / "runs").glob("*.journal.jsonl"))
     path = next(p for p in runs if run_id in p.name) if run_id else runs[-1]
-    return json.loads(path.read_text())
+    return Journal.load(path).data
 
 
 def argv(entry: dict) -> str:

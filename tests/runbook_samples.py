@@ -13,7 +13,7 @@ vars:
   password: {value: hunter2secret, secret: true}
 preflight:
   - {id: vip, builtin: single_vip_holder}
-  - {id: ver, on: all, run: "dpkg-query -W -f='${Version}' bm-full", same_on_all_nodes: true, capture: from_version}
+  - {id: ver, on: all, run: "dpkg-query -W -f='${Version}' bm-full", same_on_all_nodes: true, capture: from_version, until: packages}
   - {id: fence, on: primary, run: crm_attribute -n stonith-enabled -G -q, expect: "true", fencing: true}
 steps:
   - id: ha-off

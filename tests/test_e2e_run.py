@@ -191,8 +191,8 @@ def test_second_concurrent_run_refuses_naming_the_first(lab, tmp_path):
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
-            runs = list((tmp_path / "s1" / "runs").glob("*.json")) if (tmp_path / "s1" / "runs").exists() else []
-            if runs and json.loads(runs[0].read_text())["preflight"] == "passed":
+            runs = list((tmp_path / "s1" / "runs").glob("*.journal.jsonl")) if (tmp_path / "s1" / "runs").exists() else []
+            if runs and journal(tmp_path / "s1")["preflight"] == "passed":
                 break
             time.sleep(0.1)
         first_id = journal(tmp_path / "s1")["run_id"]

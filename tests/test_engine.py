@@ -7,7 +7,7 @@ import re
 import pytest
 
 from bmupgrade.errors import UsageError
-from bmupgrade.journal import RunStore
+from bmupgrade.journal import Journal, RunStore
 from bmupgrade.prompts import PolicyPrompter
 from bmupgrade.report import ConsoleReporter
 from bmupgrade.runner import Session, resume_run, start_run
@@ -95,7 +95,8 @@ def test_no_or_two_holders_stop_before_post_install(tmp_path, rb_path, holders):
     t = sim("bm1")
     t.on("bm2", re.compile(r"apt-get install"), lambda c: t.state.update(vip=holders))
     s = start_run(rb_path, session(tmp_path, t))
-    assert s.exit_code == 1
+    assert s.exit_code == 5  # stopped with HA off: exit 5 and the restore command
+    assert s.ha_off_open and s.ha_restore_hint.startswith("bmupgrade resume ")
     assert "nothing was sent" in s.message.lower() and "bm1:" in s.message and "bm2:" in s.message
     assert not any(c.startswith("bm-cli") for _, c in t.calls)
     j = journal(tmp_path)
@@ -118,7 +119,7 @@ def test_journal_started_before_command_is_sent(tmp_path, rb_path):
     seen = {}
 
     def spy(c):
-        data = json.loads(next((tmp_path / "state" / "runs").glob("*.json")).read_text())
+        data = Journal.load(next((tmp_path / "state" / "runs").glob("*.journal.jsonl"))).data
         seen[c.node] = data["steps"]["post-install"]["nodes"][c.node]["state"]
 
     t.on(ANY, re.compile(r"^bm-cli"), spy)
@@ -159,10 +160,15 @@ def test_abort_then_resume_does_not_repeat_done_steps(tmp_path, rb_path):
     t = sim("bm1")
     t.on("bm2", "apt-get install -y bm-full=4.9.3", exit_code=100, stderr="E: boom")
     s = start_run(rb_path, session(tmp_path, t))
-    assert s.exit_code == 1 and s.ha_off_open and s.next_commands[0].startswith("bmupgrade resume")
+    assert s.exit_code == 5 and s.ha_off_open and s.next_commands[0].startswith("bmupgrade resume")
+    assert "--rerun packages" in s.message  # not idempotent: sent again only on the operator's word
+    t1 = sim("bm1")
+    t1.state = t.state
+    s1 = resume_run(session(tmp_path, t1), None)
+    assert s1.exit_code == 5 and "--rerun packages" in s1.message and changes(t1) == []
     t2 = sim("bm1")  # a new process: a new transport; the cluster state is the same
     t2.state = t.state  # and the admin fixed the cause (no failing rule on t2)
-    s2 = resume_run(session(tmp_path, t2), None)
+    s2 = resume_run(session(tmp_path, t2, PolicyPrompter(rerun={"packages"})), None)
     assert s2.exit_code == 0, s2.message
     assert changes(t2) == [
         ("bm2", "apt-get install -y bm-full=4.9.3"),
@@ -171,28 +177,19 @@ def test_abort_then_resume_does_not_repeat_done_steps(tmp_path, rb_path):
     ]
 
 
-def _crash_journal(tmp_path, rb_path, step, node):
-    """A run whose journal says `step` started on `node` (as after a SIGKILL)."""
+def test_lost_outcome_without_verify_stops_unattended_and_is_sent_again_only_on_rerun(tmp_path, rb_path):
     t = sim("bm1")
-    t.on(node, re.compile(r"^bm-cli"), exit_code=None, connection_lost=True)
-    start_run(rb_path, session(tmp_path, t))
-    path = next((tmp_path / "state" / "runs").glob("*.json"))
-    data = json.loads(path.read_text())
-    data["steps"][step]["nodes"][node]["state"] = "started"
-    data["steps"][step]["state"] = "started"
-    data["status"] = "interrupted"
-    path.write_text(json.dumps(data))
-
-
-def test_resume_unknown_outcome_without_verify_stops_unattended(tmp_path, rb_path):
-    _crash_journal(tmp_path, rb_path, "post-install", "bm1")
-    t = sim("bm1")
-    s = resume_run(session(tmp_path, t), None)
-    assert s.exit_code == 1 and "--assume-done post-install" in s.message
-    assert not any(c.startswith("bm-cli") for _, c in t.calls)
+    t.on("bm1", re.compile(r"^bm-cli"), exit_code=None, connection_lost=True)
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 5 and "--assume-done post-install" in s.message  # HA still off: 5
+    assert journal(tmp_path)["steps"]["post-install"]["nodes"]["bm1"]["state"] == "unknown"
+    assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm1"]
+    t1 = sim("bm1")
+    s1 = resume_run(session(tmp_path, t1), None)
+    assert s1.exit_code == 5 and not any(c.startswith("bm-cli") for _, c in t1.calls)
     t2 = sim("bm1")
     s2 = resume_run(session(tmp_path, t2, PolicyPrompter(rerun={"post-install"})), None)
-    assert s2.exit_code == 0
+    assert s2.exit_code == 0, s2.message
     assert [n for n, c in t2.calls if c.startswith("bm-cli")] == ["bm1"]
 
 
@@ -201,8 +198,9 @@ def test_deadline_stops_before_a_step_that_cannot_fit(tmp_path, rb_path):
 
     t = sim("bm1")
     s = start_run(rb_path, session(tmp_path, t, deadline=time.time() + 20 * 60))  # packages: timeout 45m
-    assert s.exit_code == 4 and "packages" in s.message
+    assert s.exit_code == 4 and "HA-off window" in s.message and not s.ha_off_open
     assert not any(c.startswith("apt-get") for _, c in t.calls)
+    assert changes(t) == []  # stopped before ha-off: HA was never turned off
 
 
 def test_unattended_run_needs_acks_before_anything(tmp_path, rb_path):
@@ -321,12 +319,12 @@ def test_ha_marker_is_on_the_nodes_before_ha_goes_off_and_the_window_ends_when_h
     assert s.exit_code == 0, s.message
     cmds = [(n, c) for n, c in t.calls]
     off = cmds.index(("bm1", "crm_attribute --type crm_config --name maintenance-mode --update true"))
-    marker_writes = [i for i, (n, c) in enumerate(cmds) if "printf" in c and c.endswith("/ha-off")]
+    marker_writes = [i for i, (n, c) in enumerate(cmds) if "printf" in c and "/ha-off && test -s" in c]
     assert len(marker_writes) == 2 and all(i < off for i in marker_writes)
     marker = cmds[marker_writes[0]][1]
     assert "bmupgrade resume" in marker and "on bm1:" in marker  # the restore hint names the node
     ha = journal(tmp_path)["ha"]
-    assert ha["on_t"] >= at["ha_on_sent"] and ha["on_t"] < at["verify_sent"]
+    assert ha["state"] == "on" and ha["on_by"] == "ha-on" and ha["off_by"] == "ha-off"
     assert [c for n, c in cmds if c.startswith("rm -f") and c.endswith("/ha-off")] != []  # removed at the end
 
 
@@ -388,7 +386,7 @@ def test_interactive_operator_must_accept_failover_without_fencing(tmp_path, acc
         assert s.exit_code == 0 and changes(t)[-1][1].endswith("--update false")
         assert j["fencing_accepted"]["step"] == "ha-on" and j["fencing_accepted"]["how"] == "prompt"
     else:
-        assert s.exit_code == 1 and "Stopped before 'ha-on'" in s.message and s.ha_off_open
+        assert s.exit_code == 5 and "Stopped before 'ha-on'" in s.message and s.ha_off_open
         assert not [c for n, c in changes(t) if c.endswith("--update false")]
         assert j["steps"]["ha-on"]["state"] == "pending"
 
@@ -403,7 +401,7 @@ def test_declined_at_the_guard_then_resume_needs_the_flag_unattended(tmp_path):
     rb = tmp_path / "rb.yaml"
     rb.write_text(NO_FENCING_CHECK)
     t = sim("bm1")
-    assert start_run(rb, session(tmp_path, t, _Guarded(False))).exit_code == 1  # stopped before ha-on
+    assert start_run(rb, session(tmp_path, t, _Guarded(False))).exit_code == 5  # stopped before ha-on, HA off
     t2 = sim("bm1")
     t2.state["maint"] = "true"
     with pytest.raises(UsageError, match="Nothing was sent"):
@@ -419,9 +417,9 @@ def test_failed_ha_off_leaves_the_marker_and_says_ha_may_be_off(tmp_path, rb_pat
     t.on("bm1", "crm_attribute --type crm_config --name maintenance-mode --update true", exit_code=1,
          stderr="Could not connect to the CIB")
     s = start_run(rb_path, session(tmp_path, t))
-    assert s.exit_code == 1 and "HA handling may be off" in s.message
+    assert s.exit_code == 5 and "HA handling may be off" in s.message and s.ha_off_open
     assert [c for n, c in t.calls if c.startswith("rm -f") and c.endswith("/ha-off")] == []  # marker kept
-    assert [c for n, c in t.calls if "printf" in c and c.endswith("/ha-off")] != []
+    assert [c for n, c in t.calls if "/ha-off && test -s" in c] != []
 
 
 def test_accepting_the_guard_once_covers_a_retry_of_the_same_step(tmp_path):
@@ -439,3 +437,73 @@ def test_accepting_the_guard_once_covers_a_retry_of_the_same_step(tmp_path):
     assert s.exit_code == 0, s.message
     assert [a[0] for a in pr.asked] == ["ha-on"]  # asked once, not again for the retry
     assert len([c for n, c in changes(t) if c.endswith("--update false")]) == 2
+
+
+# ------------------------------------------------------------------ point of no return (I6) and declines (I7)
+PONR = MINIMAL.replace("  - id: post-install\n    on: primary\n",
+                       "  - id: post-install\n    on: primary\n    point_of_no_return: true\n")
+
+
+class _Rollbacker(PolicyPrompter):
+    def __init__(self, yes: bool, typed: bool = False):
+        super().__init__()
+        self.yes, self.typed, self.asked = yes, typed, []
+
+    def confirm_rollback(self, undo, cannot, *, default=True):
+        self.asked.append((undo, cannot, default))
+        return self.yes
+
+    def confirm_typed(self, message, expected):
+        return self.typed
+
+
+def test_rollback_after_the_point_of_no_return_turns_ha_on_and_never_downgrades(tmp_path):
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    t = sim("bm1")
+    t.on("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false", exit_code=1, times=1)
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 5 and t.state["maint"] == "true"  # ha-on failed: HA off
+    t2 = sim("bm1")
+    t2.state = t.state
+    pr = _Rollbacker(yes=True)
+    s2 = rollback(session(tmp_path, t2, pr), None)
+    assert s2.exit_code == 0 and not s2.ha_off_open, s2.message
+    assert [c for _, c in changes(t2)] == ["crm_attribute --type crm_config --name maintenance-mode --update false"]
+    undo, cannot, default = pr.asked[0]
+    assert any("point of no return" in c and "restore from the backup" in c for c in cannot)
+    assert not any("allow-downgrades" in u for u in undo) and default is True  # a failed run: default yes
+    assert t.state["version"] == {"bm1": "4.9.3", "bm2": "4.9.3"}
+
+
+def test_rollback_of_a_succeeded_run_defaults_to_no_and_declining_changes_nothing(tmp_path, rb_path):
+    from bmupgrade.runner import rollback
+
+    assert start_run(rb_path, session(tmp_path, sim("bm1"))).exit_code == 0
+    before = journal(tmp_path)
+    t2 = sim("bm1")
+    pr = _Rollbacker(yes=False)
+    s = rollback(session(tmp_path, t2, pr), None)
+    assert s.exit_code == 1 and "declined" in s.message
+    assert pr.asked[0][2] is False  # default No for a succeeded run
+    assert t2.calls == []  # asked before connecting: nothing sent at all
+    after = journal(tmp_path)
+    assert after["status"] == "succeeded" and after["steps"] == before["steps"]
+
+
+def test_rollback_force_past_the_point_of_no_return_needs_the_typed_confirmation(tmp_path):
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    assert start_run(rb, session(tmp_path, sim("bm1"))).exit_code == 0
+    t2 = sim("bm1")
+    s = rollback(session(tmp_path, t2, _Rollbacker(yes=True, typed=False)), None, force=True)
+    assert s.exit_code == 1 and "Not confirmed" in s.message and t2.calls == []
+    t3 = sim("bm1")
+    t3.state["version"] = {"bm1": "4.9.3", "bm2": "4.9.3"}
+    s = rollback(session(tmp_path, t3, _Rollbacker(yes=True, typed=True)), None, force=True)
+    assert s.exit_code == 0, s.message
+    assert t3.state["version"] == {"bm1": "4.9.2", "bm2": "4.9.2"}  # forced: downgraded

@@ -4,12 +4,15 @@ messages (or load), never a traceback."""
 import subprocess
 import sys
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bmupgrade.errors import RunbookError
 from bmupgrade.runbook import load_runbook
 from tests.runbook_samples import MINIMAL
+
+pytestmark = pytest.mark.usefixtures("yaml_loader")  # libyaml and pure Python
 
 
 def check(tmp_path, data: bytes):

@@ -163,7 +163,6 @@ def test_vip_probes_sent_through_an_audited_sender_are_in_the_audit(tmp_path):
     assert keys.count("vip-probe") == 4  # sent + result, per node
 
 
-@pytest.mark.xfail(strict=True, reason="needs the engine to probe with send=audited_send(self) (lead)")
 def test_a_run_audits_its_vip_probes(lab, tmp_path):
     state = tmp_path / "state"
     run_upgrade(lab, state, check_rc=0)

@@ -99,7 +99,12 @@ def test_deadline_budget_per_step():
     pkg = next(a for a in data["actions"] if a["id"] == "packages")
     import datetime as dt
 
-    assert dt.datetime.fromisoformat(pkg["latest_start"]).timestamp() == 1_000_020.0 - 45 * 60
+    # worst case from the timeouts: the install and its verify (45m each)
+    assert dt.datetime.fromisoformat(pkg["latest_start"]).timestamp() == 1_000_020.0 - 2 * 45 * 60
+    # HA goes off only if the whole window (ha-off ... ha-on) fits: its latest start is earlier
+    # than the sum of the packages and post-install worst cases before the deadline
+    ha_off = next(a for a in data["actions"] if a["id"] == "ha-off")
+    assert dt.datetime.fromisoformat(ha_off["latest_start"]).timestamp() <= 1_000_020.0 - 2 * 45 * 60 - 2 * 3600
     assert next(a for a in data["actions"] if a["id"] == "backup")["latest_start"] is None
 
 

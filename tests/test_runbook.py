@@ -2,9 +2,13 @@
 
 import pytest
 
+from bmupgrade.errors import UsageError
+
 from bmupgrade.errors import EXIT_USAGE, RunbookError
 from bmupgrade.runbook import load_runbook, parse_duration
 from tests.runbook_samples import MINIMAL
+
+pytestmark = pytest.mark.usefixtures("yaml_loader")  # libyaml and pure Python
 
 
 def write(tmp_path, text, name="rb.yaml"):
@@ -52,7 +56,7 @@ def locate(text, marker):
         ("    parallel: true\n", "    parallel: sometimes\n", "sometimes", "parallel: Input should be a valid boolean"),
         ("  - id: post-install\n", "  - id: packages\n", "packages\n    on: primary", "duplicate id 'packages'"),
         ("  - id: post-install\n    on: primary\n", "  - id: post-install\n    on: bm3\n", "bm3",
-         "unknown target 'bm3'; use primary, secondary, all or one of: bm1, bm2"),
+         "unknown target 'bm3'; use primary, secondary, all, where:STEP or one of: bm1, bm2"),
         ("bm-full={{ target_version }}\n", "bm-full={{ target_versoin }}\n", "apt-get install -y bm-full={{ target_versoin",
          "undefined variable 'target_versoin'"),
         ("    timeout: 45m\n", "    timeout: 45 minutes\n", "45 minutes", "is not a duration"),
@@ -62,7 +66,7 @@ def locate(text, marker):
         ("bm-cli setup upgrade --password {{ password }}", "bm-cli setup upgrade '{{ password }}'", "bm-cli",
          "inside '-quotes"),
         ("    on: all\n    parallel", "    on: all\n    retries: -1\n    parallel", "-1", "greater than or equal to 0"),
-        ("capture: from_version}", "capture: from version}", "from version", "capture"),
+        ("capture: from_version,", "capture: from version,", "from version", "capture"),
     ],
 )
 def test_each_error_is_located(tmp_path, old, new, marker, fragment):
@@ -149,8 +153,14 @@ def test_inventory_overrides_cluster_and_errors_point_at_it(tmp_path):
 
 
 def test_overrides(tmp_path):
-    rb = load_runbook(write(tmp_path, MINIMAL), overrides={"target_version": "5.0.1", "extra": "x"})
-    assert rb.vars["target_version"].value == "5.0.1" and rb.vars["extra"].value == "x"
+    rb = load_runbook(write(tmp_path, MINIMAL), overrides={"target_version": "5.0.1"})
+    assert rb.vars["target_version"].value == "5.0.1"
+
+
+def test_an_override_naming_no_variable_is_refused_with_the_closest_name(tmp_path):
+    with pytest.raises(UsageError, match="no variable 'target_versoin'; did you mean 'target_version'") as e:
+        load_runbook(write(tmp_path, MINIMAL), overrides={"target_versoin": "9.9.9"})
+    assert e.value.exit_code == 2
 
 
 def test_manual_step_shape(tmp_path):

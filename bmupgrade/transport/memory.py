@@ -70,6 +70,7 @@ class Call:
     index: int  # position in transport.records
     attempt: int = 0  # how many times the matching rule was used, this call included (1-based)
     transport: "MemoryTransport | None" = field(default=None, repr=False)
+    tag: str | None = None  # the engine's tag for this command (engine.remote.still_running finds it)
     result: CommandResult | None = field(default=None, repr=False)
 
 
@@ -126,6 +127,10 @@ class MemoryTransport:
         self.sleep = sleep
         self.state: dict = {}  # free for handlers (VIP holder, versions, ...)
         self.records: list[Call] = []
+        self.running: set[tuple[str, str]] = set()  # (node, tag) still running there (see _still_running_answer)
+        # Each node's files written by the engine's own snippets (lock, HA-off marker): {node: {path: text}}.
+        # None turns that off (the snippets then get the default reply like any command).
+        self.files: dict[str, dict[str, str]] | None = {}
         self.unexpected: list[tuple[str, str]] = []  # unmatched commands seen in strict mode
         self.connected: dict[str, NodeAddress] = {}
         self.connect_count: dict[str, int] = {}  # connects + reconnects per node
@@ -244,6 +249,7 @@ class MemoryTransport:
         sudo: bool = False,
         capture: bool = False,
         on_output: OutputSink | None = None,
+        tag: str | None = None,
     ) -> CommandResult:
         if self.closed:
             raise TransportError(node, "transport is closed")
@@ -253,8 +259,12 @@ class MemoryTransport:
         effective_sudo = (sudo or address.sudo) and address.user != "root"
 
         with self._lock:
-            call = Call(node, command, effective_sudo, timeout, capture, len(self.records), transport=self)
+            call = Call(node, command, effective_sudo, timeout, capture, len(self.records), transport=self, tag=tag)
             self.records.append(call)
+            running = self._still_running_answer(node, command)
+            if running is not None:
+                call.result = CommandResult(node, command, 0, 0.0, stdout=running, output_tail=running)
+                return call.result
 
             def done(res: CommandResult) -> CommandResult:
                 call.result = res
@@ -279,6 +289,10 @@ class MemoryTransport:
                 password = ask_password(self._password_provider, address, self._passwords, self._lock)
 
             rule = next((r for r in reversed(self._rules) if r.matches(node, command)), None)
+            if rule is None and self.files is not None:
+                played = self._play_snippet(node, command)
+                if played is not None:
+                    return done(played)
             if rule is None:
                 if self.strict:
                     self.unexpected.append((node, command))
@@ -315,6 +329,45 @@ class MemoryTransport:
         return done(self._play(node, command, reply, timeout, capture, on_output, password, reconnected))
 
     # ----------------------------------------------------------------- internals
+
+    def _play_snippet(self, node: str, command: str) -> CommandResult | None:
+        """engine.remote's lock/marker snippets, played on `self.files[node]` as sh would."""
+        from bmupgrade.engine.remote import parse_snippet
+
+        op = parse_snippet(command)
+        if op is None:
+            return None
+        files = self.files.setdefault(node, {})
+        lock, marker = op["dir"] + "/lock", op["dir"] + "/ha-off"
+        out = ""
+        if op["op"] == "lock":
+            if op["force"]:
+                files.pop(lock, None)
+            if lock not in files or op["run_id"] in files[lock]:
+                files[lock] = op["info"] + "\n"
+                out = "lock:acquired\n"
+            else:
+                out = "lock:held " + files[lock].replace("\n", " ") + "\n"
+            out += "marker:" + files.get(marker, "").replace("\n", " ") + "\n"
+        elif op["op"] == "read-marker":
+            out = "marker:" + files.get(marker, "").replace("\n", " ") + "\n"
+        elif op["op"] == "write-marker":
+            files[marker] = op["info"] + "\n"
+        elif op["op"] == "remove-marker":
+            files.pop(marker, None)
+        elif op["op"] == "unlock" and op["run_id"] in files.get(lock, ""):
+            files.pop(lock)
+        return CommandResult(node, command, 0, 0.0, stdout=out, output_tail=out)
+
+    def _still_running_answer(self, node: str, command: str) -> str | None:
+        """Answers engine.remote.still_running from `self.running` ({(node, tag)}: commands a
+        test says are still running on the node, e.g. after a lost connection)."""
+        from bmupgrade.engine.remote import TAG_VAR
+
+        if not command.startswith("for p in /proc/[0-9]*") or f"{TAG_VAR}=" not in command:
+            return None
+        return "".join(f"{4000 + i}\n" for i, (n, t) in enumerate(sorted(self.running))
+                       if n == node and f"{TAG_VAR}={t}" in command)
 
     def _play(
         self,

@@ -1,0 +1,334 @@
+"""The Engine: one loop over the declared phases, one exit path for every outcome.
+
+Whatever ends an invocation — success, a Stop, a second Ctrl-C, a signal, a full disk, a bug —
+goes through `_end`: the journal says how it ended (never `running` without a live owner), the
+cluster lock is released (unless a command may still run), and if HA handling is (or may be)
+off the exit code is 5 and the exact restore command is printed. The engine never talks to a
+terminal or to Fabric directly: it asks a Prompter and tells a Reporter.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from bmupgrade.engine.guards import HaDebt, Signals
+from bmupgrade.engine.phases import CHANGING, PHASES, SUCCESS, Mode
+from bmupgrade.errors import EXIT_DEADLINE, EXIT_FAILED, EXIT_HA_OFF, EXIT_INTERRUPTED, EXIT_OK, BmError
+from bmupgrade.journal import (ABORTED, DONE, FAILED_RUN, INTERRUPTED, PENDING, REFUSED, ROLLED_BACK_RUN, SKIPPED,
+                               STARTED, UNKNOWN, Journal, now)
+from bmupgrade.outcome import ABORT, CONTINUE, ROLLBACK, StepRow, Summary
+from bmupgrade.plan import Renderer
+from bmupgrade.probes import PROBE_TIMEOUT, VipProbe, on_each
+from bmupgrade.runbook import Runbook, Step
+from bmupgrade.templating import Redactor
+from bmupgrade.transport.base import CommandResult, Transport
+
+log = logging.getLogger(__name__)
+__all__ = ["Engine", "RunOptions", "Stop", "Mode"]
+
+
+@dataclass
+class RunOptions:
+    on_failure: str = ABORT  # abort | rollback (non-interactive policy; the prompter applies it)
+    on_deadline: str = "stop"  # stop | rollback
+    deadline: float | None = None  # epoch seconds
+    from_step: str | None = None
+    break_lock: bool = False
+    force: bool = False  # resume: a changed runbook/variables; rollback: past the point of no return
+    allow_no_stonith: bool = False  # the STONITH guard: go on without proven fencing
+    history: dict[str, float] = field(default_factory=dict)  # step id -> measured seconds (earlier runs)
+    rerun: set[str] = field(default_factory=set)  # resume: run these skipped steps again
+    cli_args: str = ""  # "--state-dir X": appended to every command we print, so it works as printed
+    identity_changes: list[str] = field(default_factory=list)  # resume --force: what differs (journaled)
+    force_past_no_return: bool = False  # `rollback --force` (then a typed confirmation)
+
+
+class Stop(Exception):
+    """Unwinds the invocation to its single exit path with a status and an exit code.
+    status None: leave the journal's status as it is (a declined prompt changes nothing)."""
+
+    def __init__(self, exit_code: int, status: str | None, message: str):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.status = status
+        self.message = message
+
+
+class Engine:
+    def __init__(self, rb: Runbook, transport: Transport, journal: Journal, prompter, reporter,
+                 audit=None, options: RunOptions | None = None):
+        self.rb, self.transport, self.journal = rb, transport, journal
+        self.prompter, self.reporter, self.audit = prompter, reporter, audit
+        self.options = options or RunOptions()
+        self.redact = Redactor([v.value for v in rb.vars.values() if v.secret])
+        self.mode = Mode.RUN
+        self.signals = Signals()
+        self.ha = HaDebt(self)
+        self.locked: list[str] = []
+        self.in_flight: dict[str, list[str]] = {}  # step id -> nodes whose command is being sent
+        self.run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
+        self.fencing_accepted = False
+        self.safety_passed = False
+        self.rollback_confirmed = False
+        self.sleep: Callable[[float], None] = time.sleep
+
+    # ================================================================== the loop
+    def execute(self, mode: Mode = Mode.RUN) -> Summary:
+        """Run the phases of this mode; always returns a Summary with the exit code."""
+        self.mode = Mode(mode)
+        code, status, message = SUCCESS[self.mode]
+        hard = False
+        self.signals.install()
+        try:
+            try:
+                for phase in PHASES:
+                    if self.mode in phase.modes:
+                        phase.run(self)
+            except Stop as stop:
+                code, status, message = stop.exit_code, stop.status, stop.message
+            except KeyboardInterrupt:
+                hard = True
+                code, status, message = EXIT_INTERRUPTED, INTERRUPTED, self._hard_stop()
+            except BmError as exc:  # journal unwritable (disk full), illegal transition, ...
+                code, status, message = exc.exit_code or EXIT_FAILED, FAILED_RUN, str(exc)
+            except Exception as exc:  # a bug must still end cleanly, HA banner included
+                log.debug("internal error", exc_info=True)
+                code, status = EXIT_FAILED, FAILED_RUN
+                message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            self.signals.exiting = True  # a signal now only waits for the cleanup (unlock, journal)
+            return self._end(code, status, message, hard)
+        finally:
+            self.signals.restore()
+
+    def _hard_stop(self) -> str:
+        """Second Ctrl-C/signal: every command in flight becomes `unknown` (resume settles it)."""
+        lost = []
+        for step_id, nodes in list(self.in_flight.items()):
+            nodes = [n for n in nodes if self.journal.node_state(step_id, n) == STARTED]
+            if nodes:
+                self._safely(lambda: self.journal.mark(step_id, nodes, UNKNOWN, outcome="interrupted (second "
+                                                       "Ctrl-C or signal) while in flight"))
+                lost.append(f"'{step_id}' on {', '.join(nodes)}")
+        if not lost:
+            return "Interrupted. Nothing was in flight."
+        return ("Interrupted while " + "; ".join(lost) + " ran: it may still be running on the node (SSH does not "
+                "stop it); its outcome is unknown and resume checks before deciding anything.")
+
+    def _end(self, code: int, status: str | None, message: str, hard: bool) -> Summary:
+        if status == "succeeded" and self.mode == Mode.CHECK:
+            status = None
+        if self.mode in CHANGING and status is not None and status != self.journal.status:
+            self._safely(lambda: self.journal.set_status(status, ended_at=now(),
+                                                         exit={"code": code, "message": message}))
+        self._safely(self.reporter.step_end)
+        if self.safety_passed and not hard and status not in (None, "succeeded", "rolled-back") \
+                and self.mode in (Mode.RUN, Mode.RESUME):
+            self._safely(lambda: self.record_facts("stop"))  # what resume compares with
+        keep_lock = hard and any(self.in_flight.values())
+        if not keep_lock:
+            self._safely(self._unlock)
+        if self.mode in CHANGING and status not in (None, "running"):
+            self._safely(self.journal.snapshot)
+        if self.ha.is_off() and code not in (EXIT_DEADLINE, EXIT_INTERRUPTED):
+            code = EXIT_HA_OFF
+        if keep_lock:
+            message += " The cluster lock stays on the nodes while that command may run; resume takes it over."
+        return self.summary(code, status or self.journal.status, message)
+
+    def _safely(self, fn) -> None:
+        """Cleanup on the way out must not hide the run's real outcome (disk full, dead node...)."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("cleanup failed", exc_info=True)
+            try:
+                self.reporter.warn(f"while stopping: {exc}")
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _unlock(self) -> None:
+        from bmupgrade.engine import remote
+
+        nodes, self.locked = self.locked, []
+        self.on_each(nodes, lambda n: self.send(n, remote.unlock(self.rb.node(n).state_dir, self.journal.run_id),
+                                                timeout=15, key="unlock", quiet=True))
+
+    # ================================================================== sending (every command goes here)
+    def send(self, node: str, command: str, *, timeout: float | None, key: str, capture: bool = False,
+             quiet: bool = False, tag: str | None = None) -> CommandResult:
+        shown = self.redact(command)
+        if self.audit:
+            self.audit.begin(node, key, shown)
+
+        def sink(n: str, stream: str, text: str) -> None:
+            if self.audit:
+                self.audit.output(n, key, text)
+            if not quiet:
+                self.reporter.output(n, stream, self.redact(text))
+
+        kwargs = {"tag": tag} if tag else {}
+        r = self.transport.run(node, command, timeout=timeout, capture=capture, on_output=sink, **kwargs)
+        if self.audit:
+            self.audit.record(node=node, key=key, command=shown, exit_code=r.exit_code,
+                              duration=round(r.duration, 4), timed_out=r.timed_out, sent=r.sent,
+                              connection_lost=r.connection_lost, error=r.error, output_tail=r.output_tail)
+        return r
+
+    def on_each(self, nodes: list[str], fn, *, parallel: bool = True) -> dict[str, Any]:
+        return on_each(nodes, fn, parallel=parallel)
+
+    def probe(self) -> VipProbe:
+        """Who holds the public IP, asked now (audited: the evidence for safety rule 1)."""
+        cmds = {n: self.render(self.rb.cluster.vip_probe, n) for n in self.rb.node_names}
+        return VipProbe(self.on_each(self.rb.node_names, lambda n: self.send(
+            n, cmds[n], timeout=PROBE_TIMEOUT, key="vip-probe", capture=True, quiet=True)))
+
+    def resolve(self, target: str, *, probe: VipProbe | None = None) -> list[str]:
+        """Concrete nodes for a target. primary/secondary re-probe the VIP now (safety rule 1)."""
+        if target == "all":
+            return list(self.rb.node_names)
+        if target.startswith("where:"):
+            ran = self.journal.nodes_in(target[6:], DONE, STARTED, UNKNOWN, "failed")
+            if not ran:
+                raise Stop(EXIT_FAILED, FAILED_RUN, f"target {target}: step '{target[6:]}' ran on no node")
+            return ran
+        if target in ("primary", "secondary"):
+            try:
+                holder = (probe or self.probe()).single_holder(self.rb.cluster.public_ip)
+            except BmError as exc:
+                raise Stop(EXIT_FAILED, FAILED_RUN, str(exc).replace("`bmupgrade resume`", f"`{self.hint('resume')}`")) from None
+            return [holder] if target == "primary" else [n for n in self.rb.node_names if n != holder]
+        return [target]
+
+    # ================================================================== rendering and hints
+    def render(self, text: str, node: str | None) -> str:
+        """For sending: real values, with the captured ones from the journal."""
+        return Renderer(self.rb, self.journal.data["captured"])(text, self.rb.node(node) if node else None)
+
+    def shown(self, text: str, node: str | None) -> str:
+        """For people, logs and the journal: secrets redacted."""
+        return self.redact(self.render(text, node))
+
+    def hint(self, verb: str, extra: str = "") -> str:
+        """A command for a person to run next, exactly as it must be typed."""
+        parts = ["bmupgrade", verb, self.journal.run_id, extra, self.options.cli_args]
+        return " ".join(p for p in parts if p)
+
+    def ssh_hint(self, node: str) -> str:
+        addr = self.rb.node(node)
+        if self.rb.cluster.ssh_config:
+            ssh = f"ssh -F {shlex.quote(self.rb.cluster.ssh_config)} {shlex.quote(node)}"
+        else:
+            ssh = "ssh " + (f"-p {addr.port} " if addr.port else "") + (f"-i {shlex.quote(addr.identity_file)} "
+                                                                        if addr.identity_file else "")
+            ssh += "".join(f"-o UserKnownHostsFile={shlex.quote(k)} " for k in self.rb.cluster.known_hosts[:1])
+            ssh += (f"{addr.user}@" if addr.user else "") + addr.host
+        return f"{ssh}    # then look at the step's output in the audit log"
+
+    def deadline_text(self) -> str:
+        from bmupgrade.timeparse import show_local
+
+        return show_local(self.options.deadline) if self.options.deadline else "-"
+
+    # ================================================================== state questions
+    def refused_status(self) -> str:
+        """A refusal before any change: a new run is `refused` (nothing to resume); a resumed
+        run that has sent something stays resumable."""
+        return REFUSED if self.mode == Mode.RUN or not self._anything_sent() else FAILED_RUN
+
+    def _anything_sent(self) -> bool:
+        return any(e.get("state") not in (PENDING, None) and any(
+            n.get("state") != PENDING for n in e.get("nodes", {}).values())
+            for e in self.journal.data["steps"].values())
+
+    def rolled_back_status(self, done: bool) -> str:
+        return ROLLED_BACK_RUN if done else FAILED_RUN
+
+    def step_was_sent(self, step_id: str) -> bool:
+        return any(e.get("state") != PENDING for e in self.journal.step(step_id)["nodes"].values())
+
+    def rb_check(self, check_id: str):
+        return next(c for c in self.rb.preflight if c.id == check_id)
+
+    def apply_step_flags(self) -> None:
+        """--from STEP (earlier pending steps skipped) and resume --rerun STEP (a skipped one again)."""
+        for sid in sorted(self.options.rerun):
+            skipped = self.journal.nodes_in(sid, SKIPPED)
+            if skipped:
+                self.journal.mark(sid, skipped, PENDING, note="--rerun")
+            elif self.journal.step(sid)["state"] == SKIPPED:
+                self.journal.set(["steps", sid, "state"], PENDING.value)
+        self.options.rerun = set()
+        if not self.options.from_step:
+            return
+        ids = [s.id for s in self.rb.steps]
+        for s in self.rb.steps[: ids.index(self.options.from_step)]:
+            if self.journal.step(s.id)["state"] == PENDING:
+                self.journal.set(["steps", s.id], {"state": SKIPPED.value, "nodes": {},
+                                                   "reason": f"--from {self.options.from_step}"})
+        self.options.from_step = None
+
+    # ================================================================== safe points
+    def checkpoint(self, step: Step | None, *, completed: bool | None) -> None:
+        """Between commands: act on a pending signal. Ctrl-C asks (continue is the default after a
+        step that succeeded); SIGTERM/SIGHUP, or no terminal, stop here cleanly."""
+        if not self.signals.pending:
+            return
+        who = self.signals.last
+        self.signals.clear()
+        sid, title = (step.id, step.label) if step else ("-", "-")
+        if who == "Ctrl-C" and self.prompter.interactive:
+            from bmupgrade.engine.rollback import preview
+
+            decision = self.prompter.on_interrupt(sid, title, completed, preview(self)[0])
+            if decision == CONTINUE:
+                return
+            if decision == ROLLBACK:
+                from bmupgrade.engine.rollback import roll_back
+
+                done = roll_back(self, ask=True)
+                raise Stop(EXIT_FAILED, self.rolled_back_status(done),
+                           "Interrupted; " + ("rolled back." if done else "rollback not (fully) done — see above."))
+        raise Stop(EXIT_INTERRUPTED, INTERRUPTED,
+                   f"Stopped by {who} at a safe point" + (f" (after '{sid}')" if completed else "")
+                   + f"; `{self.hint('resume')}` continues.")
+
+    # ================================================================== facts and the summary
+    def record_facts(self, label: str) -> None:
+        from bmupgrade.engine.facts import record
+
+        record(self, label)
+
+    def show_changes_since_stop(self) -> None:
+        from bmupgrade.engine.facts import show_changes
+
+        show_changes(self)
+
+    def summary(self, exit_code: int, status: str, message: str) -> Summary:
+        rows = []
+        for s in self.rb.steps:
+            e = self.journal.step(s.id)
+            rb_entry = self.journal.data["rollback"].get(s.id)
+            durations = [n.get("duration") for n in e["nodes"].values() if n.get("duration") is not None]
+            rows.append(StepRow(s.id, s.label, e["state"], {n: v["state"] for n, v in e["nodes"].items()},
+                                max(durations) if durations else None,
+                                rb_entry["state"] if rb_entry else None, bool(s.rollback)))
+        ha = self.journal.data["ha"]
+        window = ha["on_t"] - ha["off_t"] if ha.get("off_t") and ha.get("on_t") else None
+        ha_open = self.ha.is_off()
+        nxt = []
+        if exit_code != EXIT_OK and status not in (ROLLED_BACK_RUN, REFUSED) and self.mode != Mode.CHECK:
+            nxt = [self.hint("resume"), self.hint("rollback")]
+        if ha_open:
+            message += " HA handling is still OFF (maintenance): the cluster will not fail over."
+        from bmupgrade.engine.rollback import preview
+
+        cannot = preview(self)[1] if status in (ROLLED_BACK_RUN, FAILED_RUN, ABORTED) else []
+        logs = [str(self.journal.path)] + ([str(self.audit.jsonl_path)] if self.audit else [])
+        return Summary(self.journal.run_id, status, exit_code, message, rows, window, ha_open,
+                       self.ha.restore_hint() if ha_open else None, nxt, cannot,
+                       logs if self.mode != Mode.CHECK else [])

@@ -1,0 +1,226 @@
+"""The guards that stand between the engine and an unsafe change: fencing (STONITH), the
+deadline (which must cover the whole HA-off window), the HA-off debt (marker first, exit 5,
+the restore command on every exit path) and the signals (handlers only set flags).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from bmupgrade.errors import EXIT_DEADLINE, EXIT_FAILED
+from bmupgrade.journal import ABORTED, DEADLINE, now, whoami
+from bmupgrade.runbook import Runbook, Step, format_duration
+
+if TYPE_CHECKING:
+    from bmupgrade.engine.core import Engine
+
+
+# ------------------------------------------------------------------------------ STONITH
+
+def fencing_gap(rb: Runbook, fencing: str | None, *, preflight_ran: bool) -> str | None:
+    """Why the STONITH guard must stop before `ha: enable`, or None. `fencing` is what preflight
+    recorded: "enabled", "disabled" or None (no fencing check). Before preflight has run, a
+    runbook with fencing checks leaves the verdict to it."""
+    if fencing == "enabled" or (not preflight_ran and rb.fencing_checks):
+        return None
+    if fencing == "disabled":
+        return "fencing (STONITH) is NOT enabled"
+    return "no preflight check of this runbook proves that fencing (STONITH) is enabled"
+
+
+def stonith_guard(eng: "Engine", step: Step) -> None:
+    """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight
+    check, or with the operator's explicit word (a prompt, or --allow-no-stonith)."""
+    from bmupgrade.engine.core import Stop
+
+    why = fencing_gap(eng.rb, eng.journal.data.get("fencing"), preflight_ran=True)
+    if why is None or eng.fencing_accepted:
+        return
+    how = "--allow-no-stonith" if eng.options.allow_no_stonith else None
+    if how is None and eng.prompter.interactive and eng.prompter.confirm_no_fencing(step.id, step.label, why):
+        how = "prompt"
+    if how:
+        eng.journal.set("fencing_accepted", {**whoami(), "at": now(), "step": step.id, "how": how, "why": why})
+        eng.fencing_accepted = True  # once per session (a retry does not ask again; a resume does)
+        return
+    raise Stop(EXIT_FAILED, ABORTED,
+               f"Stopped before '{step.id}': {why}, and turning automatic failover back on without it risks a "
+               f"split brain. Check fencing, then `{eng.hint('resume')}` (with --allow-no-stonith to accept "
+               "the risk).")
+
+
+# ------------------------------------------------------------------------------ deadline
+
+def step_estimate(rb: Runbook, history: dict[str, float], step: Step) -> float:
+    """Seconds a step may take: earlier runs' measured duration, else its worst case (every
+    retry and its delay, the verify, each node in turn unless parallel)."""
+    if step.manual is not None:
+        return 0.0
+    if step.id in history:
+        per_node = history[step.id]
+    else:
+        attempts = step.retries + 1
+        delays = sum(min(step.retry_delay * 2 ** i, 300) for i in range(step.retries))
+        per_node = attempts * step.timeout * (len(step.run or []) + (1 if step.verify else 0)) + delays
+    nodes = len(rb.node_names) if (step.on or "all") == "all" else 1
+    return per_node if step.parallel else per_node * nodes
+
+
+def window_estimate(rb: Runbook, history: dict[str, float], start: Step) -> tuple[float, str]:
+    """Everything from `start` (the HA-off step) up to and including the HA-on step."""
+    ids = [s.id for s in rb.steps]
+    enable = rb.ha_step("enable")
+    end = ids.index(enable.id) if enable else len(ids) - 1
+    steps = rb.steps[ids.index(start.id): end + 1]
+    return sum(step_estimate(rb, history, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
+
+
+def check_deadline(eng: "Engine", step: Step) -> None:
+    """Stop before a step that may not finish in time. Before HA goes off, the whole window must
+    fit (HA stays on). Inside the window the deadline no longer stops steps: stopping there
+    would leave HA off, which is worse than running late (a warning says so)."""
+    from bmupgrade.engine.core import Stop
+
+    if eng.options.deadline is None or step.manual is not None:
+        return
+    left = eng.options.deadline - time.time()
+    if step.ha == "disable" and not eng.ha.is_off():
+        need, what = window_estimate(eng.rb, eng.options.history, step)
+        label = f"the HA-off window ({what})"
+    else:
+        need, label = step_estimate(eng.rb, eng.options.history, step), f"step '{step.id}'"
+    if need <= left:
+        return
+    basis = "measured in earlier runs" if step.id in eng.options.history else "worst case from the timeouts"
+    msg = (f"Deadline: {label} may take {format_duration(need)} ({basis}) but only "
+           f"{format_duration(max(left, 0))} are left before {eng.deadline_text()}")
+    if eng.ha.is_off():
+        eng.reporter.warn(msg + "; HA is off, so the run goes on to bring it back rather than stop.")
+        return
+    msg += "; stopped before it with HA on, nothing half-done."
+    if eng.options.on_deadline == "rollback":
+        eng.reporter.warn(msg)
+        from bmupgrade.engine.rollback import roll_back
+
+        roll_back(eng, ask=False)
+        raise Stop(EXIT_DEADLINE, DEADLINE, msg + " Rolled back.")
+    raise Stop(EXIT_DEADLINE, DEADLINE, msg)
+
+
+# ------------------------------------------------------------------------------ HA debt
+
+class HaDebt:
+    """Whether HA handling is (or may be) off, journaled from every step that changes it, with
+    the marker on the nodes before it goes off."""
+
+    def __init__(self, eng: "Engine"):
+        self.eng = eng
+
+    def is_off(self) -> bool:
+        return self.eng.journal.data["ha"].get("state") == "off"
+
+    def going_off(self, step: Step, node: str, *, why: str) -> None:
+        """Before a command that turns HA off: marker on every node (a failed write stops the run
+        with HA still on), then the journal says HA may be off from now."""
+        from bmupgrade.engine import remote
+        from bmupgrade.engine.core import Stop
+
+        eng = self.eng
+        if self.is_off():
+            return
+        info = {"run_id": eng.journal.run_id, **whoami(), "since": now(), "step": step.id, "why": why,
+                "expected_end": eng.deadline_text() if eng.options.deadline else None,
+                "restore": self.restore_hint(node)}
+        results = eng.on_each(eng.rb.node_names, lambda n: eng.send(
+            n, remote.write_marker(eng.rb.node(n).state_dir, info), timeout=15, key="ha-marker", quiet=True))
+        bad = {n: r for n, r in results.items() if not r.ok}
+        if bad:
+            raise Stop(EXIT_FAILED, ABORTED,
+                       "Could not write the HA-off marker on " + ", ".join(
+                           f"{n} ({r.error or 'exit ' + str(r.exit_code)})" for n, r in bad.items())
+                       + f"; stopped before '{step.id}' with HA still on.")
+        eng.journal.set("ha", {**eng.journal.data["ha"], "state": "off", "off_since": now(), "on_at": None,
+                               "off_by": step.id, "off_t": time.time()})
+
+    def back_on(self, step_id: str) -> None:
+        from bmupgrade.engine import remote
+
+        eng = self.eng
+        eng.journal.set("ha", {**eng.journal.data["ha"], "state": "on", "on_at": now(), "on_by": step_id,
+                               "on_t": time.time()})
+        for node, r in eng.on_each(eng.rb.node_names, lambda n: eng.send(
+                n, remote.remove_marker(eng.rb.node(n).state_dir), timeout=15, key="ha-marker",
+                quiet=True)).items():
+            if not r.ok:
+                eng.reporter.warn(f"{node}: could not remove the HA-off marker ({r.error or r.exit_code}); "
+                                  f"remove {eng.rb.node(node).state_dir}/ha-off by hand")
+
+    def restore_hint(self, node: str | None = None) -> str:
+        """The exact command that brings HA back (and the manual fallback)."""
+        eng = self.eng
+        step = eng.rb.ha_step("disable")
+        by_hand = ""
+        if step is not None:
+            nodes = eng.journal.nodes_in(step.id, "done", "started", "failed", "unknown") or [node or "<node>"]
+            first = nodes[0] if nodes[0] in eng.rb.node_names else None
+            cmds = "; ".join(eng.shown(c, first) for c in step.rollback or [])
+            by_hand = f"; by hand on {nodes[0]}: {cmds}" if cmds else ""
+        return f"{eng.hint('resume')}  (or: {eng.hint('rollback')}{by_hand})"
+
+
+# ------------------------------------------------------------------------------ signals
+
+class Signals:
+    """SIGINT, SIGTERM and SIGHUP only set flags here (no I/O under locks, no prompt); the main
+    loop acts at its next safe point. A second signal while a command runs stops at once
+    (KeyboardInterrupt): the step becomes `unknown` and resume settles it."""
+
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: str | None = None  # "Ctrl-C" | "SIGTERM" | "SIGHUP"
+        self.exiting = False  # on the exit path: never raise, the cleanup must finish
+        self._old: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.NAMES:
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        self.last = self.NAMES.get(signum, str(signum))
+        if self.exiting:
+            return
+        if self.count >= 2:
+            raise KeyboardInterrupt
+        note = (f"\n{self.last}: the running command is let finish, then the run stops at a safe point "
+                "(again to stop at once: the step is then recorded as unknown).\n")
+        try:
+            os.write(2, note.encode())  # a raw write: no Python lock can be held by the interrupted code
+        except OSError:
+            pass
+
+    @property
+    def pending(self) -> bool:
+        return self.count == 1
+
+    @property
+    def operator(self) -> bool:
+        """Ctrl-C (a person at the keyboard, who may want to continue) vs a scheduler/hangup."""
+        return self.last == "Ctrl-C"
+
+    def clear(self) -> None:
+        self.count = 0
+        self.last = None

@@ -1,0 +1,92 @@
+"""The append-only journal: replay, torn last line, damage, states table, private files."""
+
+import os
+
+import pytest
+
+from bmupgrade.engine.states import IllegalTransition
+from bmupgrade.errors import BmError, UsageError
+from bmupgrade.journal import Journal, RunStore, private_dir
+
+
+def _journal(tmp_path):
+    return Journal.create(tmp_path / "state", runbook={"path": "rb", "sha256": "x", "name": "t"},
+                          step_ids=["a", "b"])
+
+
+def test_records_replay_to_the_same_view(tmp_path):
+    j = _journal(tmp_path)
+    j.mark("a", ["bm1", "bm2"], "started", node_fields={"bm1": {"tag": "t1"}})
+    j.mark("a", ["bm1"], "done", exit_code=0)
+    j.mark("a", ["bm2"], "unknown")
+    j.set(["captured", "v"], "4.9.2")
+    j.add("facts", {"at": "start"})
+    j.set_status("failed")
+    again = Journal.load(j.path).data
+    assert again["steps"] == j.data["steps"] and again["captured"] == {"v": "4.9.2"}
+    assert again["steps"]["a"]["state"] == "unknown" and again["status"] == "failed"
+    assert again["steps"]["a"]["nodes"]["bm1"]["tag"] == "t1"
+
+
+def test_one_line_per_transition_and_compaction(tmp_path):
+    j = _journal(tmp_path)
+    lines = j.path.read_bytes().count(b"\n")
+    j.mark("a", ["bm1"], "started")
+    assert j.path.read_bytes().count(b"\n") == lines + 1  # an append, not a rewrite
+    j.snapshot()
+    assert j.path.read_bytes().count(b"\n") == 1
+    assert Journal.load(j.path).data["steps"]["a"]["nodes"]["bm1"]["state"] == "started"
+
+
+def test_a_torn_last_line_is_ignored_and_overwritten(tmp_path):
+    j = _journal(tmp_path)
+    j.mark("a", ["bm1"], "started")
+    j.close()
+    with open(j.path, "ab") as f:
+        f.write(b'{"r":"node","step":"a","nod')  # the process died mid-write
+    j2 = Journal.load(j.path)
+    assert j2.data["steps"]["a"]["nodes"]["bm1"]["state"] == "started"
+    j2.mark("a", ["bm1"], "done")
+    assert Journal.load(j.path).data["steps"]["a"]["nodes"]["bm1"]["state"] == "done"
+
+
+def test_damage_is_reported_with_path_and_line(tmp_path):
+    j = _journal(tmp_path)
+    j.mark("a", ["bm1"], "started")
+    j.close()
+    data = j.path.read_bytes().split(b"\n")
+    data[1] = b"garbage"
+    j.path.write_bytes(b"\n".join(data))
+    with pytest.raises(BmError, match=r"journal\.jsonl:2: the journal is damaged"):
+        Journal.load(j.path)
+    assert [r.status for r in RunStore(tmp_path / "state").all()] == ["damaged"]
+
+
+def test_illegal_transitions_are_refused(tmp_path):
+    j = _journal(tmp_path)
+    with pytest.raises(IllegalTransition):
+        j.mark("a", ["bm1"], "failed")  # pending -> failed: it was never sent
+    j.mark("a", ["bm1"], "started")
+    j.mark("a", ["bm1"], "done")
+    with pytest.raises(IllegalTransition):
+        j.mark("a", ["bm1"], "started")  # a done step is never sent again
+    j.set_status("succeeded")
+    with pytest.raises(IllegalTransition):
+        j.set_status("failed")
+
+
+def test_symlinked_journal_and_open_state_dir_are_refused(tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("keep me")
+    runs = tmp_path / "state" / "runs"
+    private_dir(runs)
+    (runs / "x.journal.jsonl").symlink_to(target)
+    with pytest.raises(BmError, match="symbolic link"):
+        Journal.load(runs / "x.journal.jsonl")
+    assert target.read_text() == "keep me"
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    os.chmod(open_dir, 0o777)
+    with pytest.raises(UsageError, match="writable by others"):
+        private_dir(open_dir)
+    assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"

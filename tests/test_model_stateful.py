@@ -1,0 +1,399 @@
+"""The safety promises, proven by random operator stories against a model cluster.
+
+Hypothesis plays sequences of what admins and the world do — run, resume (with and without
+-e changes and flags), rollback (declined, accepted, forced), every prompt answer, Ctrl-C once
+or twice, SIGTERM, SIGHUP, a crash at any journal write, a second concurrent run, a deadline —
+interleaved with faults (a command fails, hangs, loses its connection after send, keeps
+running; the VIP moves; split brain; no VIP; STONITH off; cluster unhealthy). After every
+step it checks the invariants against the model (what the nodes really saw):
+
+I1 no change is sent in an invocation before that invocation's safety checks passed;
+I2 no command of a non-idempotent step is sent twice on a node in a run's life unless a
+   person (or the operator's flag) explicitly chose to run it again;
+I3 a `primary` step runs only on the node that held the VIP when it was sent;
+I4 whenever an invocation ends with HA off, the exit code is 5 (or 4/130), the summary names
+   the restore command and the marker is on the nodes;
+I5 every journal parses, agrees with what was sent, and never says `running` without a live
+   owner (a crashed run shows as "owner gone");
+I6 nothing before a point of no return is undone after it without --force;
+I7 a declined prompt changes nothing.
+
+BMUPGRADE_MODEL_EXAMPLES sets the number of examples (CI: the default; deeper: 2000+).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from bmupgrade import journal as journal_mod
+from bmupgrade.engine import RunOptions
+from bmupgrade.errors import BmError
+from bmupgrade.journal import Journal, LocalLock, RunStore
+from bmupgrade.outcome import ABORT, ASSUME_DONE, CONTINUE, RERUN, RETRY, ROLLBACK, SKIP, WAIT
+from bmupgrade.prompts import PolicyPrompter
+from bmupgrade.runner import Session, cluster_id, resume_run, rollback, start_run
+from bmupgrade.runbook import load_runbook
+from tests.model_cluster import PRIMARY_STEPS, RUNBOOK, Fault, ModelCluster
+
+EXAMPLES = int(os.environ.get("BMUPGRADE_MODEL_EXAMPLES", "150"))
+NON_IDEMPOTENT = {"packages", "post-install"}
+
+
+def _event(text: str) -> None:
+    from hypothesis import event
+    from hypothesis.errors import InvalidArgument
+
+    try:
+        event(text)
+    except InvalidArgument:  # replaying a story outside hypothesis
+        pass
+
+
+def _join_node_threads() -> None:
+    import threading
+
+    for t in threading.enumerate():
+        if t.name.startswith("node") and t is not threading.current_thread():
+            t.join(timeout=10)
+
+
+class Crash(BaseException):
+    """A SIGKILL: nothing after it runs in that process (no journal write, no unlock)."""
+
+
+class Quiet:
+    """A reporter that keeps nothing (the model checks behaviour, not text)."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class Scripted:
+    """An interactive operator whose answers were drawn by hypothesis; records what it answered."""
+
+    interactive = True
+    step_mode = False
+
+    def __init__(self, answers: list[str], story: list):
+        self.answers = list(answers)
+        self.story = story
+
+    def _next(self, kind: str, allowed: tuple[str, ...], step: str = "-") -> str:
+        a = next((x for x in self.answers if x in allowed), allowed[-1])
+        if a in self.answers:
+            self.answers.remove(a)
+        self.story.append((kind, step, a))
+        return a
+
+    def ack_manual(self, step_id, title, text):
+        return self._next("ack", ("yes", "no"), step_id) == "yes"
+
+    def confirm_step(self, step_id, title, where, commands):
+        return self._next("confirm", ("yes", "skip", ABORT), step_id)
+
+    def on_failure(self, ctx):
+        return self._next("failure", (RETRY, SKIP, ROLLBACK, ABORT), ctx.step_id)
+
+    def unknown_outcome(self, step_id, title, nodes, commands):
+        return self._next("unknown", (RERUN, ASSUME_DONE, ABORT), step_id)
+
+    def confirm_rollback(self, undo, cannot, *, default=True):
+        return self._next("rollback", ("yes", "no")) == "yes"
+
+    def confirm_no_fencing(self, step_id, title, why):
+        return self._next("no-fencing", ("yes", "no"), step_id) == "yes"
+
+    def on_interrupt(self, step_id, title, completed, undo):
+        return self._next("interrupt", (CONTINUE, ROLLBACK, ABORT), step_id)
+
+    def still_running(self, step_id, title, text):
+        return self._next("still-running", (WAIT, ABORT), step_id)
+
+    def confirm_typed(self, message, expected):
+        return self._next("typed", ("yes", "no")) == "yes"
+
+
+class Recording(PolicyPrompter):
+    """The unattended policy, recording the answers it gives (its flags are the operator's word)."""
+
+    def __init__(self, story: list, **kw):
+        super().__init__(**kw)
+        self.story = story
+
+    def unknown_outcome(self, step_id, title, nodes, commands):
+        a = super().unknown_outcome(step_id, title, nodes, commands)
+        self.story.append(("unknown", step_id, a))
+        return a
+
+    def on_failure(self, ctx):
+        a = super().on_failure(ctx)
+        self.story.append(("failure", ctx.step_id, a))
+        return a
+
+
+ANSWERS = st.lists(st.sampled_from(["yes", "no", "skip", ABORT, RETRY, SKIP, ROLLBACK, RERUN, ASSUME_DONE,
+                                    CONTINUE, WAIT]), max_size=6)
+FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "rollback"])
+FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
+INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
+
+
+@settings(max_examples=EXAMPLES, stateful_step_count=12, deadline=None,
+          suppress_health_check=list(HealthCheck))
+class OperatorStories(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        import tempfile
+        from pathlib import Path
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="bmmodel-"))
+        self.rb_path = self.tmp / "rb.yaml"
+        self.rb_path.write_text(RUNBOOK)
+        self.state = self.tmp / "state"
+        self.cluster = ModelCluster()
+        self.crashed: set[str] = set()  # owner tokens of invocations that were "SIGKILLed"
+        self.story: list = []  # prompter answers, for I2/I7
+        self.last = None  # (summary or None, invocation info)
+        self.ran = False
+        self.pending_interrupt: tuple[str, int] | None = None
+        self.pending_crash: int | None = None
+        self._token = 0
+
+    def teardown(self):
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ plumbing
+    def _session(self, prompter, **opts) -> Session:
+        t = self.cluster.transport()
+        return Session(self.state, Quiet(), prompter, lambda rb: t, RunOptions(**opts), sleep=lambda s: None)
+
+    def _invoke(self, fn, mode: str):
+        m = self.cluster.m
+        m.invocation += 1
+        m.mode, m.safety = mode, {}
+        self._token += 1
+        token = f"tok{self._token}"
+        self._arm(token)
+        real_owner = journal_mod.owner_record
+        journal_mod.owner_record = lambda: {**real_owner(), "start": token}
+        before = len(self.story)
+        try:
+            summary = fn()
+        except Crash:
+            self.crashed.add(token)
+            summary = None
+        except BmError as exc:  # refused before anything (exit 2/3)
+            summary = exc
+        finally:
+            journal_mod.owner_record = real_owner
+            m.hook = None
+            Journal.after_write_hook = None
+            _join_node_threads()  # a hard stop leaves workers finishing their command (as on a real node)
+        self.last = (summary, m.invocation, self.story[before:])
+        code = "crash" if summary is None else getattr(summary, "exit_code", "?")
+        _event(f"{mode} exit {code}")
+        return summary
+
+    def _arm(self, token: str) -> None:
+        """Signals and crashes fire from inside the next invocation, at a drawn point."""
+        m = self.cluster.m
+        interrupt, self.pending_interrupt = self.pending_interrupt, None
+        crash_at, self.pending_crash = self.pending_crash, None
+        seen = {"cmd": 0, "writes": 0}
+
+        armed = m.invocation
+
+        def hook(node, command):
+            if m.invocation != armed:
+                return
+            seen["cmd"] += 1
+            if interrupt and seen["cmd"] == interrupt[1]:
+                sig = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP}[
+                    interrupt[0].split("*")[0]]
+                os.kill(os.getpid(), sig)
+                if interrupt[0].endswith("*2"):
+                    os.kill(os.getpid(), sig)
+
+        m.hook = hook
+
+        def on_write(rec):
+            seen["writes"] += 1
+            if crash_at is not None and seen["writes"] == crash_at:
+                raise Crash()
+
+        Journal.after_write_hook = on_write
+
+    def _alive(self, owner) -> bool | None:
+        return owner is not None and owner.get("start") not in self.crashed
+
+    # ------------------------------------------------------------------ operator actions
+    @rule(answers=ANSWERS, unattended=st.booleans(), deadline=st.sampled_from([None, None, 60, 10**6]))
+    def run(self, answers, unattended, deadline):
+        import time
+
+        prompter = Recording(self.story) if unattended else Scripted(answers, self.story)
+        opts = {"deadline": time.time() + deadline} if deadline else {}
+        self._invoke(lambda: start_run(self.rb_path, self._session(prompter, **opts)), "run")
+        self.ran = True
+
+    @precondition(lambda self: self.ran)
+    @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans(), assume=st.booleans(),
+          change=st.sampled_from([None, None, "target_version=9.9.9", "targt_version=1"]), force=st.booleans())
+    def resume(self, answers, unattended, rerun, assume, change, force):
+        flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
+        prompter = Recording(self.story, **flags) if unattended else Scripted(answers, self.story)
+        overrides = dict([change.split("=")]) if change else {}
+        self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"])), None, force=force,
+                                        overrides=overrides), "resume")
+        if change and not force:
+            assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, "I5: identity change needs --force"
+
+    @precondition(lambda self: self.ran)
+    @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans())
+    def resume_as_is(self, answers, unattended, rerun):
+        """The common case: resume the same run, nothing changed (a second weight on resume)."""
+        self.resume(answers, unattended, rerun, False, None, False)
+
+    @precondition(lambda self: self.ran)
+    @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans())
+    def roll_back(self, answers, unattended, force):
+        prompter = Recording(self.story) if unattended else Scripted(answers, self.story)
+        before = self._journal_view()
+        s = self._invoke(lambda: rollback(self._session(prompter), None, force=force), "rollback")
+        declined = [a for k, _, a in self.last[2] if k in ("rollback", "typed") and a == "no"]
+        if declined and s is not None and not isinstance(s, BmError):
+            assert self._journal_view() == before, "I7: a declined rollback changed the journal"
+
+    @precondition(lambda self: self.ran)
+    @rule()
+    def concurrent_run_is_refused(self):
+        rb = load_runbook(self.rb_path)
+        held = LocalLock(self.state, cluster_id(rb))
+        held.acquire({"run_id": "other"})
+        try:
+            count = len(RunStore(self.state).paths())
+            s = self._invoke(lambda: start_run(self.rb_path, self._session(Recording(self.story))), "run")
+            assert isinstance(s, BmError) and s.exit_code == 3
+            assert len(RunStore(self.state).paths()) == count, "I5: a refused run left a journal"
+        finally:
+            held.release()
+
+    # ------------------------------------------------------------------ the world
+    @rule(step=FAULT_STEPS, kind=FAULT_KINDS, node=st.sampled_from([None, "bm1", "bm2"]))
+    def fault(self, step, kind, node):
+        self.cluster.m.faults.append(Fault(step, kind, node))
+
+    @rule()
+    def vip_moves_during_packages(self):
+        self.cluster.m.faults.append(Fault("packages", "vip-moves"))
+
+    @rule(what=st.sampled_from(["split-brain", "no-vip", "vip-to-bm2", "vip-to-bm1", "stonith-off",
+                                "unhealthy", "repair"]))
+    def cluster_changes(self, what):
+        m = self.cluster.m
+        if what == "split-brain":
+            m.vip = {"bm1", "bm2"}
+        elif what == "no-vip":
+            m.vip = set()
+        elif what.startswith("vip-to-"):
+            m.vip = {what[-3:]}
+        elif what == "stonith-off":
+            m.stonith = False
+        elif what == "unhealthy":
+            m.healthy = False
+        else:
+            m.vip, m.stonith, m.healthy, m.faults = {"bm1"}, True, True, []
+            self.cluster.finish_running()
+
+    @rule()
+    def time_passes(self):
+        """Commands left running on the nodes (after a lost connection) end."""
+        self.cluster.finish_running()
+
+    @rule(kind=INTERRUPTS, at=st.integers(1, 40))
+    def interrupt_next(self, kind, at):
+        self.pending_interrupt = (kind, at)
+
+    @rule(at=st.integers(1, 60))
+    def crash_next(self, at):
+        self.pending_crash = at
+
+    # ------------------------------------------------------------------ invariants
+    def _journal_view(self):
+        paths = RunStore(self.state).paths()
+        return [Journal.load(p).data for p in paths] if paths else []
+
+    @invariant()
+    def i1_no_change_before_safety(self):
+        for s in self.cluster.m.sent:
+            assert s.safety_ok, f"I1: {s.command} sent to {s.node} before this invocation's safety checks passed"
+
+    @invariant()
+    def i3_primary_steps_on_the_vip_holder(self):
+        for s in self.cluster.m.sent:
+            if s.step in PRIMARY_STEPS and s.tag:
+                assert s.vip_holders == {s.node}, f"I3: {s.step} sent to {s.node}; VIP on {set(s.vip_holders)}"
+
+    @invariant()
+    def i4_ha_off_is_never_silent(self):
+        if self.last is None or not self.cluster.ha_off:
+            return
+        summary = self.last[0]
+        markers = [f for node in self.cluster.files.values() for p, f in node.items() if p.endswith("/ha-off")]
+        assert markers, "I4: HA is off on the cluster and no node carries the HA-off marker"
+        if summary is None or isinstance(summary, BmError):
+            return  # crashed (SIGKILL) or refused before anything: the marker speaks
+        if summary.run_id in markers[0]:
+            assert summary.exit_code in (5, 4, 130), f"I4: HA off but exit {summary.exit_code}: {summary.message}"
+            assert summary.ha_off_open and "bmupgrade resume" in (summary.ha_restore_hint or "")
+
+    @invariant()
+    def i5_journal_truthful(self):
+        runs = {}
+        for info in RunStore(self.state).all():
+            assert info.status != "damaged", f"I5: journal {info.path} does not parse"
+            data = Journal.load(info.path).data
+            runs[data["run_id"]] = data
+            if data["status"] == "running":
+                assert not self._alive(data.get("owner")), "I5: a journal says running; its owner is alive"
+        for s in self.cluster.m.sent:  # journal first: whatever reached a node is in its run's journal
+            if not s.tag:
+                continue
+            run_id, step, node, attempt = s.tag.split(".")
+            e = runs[run_id]["steps"][step]["nodes"].get(node, {})
+            assert e.get("state", "pending") != "pending" or e.get("note"), \
+                f"I5: {step} reached {node} but the journal says pending"
+            assert e.get("attempts", 0) >= int(attempt), f"I5: attempt {attempt} of {step} on {node} not journaled"
+
+    @invariant()
+    def i6_point_of_no_return(self):
+        forced = any(k == "typed" and a == "yes" for k, _, a in self.story)
+        post_at: dict = {}
+        for i, s in enumerate(self.cluster.m.sent):
+            if s.step == "post-install":
+                post_at.setdefault(s.run_id, i)
+            if "--allow-downgrades" in s.command and s.run_id in post_at:
+                assert forced, f"I6: {s.command} on {s.node} after post-install of run {s.run_id}"
+
+    @invariant()
+    def i2_nothing_non_idempotent_twice(self):
+        counts: dict = {}
+        for s in self.cluster.m.sent:
+            if s.step in NON_IDEMPOTENT:
+                counts[(s.run_id, s.step, s.node)] = counts.get((s.run_id, s.step, s.node), 0) + 1
+        allowed: dict = {}
+        for kind, step, answer in self.story:
+            if answer in (RETRY, RERUN) and kind in ("failure", "unknown"):
+                allowed[step] = allowed.get(step, 0) + 1
+        for (run_id, step, node), n in counts.items():
+            assert n <= 1 + allowed.get(step, 0), f"I2: {step} sent {n} times to {node} in run {run_id}"
+
+
+test_operator_stories = OperatorStories.TestCase
