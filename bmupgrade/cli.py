@@ -382,20 +382,23 @@ def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=No
         raise UsageError("\n".join(problems + ["Nothing was changed."]))
 
 
-def _refuse_unused_answers(rb, journal_data: dict, *, rerun=(), assume_done=()) -> None:
-    """--rerun/--assume-done decide about a step found 'started' (outcome unknown) without a
-    verify command; naming any other step would be silently ignored: refuse it, saying why."""
+def _refuse_unused_answers(rb, journal, *, rerun=(), assume_done=()) -> None:
+    """--rerun and --assume-done answer for steps left skipped, failed or with an unknown outcome;
+    naming a step the resume would not ask about would be silently ignored: refuse it, saying why."""
     problems = []
-    for flag, names in (("--rerun", rerun), ("--assume-done", assume_done)):
-        for name in sorted(_split(list(names))):
-            entry = journal_data.get("steps", {}).get(name, {})
-            started = [n for n, e in (entry.get("nodes") or {}).items() if e.get("state") == "started"]
-            if not started:
-                problems.append(f"{flag} {name}: step '{name}' is {entry.get('state', 'pending')} in this run, "
-                                f"not 'started'; {flag} only decides about a step whose outcome is unknown")
-            elif rb.step(name).verify:
-                problems.append(f"{flag} {name}: step '{name}' has a verify command; resume runs it on "
-                                f"{', '.join(started)} and decides (done, or run again) by itself")
+    for name in sorted(_split(list(rerun))):
+        if not journal.nodes_in(name, "skipped", "failed", "started", "unknown") and \
+                journal.step(name).get("state") != "skipped":
+            problems.append(f"--rerun {name}: step '{name}' is {journal.step(name).get('state', 'pending')} in this "
+                            "run; --rerun sends again a step left skipped, failed or with an unknown outcome")
+    for name in sorted(_split(list(assume_done))):
+        step = rb.step(name)
+        unknown = journal.nodes_in(name, "started", "unknown")
+        why = ("its outcome is not unknown" if not unknown else "resume runs its verify command and decides"
+               if step.verify else "it is idempotent: resume sends it again" if step.idempotent else "")
+        if why:
+            problems.append(f"--assume-done {name}: step '{name}' is {journal.step(name).get('state', 'pending')} "
+                            f"and {why}; --assume-done only records as done a step whose outcome nobody can tell")
     if problems:
         raise UsageError("\n".join(problems + ["Nothing was changed."]))
 
@@ -522,7 +525,7 @@ def resume(
 
         rb, found = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
         _refuse_unknown_steps(rb, acks=ack, rerun=rerun, assume_done=assume_done)
-        _refuse_unused_answers(rb, found.data, rerun=rerun, assume_done=assume_done)
+        _refuse_unused_answers(rb, found, rerun=rerun, assume_done=assume_done)
     _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 
