@@ -477,7 +477,7 @@ def check(
     from bmupgrade.report import ConsoleReporter, NullReporter
 
     reporter = NullReporter() if fmt is StatusFormat.json else ConsoleReporter()
-    session = runner.Session(Path("."), reporter, PolicyPrompter(), runner.ssh_transport_factory(), RunOptions())
+    session = runner.Session(Path("."), reporter, PolicyPrompter(), _transport_factory(), RunOptions())
     summary, results = runner.check(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra))
     if fmt is StatusFormat.json:
         typer.echo(json.dumps({"ready": summary.exit_code == 0, "exit": summary.exit_code,
