@@ -36,12 +36,6 @@ app = typer.Typer(
 _debug = "--debug" in sys.argv or os.environ.get("BMUPGRADE_DEBUG") == "1"
 
 
-def _stderr():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 _hint_context = None  # hints.Context of this invocation (--state-dir, -i), once a command set it
 
 
@@ -56,16 +50,14 @@ def _hints_for(state_dir=None, inventory=None):
 
 def report_error(exc: BmError) -> None:
     """One line per problem, on stderr, prefixed so it is greppable in a scheduler's log."""
-    from rich.markup import escape
+    from bmupgrade.ui.report import print_errors
 
-    err = _stderr()
     text = str(exc)
     if _hint_context is not None:
         from bmupgrade.hints import qualify
 
         text = qualify(_hint_context, text)
-    for line in text.splitlines() or ["error"]:
-        err.print(f"[bold red]bmupgrade:[/bold red] {escape(line)}", markup=True, highlight=False)
+    print_errors(text.splitlines() or ["error"])
 
 
 def handles_errors(fn):
@@ -88,8 +80,10 @@ def handles_errors(fn):
         except Exception as exc:  # a bug: say so in one line, never a traceback by default
             if _debug:
                 raise
-            _stderr().print(f"bmupgrade: internal error: {type(exc).__name__}: {exc} "
-                            "(run again with --debug for the traceback, and report it)")
+            from bmupgrade.ui.report import print_errors
+
+            print_errors([f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the "
+                          "traceback, and report it)"])
             raise typer.Exit(EXIT_FAILED) from None
 
     return wrapper
@@ -220,7 +214,7 @@ def plan(
     """Print every command, on which node, in order. No side effects; no network unless --probe."""
     _short_lived()
     from bmupgrade.plan import build_plan
-    from bmupgrade.planview import render_json, render_markdown, render_plain, render_text, use_plain
+    from bmupgrade.ui.planview import render_json, render_markdown, render_plain, render_text, use_plain
 
     rb = load(runbook, inventory, extra)
     holders = None
@@ -244,7 +238,7 @@ def plan(
     elif use_plain(p, sys.stdout.isatty()):  # a pipe, a file, or too long for a table
         typer.echo(render_plain(p))
     else:
-        from bmupgrade.report import make_console
+        from bmupgrade.ui.report import make_console
 
         render_text(p, make_console())
 
@@ -311,8 +305,9 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
              allow_no_stonith=False):
     from bmupgrade.engine import RunOptions
     from bmupgrade.journal import default_state_dir
-    from bmupgrade.prompts import InteractivePrompter, PolicyPrompter
-    from bmupgrade.report import ConsoleReporter, JsonReporter
+    from bmupgrade.prompts import PolicyPrompter
+    from bmupgrade.ui.prompts import InteractivePrompter
+    from bmupgrade.ui.report import ConsoleReporter, JsonReporter
     from bmupgrade.runner import Session
     from bmupgrade.timeparse import parse_deadline
 
@@ -474,7 +469,7 @@ def check(
     from bmupgrade import runner
     from bmupgrade.engine import RunOptions
     from bmupgrade.prompts import PolicyPrompter
-    from bmupgrade.report import ConsoleReporter, NullReporter
+    from bmupgrade.ui.report import ConsoleReporter, NullReporter
 
     reporter = NullReporter() if fmt is StatusFormat.json else ConsoleReporter()
     session = runner.Session(Path("."), reporter, PolicyPrompter(), _transport_factory(), RunOptions())
@@ -483,15 +478,8 @@ def check(
         typer.echo(json.dumps({"ready": summary.exit_code == 0, "exit": summary.exit_code,
                                "message": summary.message, "checks": results}))
     else:
-        style = "green" if summary.exit_code == 0 else "red"
-        reporter.console.print(f"[bold {style}]{_esc(summary.message)}[/bold {style}]")
+        reporter.verdict(summary.message, ok=summary.exit_code == 0)
     raise typer.Exit(summary.exit_code)
-
-
-def _esc(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 @app.command()
@@ -560,11 +548,11 @@ def status(
 ) -> None:
     """Show a run's journal: per step and node, state, times, exit codes; and whether HA is off."""
     from bmupgrade.journal import RunStore, default_state_dir
-    from bmupgrade.status import render_status
+    from bmupgrade.ui.status import render_status
 
     if cluster is not None:
-        from bmupgrade.report import make_console
-        from bmupgrade.status import read_cluster_markers, render_cluster_markers
+        from bmupgrade.ui.report import make_console
+        from bmupgrade.ui.status import read_cluster_markers, render_cluster_markers
         from bmupgrade.transport.base import TransportError
 
         try:
@@ -584,7 +572,7 @@ def status(
     if fmt is StatusFormat.json:
         typer.echo(json.dumps(journal.data, indent=2))
         return
-    from bmupgrade.report import make_console
+    from bmupgrade.ui.report import make_console
 
     from bmupgrade.hints import qualify
 
@@ -598,10 +586,8 @@ def runs(
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """List the runs in the state dir, oldest first."""
-    from rich.table import Column, Table
-
     from bmupgrade.journal import RunStore, default_state_dir
-    from bmupgrade.report import make_console
+    from bmupgrade.ui.status import render_runs
 
     _hints_for(state_dir)
     store = RunStore(state_dir or default_state_dir())
@@ -610,10 +596,7 @@ def runs(
         typer.echo(json.dumps([{"run_id": r.run_id, "status": r.status, "owner_gone": r.owner_gone, "started": r.created_at,
                                 "runbook": r.runbook, "by": r.by, "journal": str(r.path)} for r in found], indent=2))
         return
-    table = Table(Column("run", no_wrap=True, overflow="ignore"), "status", "started", "runbook", "by")
-    for r in found:
-        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
-    make_console().print(table)
+    render_runs(found)
 
 
 def _mount_subcommands() -> None:

@@ -1,6 +1,5 @@
 """Engine logic on the in-memory transport: order, targets, journal-first, failures, resume."""
 
-import json
 import time
 import re
 
@@ -9,7 +8,7 @@ import pytest
 from bmupgrade.errors import UsageError
 from bmupgrade.journal import Journal, RunStore
 from bmupgrade.prompts import PolicyPrompter
-from bmupgrade.report import ConsoleReporter
+from bmupgrade.ui.report import ConsoleReporter
 from bmupgrade.runner import Session, resume_run, start_run
 from bmupgrade.engine import RunOptions
 from bmupgrade.transport.memory import ANY, MemoryTransport, Reply

@@ -3,7 +3,7 @@
 import json
 
 from bmupgrade.plan import build_plan, plan_json
-from bmupgrade.planview import render_markdown
+from bmupgrade.ui.planview import render_markdown
 from bmupgrade.runbook import load_runbook
 from tests.runbook_samples import MINIMAL
 
@@ -47,7 +47,7 @@ def test_keepalived_freezes_on_backup_only():
     assert steps["post-install"].target == "primary"
     assert plan.stonith_guard == ("no check proves fencing: step 'ha-on' needs an explicit acceptance of the "
                                   "split-brain risk (unattended: --allow-no-stonith)")
-    from bmupgrade.planview import render_markdown
+    from bmupgrade.ui.planview import render_markdown
     assert "| STONITH guard | no check proves fencing" in render_markdown(plan)
 
 

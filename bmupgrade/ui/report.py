@@ -106,6 +106,13 @@ class ConsoleReporter:
         self._live = None
 
     # ------------------------------------------------------------- simple lines
+    def verdict(self, text: str, *, ok: bool) -> None:
+        """The one-line outcome (green or red)."""
+        from rich.markup import escape
+
+        style = "green" if ok else "red"
+        self._print(f"[bold {style}]{escape(text)}[/bold {style}]")
+
     def info(self, text: str) -> None:
         from bmupgrade.sanitize import for_terminal
 
@@ -312,3 +319,13 @@ class NullReporter:
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
+
+
+def print_errors(lines: list[str]) -> None:
+    """Errors on stderr, one per line, prefixed so they are greppable in a scheduler's log."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in lines:
+        err.print(f"[bold red]bmupgrade:[/bold red] {escape(line)}", markup=True, highlight=False)

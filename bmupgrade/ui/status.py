@@ -63,9 +63,7 @@ def render_status(journal: Journal, console, hint=None) -> None:
 def read_cluster_markers(rb) -> dict[str, dict]:
     """Read (only read) each node's bmupgrade lock and HA-off marker — what a colleague on
     another machine needs to see why failover is paused and by whom."""
-    import json
-    import shlex
-
+    from bmupgrade.engine import remote
     from bmupgrade.probes import node_addresses, on_each
     from bmupgrade.transport.ssh import SshTransport
 
@@ -74,18 +72,10 @@ def read_cluster_markers(rb) -> dict[str, dict]:
         transport.connect(node_addresses(rb))
 
         def read(node: str) -> dict:
-            d = shlex.quote(rb.node(node).state_dir)
-            r = transport.run(node, f"for f in lock ha-off; do printf '%s ' \"$f\"; cat {d}/$f 2>/dev/null || echo; done",
-                              timeout=30, capture=True)
-            out: dict = {}
-            for line in r.stdout.splitlines():
-                name, _, body = line.partition(" ")
-                if body.strip():
-                    try:
-                        out[name] = json.loads(body)
-                    except ValueError:
-                        out[name] = {"raw": body.strip()}
-            return out
+            r = transport.run(node, remote.read_lock_and_marker(rb.node(node).state_dir), timeout=30, capture=True)
+            lock, marker = remote.parse_lock_and_marker(r.stdout)
+            return {k: (v if isinstance(v, dict) else {"raw": v}) for k, v in (("lock", lock), ("ha-off", marker))
+                    if v}
 
         return on_each(rb.node_names, read)
     finally:
@@ -106,3 +96,15 @@ def render_cluster_markers(markers: dict[str, dict], console) -> None:
             lk = m["lock"]
             console.print(f"{node}: locked by run {lk.get('run_id')} ({lk.get('user')}@{lk.get('host')}, pid "
                           f"{lk.get('pid')}) since {lk.get('since')}", highlight=False)
+
+
+def render_runs(found) -> None:
+    """`bmupgrade runs`: one row per run; run ids never cut, a killed run says so."""
+    from rich.table import Column, Table
+
+    from bmupgrade.ui.report import make_console
+
+    table = Table(Column("run", no_wrap=True, overflow="ignore"), "status", "started", "runbook", "by")
+    for r in found:
+        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
+    make_console().print(table)
