@@ -10,7 +10,6 @@ terminal or to Fabric directly: it asks a Prompter and tells a Reporter.
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -229,15 +228,10 @@ class Engine:
         return " ".join(p for p in parts if p)
 
     def ssh_hint(self, node: str) -> str:
-        addr = self.rb.node(node)
-        if self.rb.cluster.ssh_config:
-            ssh = f"ssh -F {shlex.quote(self.rb.cluster.ssh_config)} {shlex.quote(node)}"
-        else:
-            ssh = "ssh " + (f"-p {addr.port} " if addr.port else "") + (f"-i {shlex.quote(addr.identity_file)} "
-                                                                        if addr.identity_file else "")
-            ssh += "".join(f"-o UserKnownHostsFile={shlex.quote(k)} " for k in self.rb.cluster.known_hosts[:1])
-            ssh += (f"{addr.user}@" if addr.user else "") + addr.host
-        return f"{ssh}    # then look at the step's output in the audit log"
+        """How to reach the node by hand: the ssh config, key and known_hosts bmupgrade used."""
+        from bmupgrade.hints import ssh_command
+
+        return f"{ssh_command(self.rb, node)}    # then look at the step's output in the audit log"
 
     def deadline_text(self) -> str:
         from bmupgrade.timeparse import show_local
