@@ -544,8 +544,13 @@ def load_runbook(
 ) -> Runbook:
     """Load, merge the inventory's `cluster:` (e.g. the lab's), apply `-e` overrides, validate.
 
-    Raises RunbookError listing every problem, each with file:line:column.
+    Raises RunbookError listing every problem, each with file:line:column. `path` may also name
+    a bundled runbook (`bmupgrade runbooks` lists them). An inventory must give the cluster's own
+    `public_ip`: a runbook's address is an example, never used for a real cluster.
     """
+    from bmupgrade import bundled
+
+    path = bundled.resolve(path)
     try:
         source = yamlsource.load_file(path)
     except yamlsource.SourceError as exc:
@@ -565,6 +570,14 @@ def load_runbook(
         if not isinstance(inv, dict) or set(inv) - {"cluster", "vars"}:
             raise RunbookError([f"{inv_source.filename}:1:1: an inventory is a mapping with 'cluster:' "
                                 "(and optionally 'vars:')"])
+        inv_cluster = inv.get("cluster")
+        if not isinstance(inv_cluster, dict) or "public_ip" not in inv_cluster:
+            loc = ("cluster",) if isinstance(inv_cluster, dict) else ()
+            pos = inv_source.where(loc, key=True) if loc else None
+            where = f"{inv_source.filename}:{pos.line}:{pos.column}" if pos else f"{inv_source.filename}:1:1"
+            example = data.get("cluster", {}).get("public_ip") if isinstance(data.get("cluster"), dict) else None
+            raise RunbookError([f"{where}: cluster.public_ip missing: give the floating IP of this cluster"
+                                + (f" (the runbook's {example} is an example and is never used)" if example else "")])
         if isinstance(inv.get("cluster"), dict) and isinstance(data.get("cluster"), dict):
             data["cluster"] = {**data["cluster"], **inv["cluster"]}
         if isinstance(inv.get("vars"), dict):

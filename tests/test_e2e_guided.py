@@ -19,7 +19,7 @@ from tests.e2e import PACEMAKER, ROOT, bmupgrade, count, journal, ledger, run_up
 
 pytestmark = pytest.mark.lab
 DOWN, ENTER = "\x1b[B", "\r"
-PKG_FAULT = "apt-get install !--download-only"
+PKG_FAULT = "apt-get install -y !--download-only"
 
 
 def spawn(*args: str, cwd) -> pexpect.spawn:

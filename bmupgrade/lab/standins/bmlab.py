@@ -492,6 +492,7 @@ def failover(tx: Txn, to: str | None = None) -> str:
             node.setdefault("service_events", []).append({"unit": "bluemind.target", "by": "failover",
                                                           "time": round(time.time(), 3), "event": "start"})
         node["services"]["bluemind.target"] = "active" if n == to else "inactive"
+        node["services"]["bm-nginx.service"] = "active" if n == to else "inactive"  # in the same group
     return to
 
 
@@ -1680,7 +1681,11 @@ def run_real_on_file(ctx: Ctx, prog: str, args: list[str], path: str) -> int:
 
 
 def cmd_crm_attribute(ctx: Ctx, args):
-    if uses_real_pacemaker(ctx):
+    if user_cib_file(ctx):
+        ctx.notes["cib_file"] = os.environ["CIB_file"]  # a CIB copy, not the cluster's
+    # Pacemaker 2.1.5's crm_attribute maps the host name to a cluster node before touching
+    # rsc_defaults, which a CIB file of another host cannot do: the stand-in answers those
+    if uses_real_pacemaker(ctx) and "rsc_defaults" not in args:
         if user_cib_file(ctx):
             return run_real_on_file(ctx, "crm_attribute", args, user_cib_file(ctx))
         return run_real_pacemaker(ctx, "crm_attribute", args)
