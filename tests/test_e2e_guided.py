@@ -153,7 +153,8 @@ def test_scripted_rollback_lists_what_cannot_be_undone(lab, tmp_path):
     pr = Scripted(failure=[ROLLBACK])
     s = in_process(lab, tmp_path, pr)
     undo, cannot = next(a for a in pr.asked if a[0] == "rollback")[1:]
-    assert [u.split(" on ")[0] for u in undo] == ["packages", "ha-off"]
+    assert [u.split(" on ")[0] for u in undo] == ["unmask-passive", "packages", "mask-passive", "ha-off",
+                                                  "suspend-cron"]
     assert [c.split(" ")[0] for c in cannot] == ["post-install"]  # refresh/prefetch/passive-stopped: rollback: []
     assert s.exit_code == 1 and s.status == "rolled-back"
     assert version(lab, "bm1") == version(lab, "bm2") == "4.9.2"
@@ -195,6 +196,7 @@ def test_unattended_abort_leaves_ha_debt_visible(lab, tmp_path):
 def _fast_runbook(tmp_path, packages_timeout="60s"):
     text = open(PACEMAKER).read()
     for old, new in (("timeout: 10m", "timeout: 5s"), ("timeout: 30m", "timeout: 5s"), ("timeout: 2m", "timeout: 5s"),
+                     ("timeout: 5m", "timeout: 5s"), ("timeout: 1m", "timeout: 5s"), ("timeout: 15m", "timeout: 5s"),
                      ("timeout: 45m", f"timeout: {packages_timeout}"), ("timeout: 2h", "timeout: 5s")):
         text = text.replace(old, new)
     p = tmp_path / "fast.yaml"
@@ -228,7 +230,7 @@ def _popen_run(lab, state, runbook=PACEMAKER):
 def _wait_started(lab, node, command, timeout=30):
     t = time.time() + timeout
     while time.time() < t:
-        hits = [p for p in _procs() if command in p]
+        hits = [p for p in _procs() if command in p and str(lab.dir) in p]  # this lab's, not another test's
         if hits:
             return
         time.sleep(0.05)

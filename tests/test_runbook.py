@@ -52,7 +52,7 @@ def locate(text, marker):
         ("    parallel: true\n", "    parallel: sometimes\n", "sometimes", "parallel: Input should be a valid boolean"),
         ("  - id: post-install\n", "  - id: packages\n", "packages\n    on: primary", "duplicate id 'packages'"),
         ("  - id: post-install\n    on: primary\n", "  - id: post-install\n    on: bm3\n", "bm3",
-         "unknown target 'bm3'; use primary, secondary, all or one of: bm1, bm2"),
+         "unknown target 'bm3'; use primary, secondary, all, where:STEP or one of: bm1, bm2"),
         ("bm-full={{ target_version }}\n", "bm-full={{ target_versoin }}\n", "apt-get install -y bm-full={{ target_versoin",
          "undefined variable 'target_versoin'"),
         ("    timeout: 45m\n", "    timeout: 45 minutes\n", "45 minutes", "is not a duration"),
