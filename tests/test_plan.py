@@ -49,7 +49,8 @@ def test_keepalived_freezes_on_backup_only():
     assert steps["ha-off"].target == "secondary"
     assert steps["ha-off"].commands["bm1"].run == ["systemctl stop keepalived"]
     assert steps["post-install"].target == "primary"
-    assert plan.stonith_guard == ("no check proves fencing: step 'ha-on' needs an explicit acceptance of the "
+    assert plan.stonith_guard == ("no check proves fencing (the HA handling may have none, as keepalived): step "
+                                  "'ha-on' turns failover back on and needs an explicit acceptance of the "
                                   "split-brain risk (unattended: --allow-no-stonith)")
     from bmupgrade.planview import render_markdown
     assert "| STONITH guard | no check proves fencing" in render_markdown(plan)
