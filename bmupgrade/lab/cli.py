@@ -52,14 +52,15 @@ def _crun(fn):
         _fail(e)
 
 
-def _cluster(dir: str, name: Optional[str] = None, subnet: Optional[str] = None):
+def _cluster(dir: str, name: Optional[str] = None, subnet: Optional[str] = None, ha: Optional[str] = None):
     from bmupgrade.lab.cluster.lab import ClusterLab
-    return _crun(lambda: ClusterLab(dir, name=name, subnet=subnet))
+    return _crun(lambda: ClusterLab(dir, name=name, subnet=subnet, ha=ha))
 
 
-def _cluster_up(dir: str, reset: bool, json_out: bool, name: Optional[str], subnet: Optional[str]) -> None:
+def _cluster_up(dir: str, reset: bool, json_out: bool, name: Optional[str], subnet: Optional[str],
+                ha: Optional[str] = None) -> None:
     from bmupgrade.lab.cluster.text import usage_text
-    lab = _cluster(dir, name, subnet)
+    lab = _cluster(dir, name, subnet, ha)
     _crun(lambda: lab.up(reset=reset))
     if json_out:
         import json
@@ -80,7 +81,8 @@ def up(dir: str = DirOpt,
                                     "Corosync/Pacemaker, STONITH, apt and dpkg (root with CAP_SYS_ADMIN/NET_ADMIN)."),
        name: Optional[str] = typer.Option(None, "--name", help="--cluster: lab name (default bmlab); names its "
                                           "bridge, veths and network namespaces."),
-       subnet: Optional[str] = typer.Option(None, "--subnet", help="--cluster: IPv4 /24 (default 198.51.100.0/24).")):
+       subnet: Optional[str] = typer.Option(None, "--subnet", help="--cluster: IPv4 /24 (default 198.51.100.0/24)."),
+       ha: Optional[str] = typer.Option(None, "--ha", help="--cluster: pacemaker (default) or keepalived (real VRRP).")):
     """Start both nodes (idempotent) and write DIR/inventory.yaml and DIR/ssh_config."""
     from bmupgrade.lab.core import usage_text
     if cluster:  # privileges first: without them nothing else is looked at
@@ -89,9 +91,9 @@ def up(dir: str = DirOpt,
     if cluster or _is_cluster(dir):
         if not cluster:
             _fail(ValueError("%s is a cluster lab: bmupgrade lab up --cluster --dir %s" % (dir, dir)))
-        return _cluster_up(dir, reset, json_out, name, subnet)
-    if name or subnet:
-        _fail(ValueError("--name and --subnet need --cluster"))
+        return _cluster_up(dir, reset, json_out, name, subnet, ha)
+    if name or subnet or ha:
+        _fail(ValueError("--name, --subnet and --ha need --cluster"))
     lab = _run(lambda: _lab(dir, pacemaker))
     _run(lambda: lab.up(reset=reset))
     if json_out:

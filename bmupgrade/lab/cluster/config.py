@@ -17,7 +17,8 @@ from pathlib import Path
 NODE_NAMES = ("bm1", "bm2")
 DEFAULT_NAME = "bmlab"
 DEFAULT_SUBNET = "198.51.100.0/24"  # TEST-NET-2: the host may already use TEST-NET-1
-MARKER = "cluster.json"
+MARKER = "cluster-lab.json"  # not cluster.json: the stand-in lab already has one
+HA_KINDS = ("pacemaker", "keepalived")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # interface names are limited to 15 bytes
 
 
@@ -40,9 +41,12 @@ class ClusterConfig:
     dir: str
     name: str = DEFAULT_NAME
     subnet: str = DEFAULT_SUBNET
+    ha: str = "pacemaker"  # or "keepalived": VRRP instead of Corosync/Pacemaker
 
     def __post_init__(self):
         self.dir = os.path.abspath(self.dir)
+        if self.ha not in HA_KINDS:
+            raise ClusterLabError("--ha must be %s (got %r)" % (" or ".join(HA_KINDS), self.ha))
         if not NAME_RE.match(self.name):
             raise ClusterLabError("--name must be 1-8 lowercase letters/digits starting with a letter (got %r)"
                                   % self.name)
@@ -122,7 +126,7 @@ class ClusterConfig:
         except FileNotFoundError:
             raise ClusterLabError("no cluster lab in %s (run: bmupgrade lab up --cluster --dir %s)"
                                   % (path.parent, path.parent)) from None
-        return cls(**{k: data[k] for k in ("dir", "name", "subnet")})
+        return cls(**{k: data[k] for k in ("dir", "name", "subnet", "ha") if k in data})
 
 
 REGISTRY = "/run/bmlab-cluster"  # NAME -> the lab directory owning the kernel objects of that name

@@ -86,6 +86,8 @@ def restore_link(lab, name: str) -> None:
 
 def vip_move(lab, to: str | None = None) -> str:
     """Move the VIP (and with it BlueMind) the way an admin does; returns the new holder."""
+    if lab.cfg.ha != "pacemaker":
+        raise ClusterLabError("vip-move uses crm_resource: Pacemaker labs only (keepalived: power-off the MASTER)")
     holders = lab.vip_holders()
     src = holders[0] if holders else lab.cfg.nodes[0].name
     dest = to or _other(lab, src)
@@ -100,7 +102,7 @@ def vip_move(lab, to: str | None = None) -> str:
 
 
 def resource_failure(lab, name: str | None = None) -> str:
-    """Stop bluemind.target behind Pacemaker's back on the node running it."""
+    """Stop bluemind.target behind the HA manager's back on the node running it."""
     name = name or (lab.vip_holders() or [lab.cfg.nodes[0].name])[0]
     lab.run(name, "systemctl stop bluemind.target", check=True)
     return name
@@ -138,8 +140,10 @@ def clear(lab) -> None:
                         "rm -f /var/lib/bmlab/faults/postinst-fail-once; "
                         "mountpoint -q %s && umount %s; true" % (ARCHIVES, ARCHIVES))
     lab.wait_ready()
-    lab.run(lab.cfg.nodes[0].name, "crm_resource --cleanup >/dev/null && crm_resource --wait --timeout=30", check=True)
-    lab.wait_ready()
+    if lab.cfg.ha == "pacemaker":
+        lab.run(lab.cfg.nodes[0].name, "crm_resource --cleanup >/dev/null && crm_resource --wait --timeout=30",
+                check=True)
+        lab.wait_ready()
 
 
 FAULTS = {  # name -> (function, takes a node)

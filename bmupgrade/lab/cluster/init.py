@@ -75,7 +75,7 @@ def provision() -> None:
 def start_enabled_units() -> None:
     """What systemd would do at boot: start the enabled units (bluemind.target is Pacemaker's)."""
     try:
-        units = [u for u in os.listdir("/etc/bmlab-units") if not u.endswith(".masked")]
+        units = [u for u in os.listdir("/etc/bmlab-units") if not u.endswith((".masked", ".exec"))]
     except FileNotFoundError:
         return
     for u in units:
@@ -95,8 +95,11 @@ def wait_corosync(timeout: float = 15.0) -> None:
 
 
 def daemons() -> dict[int, str]:
-    """corosync, then (once it answers) pacemakerd, then sshd."""
+    """corosync, then (once it answers) pacemakerd, then sshd (keepalived labs: sshd only;
+    keepalived is an enabled unit)."""
     procs = {}
+    if os.path.exists("/etc/bmlab-units/keepalived.service.exec"):
+        return dict(sshd())
     p = subprocess.Popen(["corosync", "-f"], env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=open("/var/log/corosync/stderr.log", "ab"))
     procs[p.pid] = "corosync"
@@ -105,10 +108,14 @@ def daemons() -> dict[int, str]:
     p = subprocess.Popen(["pacemakerd"], env=penv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=open("/var/log/pacemaker/stderr.log", "ab"))
     procs[p.pid] = "pacemakerd"
+    procs.update(sshd())
+    return procs
+
+
+def sshd() -> dict[int, str]:
     p = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", "/etc/ssh/bmlab_sshd_config", "-E", "/var/log/bmlab/sshd.log"],
                          env=ENV, stdin=subprocess.DEVNULL)
-    procs[p.pid] = "sshd"
-    return procs
+    return {p.pid: "sshd"}
 
 
 def reap(procs: dict[int, str]) -> None:

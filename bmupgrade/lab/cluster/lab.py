@@ -65,15 +65,16 @@ def _alive(pid: int | None) -> bool:
 class ClusterLab:
     """A real two-node cluster lab in `dir` (see the module docstring)."""
 
-    def __init__(self, dir: str | os.PathLike, *, name: str | None = None, subnet: str | None = None):
+    def __init__(self, dir: str | os.PathLike, *, name: str | None = None, subnet: str | None = None,
+                 ha: str | None = None):
         path = Path(os.path.abspath(dir))
-        if (path / "cluster.json").is_file():
+        if (path / config.MARKER).is_file():
             self.cfg = ClusterConfig.load(path)
-            if (name and name != self.cfg.name) or (subnet and subnet != self.cfg.subnet):
-                raise ClusterLabError("%s is the cluster lab %s on %s; down it and use another --dir to change "
-                                      "--name/--subnet" % (path, self.cfg.name, self.cfg.subnet))
+            if (name and name != self.cfg.name) or (subnet and subnet != self.cfg.subnet) or (ha and ha != self.cfg.ha):
+                raise ClusterLabError("%s is the %s cluster lab %s on %s; down it and use another --dir to change "
+                                      "--name/--subnet/--ha" % (path, self.cfg.ha, self.cfg.name, self.cfg.subnet))
         else:
-            self.cfg = ClusterConfig(str(path), **{k: v for k, v in (("name", name), ("subnet", subnet)) if v})
+            self.cfg = ClusterConfig(str(path), **{k: v for k, v in (("name", name), ("subnet", subnet), ("ha", ha)) if v})
         self.dir = path
         self.inventory_path = path / "inventory.yaml"
         self.ssh_config = path / "ssh_config"
@@ -105,7 +106,7 @@ class ClusterLab:
         if self.is_up() and not reset:
             self.startup_seconds = time.monotonic() - t0
             return self
-        if self.dir.exists() and any(self.dir.iterdir()) and not (self.dir / "cluster.json").is_file():
+        if self.dir.exists() and any(self.dir.iterdir()) and not (self.dir / config.MARKER).is_file():
             raise ClusterLabError("%s exists and is not a cluster lab; choose another --dir" % self.dir)
         theirs = config.owner(self.cfg)
         if theirs and theirs != str(self.dir):
@@ -197,7 +198,7 @@ class ClusterLab:
                 raise ClusterLabError("the supervisor died: %s" % self._last_log_line())
             last = self._not_ready(names)
             if last is None:
-                return self.crm_mon()
+                return self.crm_mon() if self.cfg.ha == "pacemaker" else {}
             time.sleep(0.1)
         raise ClusterLabError("cluster not ready after %.0f s: %s (logs: %s/nodes/*/upper/var/log)"
                               % (timeout, last, self.dir))
@@ -210,6 +211,8 @@ class ClusterLab:
                 return "%s is booting" % name
             if not _ssh_answers(self.cfg.node(name).address):
                 return "sshd on %s not answering" % name
+        if self.cfg.ha == "keepalived":
+            return self._keepalived_not_ready(names)
         try:
             mon = self.crm_mon(names[0])
         except (ClusterLabError, Exception) as e:  # noqa: BLE001 - not up yet: any parse error
@@ -219,6 +222,18 @@ class ClusterLab:
             return "not online: %s" % ", ".join(offline)
         stopped = [r for r, v in mon["resources"].items() if not v["active"]]
         return "not started: %s" % ", ".join(stopped) if stopped else None
+
+    def _keepalived_not_ready(self, names: list[str]) -> str | None:
+        """VRRP settled: keepalived up on every node, one VIP holder running BlueMind."""
+        for name in names:
+            if node.run(self.cfg, name, "systemctl is-active --quiet keepalived").returncode:
+                return "keepalived not running on %s" % name
+        holders = self.vip_holders()
+        if len(holders) != 1:
+            return "VIP held by %s" % (", ".join(holders) or "nobody")
+        if node.run(self.cfg, holders[0], "systemctl is-active --quiet bluemind.target").returncode:
+            return "BlueMind not started on %s" % holders[0]
+        return None
 
     def down(self) -> list[str]:
         """Stop everything; returns what is left behind (empty = clean). Works after a SIGKILLed
@@ -272,6 +287,12 @@ class ClusterLab:
             st["nodes"][n.name] = {"address": n.address, "power": power,
                                    "versions": node.versions(self.cfg, n.name) if power == "on" else {}}
         st["vip_holders"] = self.vip_holders()
+        st["ha"] = self.cfg.ha
+        if self.cfg.ha == "keepalived":
+            for name, n in st["nodes"].items():
+                n["keepalived"] = node.run(self.cfg, name, "systemctl is-active keepalived").stdout.strip() \
+                    if n["power"] == "on" else "-"
+            return st
         try:
             st["crm_mon"] = self.crm_mon()
         except ClusterLabError as e:

@@ -36,6 +36,9 @@ n=$(date +%s.%N)
 mkdir -p /var/log/bmlab/dpkg
 crm_mon -1 --output-as=xml > /var/log/bmlab/dpkg/$n.crm_mon.xml 2>/dev/null || rm -f /var/log/bmlab/dpkg/$n.crm_mon.xml
 cibadmin --query > /var/log/bmlab/dpkg/$n.cib.xml 2>/dev/null || rm -f /var/log/bmlab/dpkg/$n.cib.xml
+if [ -f /etc/bmlab-units/keepalived.service.exec ]; then
+  systemctl is-active keepalived > /var/log/bmlab/dpkg/$n.keepalived 2>&1
+fi
 exit 0
 """
 
@@ -95,10 +98,13 @@ def prepare(cfg: ClusterConfig, node: str, keys: dict[str, Path]) -> None:
         st = os.stat("/" + layer)
         os.chown(nd / "upper" / layer, st.st_uid, st.st_gid)
         os.chmod(nd / "upper" / layer, stat.S_IMODE(st.st_mode))
-    put(cfg, node, "etc/corosync/corosync.conf", cib.corosync_conf(cfg))
-    cib_path = upper(cfg, node) / "var/lib/pacemaker/cib/cib.xml"
-    if not cib_path.exists():  # the cluster owns it after the first boot
-        put(cfg, node, "var/lib/pacemaker/cib/cib.xml", cib.cib_xml(cfg), 0o600, ("hacluster", "haclient"))
+    if cfg.ha == "keepalived":
+        _keepalived(cfg, node)
+    else:
+        put(cfg, node, "etc/corosync/corosync.conf", cib.corosync_conf(cfg))
+        cib_path = upper(cfg, node) / "var/lib/pacemaker/cib/cib.xml"
+        if not cib_path.exists():  # the cluster owns it after the first boot
+            put(cfg, node, "var/lib/pacemaker/cib/cib.xml", cib.cib_xml(cfg), 0o600, ("hacluster", "haclient"))
     put(cfg, node, "usr/sbin/fence_bmlab", (FILES / "fence_bmlab").read_bytes(), 0o755)
     put(cfg, node, "usr/lib/ocf/resource.d/bmlab/bluemind", (FILES / "bluemind").read_bytes(), 0o755)
     put(cfg, node, "usr/local/lib/bmlab/snapshot", SNAPSHOT, 0o755)
@@ -116,6 +122,39 @@ def prepare(cfg: ClusterConfig, node: str, keys: dict[str, Path]) -> None:
             put(cfg, node, rel, text)
     _mkdirs_like(upper(cfg, node), "var/spool/cyrus/meta")
     _ssh(cfg, node, keys)
+
+
+KA_NOTIFY = """#!/bin/sh
+# bmupgrade lab: keepalived notify script. The MASTER runs BlueMind, a BACKUP/FAULT stops it.
+echo "$(date +%s.%N) keepalived notify $*" >> /var/log/bmlab/calls.log
+case "$3" in
+  MASTER) command -v bmctl >/dev/null && bmctl start ;;
+  BACKUP|FAULT|STOP) command -v bmctl >/dev/null && bmctl stop ;;
+esac
+exit 0
+"""
+
+
+def _keepalived(cfg: ClusterConfig, node: str) -> None:
+    """Real keepalived (VRRP, unicast over the bridge), started by the systemctl stand-in as
+    the enabled unit keepalived.service; bm1 is the preferred MASTER."""
+    me = cfg.node(node)
+    peer = next(n for n in cfg.nodes if n.name != node)
+    put(cfg, node, "etc/keepalived/keepalived.conf", "\n".join([
+        "# bmupgrade cluster lab %s, node %s" % (cfg.name, node),
+        "global_defs {\n  router_id %s\n  enable_script_security\n  script_user root\n}" % node,
+        "vrrp_instance BLUEMIND {",
+        "  state %s" % ("MASTER" if me.index == 1 else "BACKUP"),
+        "  interface eth0\n  virtual_router_id 51\n  priority %d\n  advert_int 1" % (150 if me.index == 1 else 100),
+        "  unicast_src_ip %s\n  unicast_peer {\n    %s\n  }" % (me.address, peer.address),
+        "  virtual_ipaddress {\n    %s/%d dev eth0\n  }" % (cfg.vip, cfg.prefixlen),
+        "  notify /usr/local/lib/bmlab/keepalived-notify",
+        "}", ""]))
+    put(cfg, node, "usr/local/lib/bmlab/keepalived-notify", KA_NOTIFY, 0o755)
+    put(cfg, node, "etc/bmlab-units/keepalived.service", "")
+    put(cfg, node, "etc/bmlab-units/keepalived.service.exec",
+        "keepalived --vrrp -f /etc/keepalived/keepalived.conf -p /run/bmlab-units/keepalived.service.pid "
+        "-r /run/bmlab-units/keepalived-vrrp.pid\n")
 
 
 def _ssh(cfg: ClusterConfig, node: str, keys: dict[str, Path]) -> None:
