@@ -143,3 +143,69 @@ def test_pacemaker_runbook_on_the_real_cluster(cluster, runbook, tmp_path):
         {"vip": ["bm1"], "bluemind": ["bm1"]}
     assert "resources-did-not-move" in r.stdout and "Upgrade complete" in r.stdout
     assert os.path.exists(state)
+
+
+# --------------------------------------------------------------------------- keepalived (real VRRP)
+@pytest.fixture(scope="module")
+def ka(tmp_path_factory):
+    import shutil
+
+    from tests.conftest import _missing
+
+    require_cluster()
+    if not shutil.which("keepalived"):
+        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
+    from bmupgrade.lab.cluster.lab import ClusterLab
+
+    lab = ClusterLab(tmp_path_factory.mktemp("ka13") / "lab", name="bmka13", subnet="10.213.14.0/24", ha="keepalived")
+    try:
+        lab.up()
+        yield lab
+    finally:
+        left = lab.down()
+    assert left == [], left
+
+
+@pytest.fixture(scope="module")
+def ka_runbook(tmp_path_factory):
+    from tests.e2e import KEEPALIVED
+
+    text = open(KEEPALIVED).read()
+    for old, new in API_FREE:
+        assert old in text, old
+        text = text.replace(old, new)
+    p = tmp_path_factory.mktemp("ka13rb") / "keepalived-cluster-lab.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_keepalived_runbook_on_real_vrrp(ka, ka_runbook, tmp_path):
+    from tests.test_cluster_lab import eventually
+
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    seen = {n: len(calls(ka, n)) for n in ("bm1", "bm2")}
+    state = tmp_path / "s"
+    r = bmupgrade("run", ka_runbook, "-i", str(ka.inventory_path), "--yes", "--ack", "backup,prepare",
+                  "--allow-no-stonith", "-e", "config_sync_command=true", state=state, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(set(v.values()) == {"4.9.3"} for v in versions(ka).values())
+    new = {n: calls(ka, n)[seen[n]:] for n in ("bm1", "bm2")}
+    # failover frozen and unfrozen on the same node (ha-on: where:ha-off), never on the MASTER
+    assert "systemctl stop keepalived" in new["bm2"] and "systemctl start keepalived" in new["bm2"]
+    assert new["bm2"].index("systemctl stop keepalived") < new["bm2"].index("systemctl start keepalived")
+    assert not [c for c in new["bm1"] if c in ("systemctl stop keepalived", "systemctl start keepalived")]
+    # the passive node's bluemind.target was masked around bm-conf's postinst
+    bm2 = new["bm2"]
+    starts = [i for i, c in enumerate(bm2) if c == "systemctl start bluemind.target"]
+    assert starts and all(bm2.index("systemctl mask --runtime bluemind.target") < i
+                          < bm2.index("systemctl unmask --runtime bluemind.target") for i in starts), bm2
+    # the check scripts' maintenance file: set and cleared on both nodes
+    for n in ("bm1", "bm2"):
+        assert ka.run(n, "test -e /etc/keepalived/bm-maintenance").returncode == 1
+    cmds = "\n".join(sent(state, "bm1"))
+    assert cmds.find("touch /etc/keepalived/bm-maintenance") < cmds.find("apt-get install -y -q --no-remove -o") \
+        < cmds.find("rm -f /etc/keepalived/bm-maintenance")
+    assert ka.vip_holders() == ["bm1"] and not any(c.startswith("bm-cli") for c in bm2)
+    for n in ("bm1", "bm2"):
+        assert ka.run(n, "systemctl is-active keepalived").stdout.strip() == "active"
+    assert ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
