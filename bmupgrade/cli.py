@@ -178,7 +178,7 @@ class PlanFormat(str, Enum):
 @app.command()
 @handles_errors
 def validate(
-    runbooks: List[Path] = typer.Argument(..., help="Runbook file(s) to check."),
+    runbooks: List[Path] = typer.Argument(..., help="Runbook file(s) or bundled name(s) to check."),
     inventory: Optional[Path] = InventoryOpt,
     extra: List[str] = ExtraOpt,
 ) -> None:
@@ -201,8 +201,19 @@ def validate(
 
 @app.command()
 @handles_errors
+def runbooks() -> None:
+    """List the runbooks shipped with bmupgrade; plan, run, validate accept their names."""
+    from bmupgrade import bundled
+
+    for name in bundled.names():
+        title, description = bundled.describe(name)
+        typer.echo(f"{name}\t{title}\n    {description}\n    {bundled.path(name)}")
+
+
+@app.command()
+@handles_errors
 def plan(
-    runbook: Path = typer.Argument(..., help="The runbook to plan."),
+    runbook: Path = typer.Argument(..., help="The runbook to plan (a file, or a bundled name: see `runbooks`)."),
     fmt: PlanFormat = typer.Option(PlanFormat.text, "--format", "-f", help="text | markdown | json"),
     inventory: Optional[Path] = InventoryOpt,
     extra: List[str] = ExtraOpt,
@@ -416,7 +427,7 @@ def _finish(summary, reporter) -> None:
 @app.command()
 @handles_errors
 def run(
-    runbook: Path = typer.Argument(..., help="The runbook to run."),
+    runbook: Path = typer.Argument(..., help="The runbook to run (a file, or a bundled name: see `runbooks`)."),
     inventory: Optional[Path] = InventoryOpt,
     extra: List[str] = ExtraOpt,
     yes: bool = YesOpt,

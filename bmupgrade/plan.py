@@ -133,8 +133,9 @@ class Plan:
         if proofs:
             return (f"fencing must be proven by preflight check {', '.join(proofs)} (refused otherwise; "
                     f"--allow-no-stonith warns and goes on)")
-        return (f"no check proves fencing: step '{on}' needs an explicit acceptance of the split-brain risk "
-                "(unattended: --allow-no-stonith)")
+        return (f"no check proves fencing (the HA handling may have none, as keepalived): step '{on}' turns "
+                "failover back on and needs an explicit acceptance of the split-brain risk (unattended: "
+                "--allow-no-stonith)")
 
 
 def describe_target(rb: Runbook, target: str, holders: list[str] | None) -> tuple[str, list[str]]:

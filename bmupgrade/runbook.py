@@ -234,6 +234,9 @@ class Step(Strict):
     idempotent: bool = Field(
         False, description="Sending it twice is harmless: a command whose outcome was lost (timeout, dropped "
         "connection, crash) may be re-sent automatically (retries, resume). Otherwise it never is.")
+    always_undo: bool = Field(
+        False, description="Its rollback restores normal operation (cron, a runtime mask), so it is run even "
+        "past a point of no return when the run stopped inside the window (`ha: disable` steps always are).")
     point_of_no_return: bool = Field(
         False, description="Once done, the steps before it are never undone (e.g. BlueMind's post-install "
         "migrated the data): rollback only undoes later steps and the back-out is a restore from backup.")
@@ -649,8 +652,13 @@ def load_runbook(
 ) -> Runbook:
     """Load, merge the inventory's `cluster:` (e.g. the lab's), apply `-e` overrides, validate.
 
-    Raises RunbookError listing every problem, each with file:line:column.
+    Raises RunbookError listing every problem, each with file:line:column. `path` may also name
+    a bundled runbook (`bmupgrade runbooks` lists them). An inventory must give the cluster's own
+    `public_ip`: a runbook's address is an example, never used for a real cluster.
     """
+    from bmupgrade import bundled
+
+    path = bundled.resolve(path)
     try:
         source = yamlsource.load_file(path)
     except yamlsource.SourceError as exc:
@@ -668,6 +676,13 @@ def load_runbook(
             raise RunbookError(exc.problems) from None
         inv = inv_source.data
         inventory_problems(inv_source)
+        inv_cluster = inv_source.data.get("cluster") if isinstance(inv_source.data, dict) else None
+        if isinstance(inv_cluster, dict) and "public_ip" not in inv_cluster:
+            pos = inv_source.where(("cluster",), key=True)
+            example = data.get("cluster", {}).get("public_ip") if isinstance(data.get("cluster"), dict) else None
+            raise RunbookError([f"{inv_source.filename}:{pos.line}:{pos.column}: cluster.public_ip missing: give the "
+                                "floating IP of this cluster"
+                                + (f" (the runbook's {example} is an example and is never used)" if example else "")])
         if isinstance(data.get("cluster"), dict):
             data["cluster"] = {**data["cluster"], **inv["cluster"]}
         if isinstance(inv.get("vars"), dict):

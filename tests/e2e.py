@@ -99,5 +99,11 @@ def count(lab, node: str, needle: str) -> int:
     return sum(needle in line for line in ledger(lab, node))
 
 
+def toggles(lab, node: str) -> list[str]:
+    """The maintenance-mode updates sent to the cluster (not those on a CIB copy for a preview)."""
+    return [argv(e) for e in lab.node(node).calls("crm_attribute")
+            if "maintenance-mode" in e["argv"] and "--update" in e["argv"] and not e.get("cib_file")]
+
+
 def version(lab, node: str) -> str:
     return lab.node(node).state()["installed"]["bm-full"]

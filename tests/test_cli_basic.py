@@ -34,7 +34,8 @@ def test_plan_formats():
     r = runner.invoke(app, ["plan", PACEMAKER, "--format", "json"])
     assert r.exit_code == 0
     data = json.loads(r.output)
-    assert [a["id"] for a in data["actions"] if a["phase"] == "step"][-1] == "ha-on"
+    steps = [a for a in data["actions"] if a["phase"] == "step"]
+    assert [a["id"] for a in steps if a.get("ha") == "enable"] == ["ha-on"] and steps[-1]["id"] == "resume-cron"
     r = runner.invoke(app, ["plan", PACEMAKER, "-f", "markdown"])
     assert r.exit_code == 0 and r.output.startswith("# Change:")
     r = runner.invoke(app, ["plan", PACEMAKER])
@@ -45,7 +46,7 @@ def test_plan_extra_var_is_quoted():
     r = runner.invoke(app, ["plan", PACEMAKER, "-f", "json", "-e", "target_version=4.9.3; rm -rf /"])
     assert r.exit_code == 0
     pkg = next(a for a in json.loads(r.output)["actions"] if a["id"] == "packages")
-    assert "bm-full='4.9.3; rm -rf /'" in pkg["nodes"]["bm1"]["run"][0]
+    assert "awk -v v='4.9.3; rm -rf /' " in pkg["nodes"]["bm1"]["run"][0]
 
 
 def test_bad_extra_var():

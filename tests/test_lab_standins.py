@@ -10,7 +10,8 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-BM = ["bm-conf", "bm-core", "bm-elasticsearch", "bm-full", "bm-node", "bm-webmail"]
+BM = ["bm-client-access", "bm-conf", "bm-core", "bm-core-upgraders", "bm-elasticsearch", "bm-full", "bm-node",
+      "bm-plugin-cli-setup", "bm-webmail"]  # bm-full's pinned packages + those depending on bm-core (= version)
 
 
 def versions(node):
@@ -48,7 +49,7 @@ def test_apt_update_install_simulate_unknown_version(lab, batch):
     assert r[9].out == "4.9.34.9.3"
     assert r[10].rc == 0 and "bm-full is already the newest version (4.9.3)." in r[10].out
     assert " *** 4.9.3 500" in r[11].out
-    assert r[12].rc == 0 and "Version: 4.9.3\n" in r[12].out and "Depends: bm-conf (= 4.9.3)" in r[12].out
+    assert r[12].rc == 0 and "Version: 4.9.3\n" in r[12].out and "Depends: bm-client-access (= 4.9.3), bm-conf (= 4.9.3)" in r[12].out
     assert (r[13].rc, r[13].out) == (0, "")  # apt's quirk: an unknown version is no error
     assert r[14].rc == 100 and r[14].err == "E: No packages found\n"
     assert versions(bm2) == {p: "4.9.3" for p in BM}
@@ -141,8 +142,7 @@ def test_dpkg_query_forms_and_audit(lab, batch):
     assert r[0].out == "4.9.2"
     assert r[1].out == "bm-core 4.9.2\n"
     assert r[2].out == "bm-node\t4.9.2\n"
-    assert r[3].out.splitlines() == ["%s\t4.9.2" % p for p in ["bm-full", "bm-conf", "bm-core", "bm-elasticsearch",
-                                                                "bm-node", "bm-webmail"]]
+    assert r[3].out.splitlines() == ["%s\t4.9.2" % p for p in BM]  # sorted by name, as dpkg-query does
     assert r[4].rc == 1 and r[4].err == "dpkg-query: no packages found matching nosuchpkg\n"
     assert r[5].rc == 2 and r[5].err.startswith("dpkg-query: error: unknown option --bogus")
     assert (r[6].rc, r[6].out) == (0, "")

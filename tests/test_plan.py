@@ -17,8 +17,10 @@ def ids(plan, phase):
 
 def test_pacemaker_order():
     plan = build_plan(load_runbook(PACEMAKER))
-    assert ids(plan, "step") == ["backup", "prepare", "refresh", "prefetch", "ha-off", "packages",
-                                 "passive-stopped", "post-install", "config-sync", "ha-on"]
+    assert ids(plan, "step") == ["backup", "prepare", "refresh", "simulate", "prefetch", "suspend-cron", "ha-off",
+                                 "mask-passive", "packages", "unmask-passive", "passive-stopped", "core-ready",
+                                 "post-install", "upgrade-complete", "config-sync", "reprobe", "preview", "ha-on",
+                                 "settle", "resume-cron"]
     steps = {a.id: a for a in plan.actions}
     # prefetch (download only) happens before HA goes off; both nodes at once
     assert steps["prefetch"].seq < steps["ha-off"].seq and steps["prefetch"].parallel
@@ -26,6 +28,8 @@ def test_pacemaker_order():
     assert steps["packages"].parallel and steps["packages"].target == "all"
     assert steps["post-install"].target == "primary"
     assert steps["post-install"].commands["bm1"].run == ["bm-cli setup upgrade"]
+    assert steps["simulate"].seq < steps["prefetch"].seq and "apt-get -s" in steps["simulate"].commands["bm1"].run[0]
+    assert steps["mask-passive"].target == "secondary" and steps["unmask-passive"].target == "where:mask-passive"
     assert steps["passive-stopped"].target == "secondary"
     assert (steps["refresh"].undo, steps["packages"].undo, steps["post-install"].undo) == \
         ("nothing", "commands", "impossible")
@@ -45,7 +49,8 @@ def test_keepalived_freezes_on_backup_only():
     assert steps["ha-off"].target == "secondary"
     assert steps["ha-off"].commands["bm1"].run == ["systemctl stop keepalived"]
     assert steps["post-install"].target == "primary"
-    assert plan.stonith_guard == ("no check proves fencing: step 'ha-on' needs an explicit acceptance of the "
+    assert plan.stonith_guard == ("no check proves fencing (the HA handling may have none, as keepalived): step "
+                                  "'ha-on' turns failover back on and needs an explicit acceptance of the "
                                   "split-brain risk (unattended: --allow-no-stonith)")
     from bmupgrade.ui.planview import render_markdown
     assert "| STONITH guard | no check proves fencing" in render_markdown(plan)
@@ -59,8 +64,11 @@ def test_primary_is_symbolic_until_probed():
     assert a.nodes == ["bm2"] and "bm2" in a.target_text
 
 
-def test_peer_template_renders_the_other_node():
-    plan = build_plan(load_runbook(PACEMAKER))
+def test_peer_template_renders_the_other_node(tmp_path):
+    p = tmp_path / "rb.yaml"
+    p.write_text(load_runbook(PACEMAKER) and open(PACEMAKER).read().replace(
+        'run: "{{ config_sync_command | raw }}"', 'run: "rsync -a /etc/bm {{ peer.host }}:/"'))
+    plan = build_plan(load_runbook(p))
     sync = next(a for a in plan.actions if a.id == "config-sync")
     assert sync.commands["bm1"].run[0].endswith(" bm2.example.org:/")
     assert sync.commands["bm2"].run[0].endswith(" bm1.example.org:/")

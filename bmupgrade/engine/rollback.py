@@ -34,19 +34,22 @@ def barrier(eng: "Engine") -> Step | None:
 
 
 def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
-    """Steps to consider, newest first. Past the point of no return (unless forced) only the
-    step that turned HA off is still undone: turning HA back on is not a downgrade."""
-    out = []
+    """Steps to undo, newest first. Past a point of no return (unless forced) rollback only closes
+    the window: the later steps that ran, and the earlier ones that restore normal operation
+    (`ha: disable`, `always_undo`) — and nothing at all when the run completed past it (undoing
+    would only reopen the window to close it again)."""
     stop_at = None if force else barrier(eng)
-    past = False
+    if stop_at is not None:
+        ids = [s.id for s in eng.rb.steps]
+        later = eng.rb.steps[ids.index(stop_at.id) + 1:]
+        if all(eng.journal.step(s.id)["state"] in (DONE, "skipped") for s in later if s.manual is None) \
+                and not eng.ha.is_off():
+            return []
+    out, past = [], False
     for s in reversed(eng.rb.steps):
         past = past or (stop_at is not None and s.id == stop_at.id)
-        if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable"):
+        if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable" or s.always_undo):
             out.append(s)
-    enable = eng.rb.ha_step("enable")
-    ha_on = enable is not None and eng.journal.step(enable.id)["state"] == DONE and not eng.ha.is_off()
-    if ha_on and {s.ha for s in out} - {None} == {"enable", "disable"} and all(s.ha or not s.rollback for s in out):
-        return []  # it would only turn HA off and on again, with nothing undone in between
     return out
 
 
@@ -61,9 +64,9 @@ def preview(eng: "Engine", *, force: bool = False) -> tuple[list[str], list[str]
             cannot.append(f"{s.id} ({s.label})")
     stop = None if force else barrier(eng)
     if stop is not None:
-        cannot.append(f"everything up to and including '{stop.id}' ({stop.label}) but turning HA back on: it is "
-                      "the point of no return — the back-out is a restore from the backup, not a downgrade "
-                      "(--force overrides)")
+        cannot.append(f"everything up to and including '{stop.id}' ({stop.label}) but closing the window (HA "
+                      "back on): it is the point of no return — the back-out is a restore from the backup, not a "
+                      "downgrade (--force overrides)")
     return undo, cannot
 
 

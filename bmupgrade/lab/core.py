@@ -53,6 +53,9 @@ FAULTS = {  # name -> accepted options (node is separate)
     "half-configured": {"package"},
     "dpkg-lock": {"pid", "process"},
     "held-package": {"package"},
+    "backup-running": set(),  # a BlueMind DataProtect (backup) job is running
+    "stale-plugin": {"package"},  # an installed package needing bm-core (= old) with no newer version
+    "core-starting": {"times"},  # BlueMind's core answers CORE_STATE_STARTING this many times
 }
 CLUSTER_WIDE = {"split-brain", "no-vip", "stonith-disabled"}
 

@@ -90,31 +90,46 @@ REPO_URL = "https://pkg.bluemind.net/bm/4.9"
 CLUSTER_NAME = "bmcluster"
 PACEMAKER_VERSION = "2.1.5-a3f44794f94"
 
-# bm-full is the meta-package; it pins every other bm-* package to its own version.
+# bm-full is the meta-package; it pins these bm-* packages to its own version. Other bm-*
+# packages are installed separately (bm-plugin-cli-setup ships `bm-cli setup`, bm-core-upgraders
+# the upgraders) and depend on exactly `bm-core (= version)`: apt upgrades them with bm-core when
+# their new version is in the repository, and REMOVES them when it is not.
 BM_FULL = "bm-full"
-PINNED = ["bm-conf", "bm-core", "bm-elasticsearch", "bm-node", "bm-webmail"]
-BM_PACKAGES = [BM_FULL] + PINNED
+PINNED = ["bm-client-access", "bm-conf", "bm-core", "bm-elasticsearch", "bm-node", "bm-webmail"]
+EXTRAS = ["bm-core-upgraders", "bm-plugin-cli-setup"]  # Depends: bm-core (= same version)
+BM_PACKAGES = [BM_FULL] + PINNED + EXTRAS
 DESCRIPTIONS = {
     "bm-full": "BlueMind full installation (meta-package)",
+    "bm-client-access": "BlueMind client access (bm-nginx configuration)",
     "bm-conf": "BlueMind configuration",
     "bm-core": "BlueMind core server",
+    "bm-core-upgraders": "BlueMind data upgraders",
     "bm-elasticsearch": "BlueMind Elasticsearch",
     "bm-node": "BlueMind node agent",
+    "bm-plugin-cli-setup": "BlueMind CLI: setup commands (bm-cli setup)",
     "bm-webmail": "BlueMind webmail",
 }
-TRIGGER_PACKAGE = "bm-node"  # its postinst starts bluemind.target, also on the passive node
+# bm-conf's postinst runs `systemctl start bluemind.target || true` (also on the passive node:
+# policy-rc.d cannot stop a direct systemctl); bm-client-access's postinst restarts bm-nginx
+# under `set -e`, so a masked bm-nginx fails the package.
+START_PACKAGE = "bm-conf"
+NGINX_PACKAGE = "bm-client-access"
+TRIGGER_PACKAGE = START_PACKAGE  # (old name)
 UNITS = {
     "bluemind.target": "BlueMind",
+    "bm-nginx.service": "BlueMind nginx (outside bluemind.target)",
+    "cron.service": "Regular background program processing daemon",
     "keepalived.service": "LVS and VRRP High Availability Monitor",
     "pacemaker.service": "Pacemaker High Availability Cluster Manager",
     "corosync.service": "Corosync Cluster Engine",
 }
-BM_UNITS = ["bm-core", "bm-cyrus-imapd", "bm-elasticsearch", "bm-nginx", "bm-node", "bm-postfix", "bm-webserver"]
+BM_UNITS = ["bm-core", "bm-cyrus-imapd", "bm-elasticsearch", "bm-node", "bm-postfix", "bm-webserver"]
 RESOURCES = [  # (id, agent); vip follows cluster["vip"], bluemind follows bluemind.target
     ("vip", "ocf:heartbeat:IPaddr2"),
     ("storage", "ocf:heartbeat:Filesystem"),
     ("bluemind", "systemd:bluemind.target"),
 ]
+STALE_PLUGIN = "bluemind-connector-legacy"  # the stale-plugin fault's default: not in bm-*, not rebuilt
 SYNCED_FILES = [
     "/etc/aliases",
     "/etc/aliases.db",
@@ -123,6 +138,12 @@ SYNCED_FILES = [
     "/var/lib/bm-ca/ca-cert.pem",
     "/usr/share/bm-elasticsearch/config/elasticsearch.yml",
 ]
+# Also identical on both nodes (the HA guide: all of /etc); `csync2 -x` pushes these too.
+SYNCED_TREES = ["/etc/apt/sources.list.d/bm.list", "/etc/bm", "/etc/nginx"]
+API_TOKEN_FILE = "/etc/bm/bm-core.tok"
+NGINX_VHOST = "/etc/nginx/sites-available/bm-client-access"
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+KEEPALIVED_PRIORITY = {"bm1": 150, "bm2": 100}
 DPKG_LOCKS = ["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock"]
 NODE_ADDR = {"bm1": "192.0.2.11", "bm2": "192.0.2.12"}  # "eth0" addresses shown by `ip`
 BOOL_TRUE = {"true", "yes", "y", "on", "1"}
@@ -152,6 +173,8 @@ def default_node_state(name: str, primary: bool) -> dict:
         "cache": [],  # downloaded archives, "pkg=version"
         "services": {
             "bluemind.target": "active" if primary else "inactive",
+            "bm-nginx.service": "active" if primary else "inactive",
+            "cron.service": "active",
             "keepalived.service": "active",
             "pacemaker.service": "active",
             "corosync.service": "active",
@@ -166,6 +189,11 @@ def default_node_state(name: str, primary: bool) -> dict:
         "sudo_password": None,  # None: NOPASSWD
         "sudo_lang": "en",  # the language sudo speaks on this node: en | fr (a locale-independent test)
         "faults": [],  # command faults matched on this node
+        "masked": [],  # units masked with `systemctl mask --runtime` (gone at reboot)
+        "pkg_versions": {},  # package -> versions the repository serves, where not repo_versions
+        "core_dependents": list(EXTRAS),  # packages that depend on exactly bm-core (= version)
+        "backup_running": False,  # a BlueMind DataProtect (backup) job is running
+        "service_events": [],  # every start of bluemind.target / bm-nginx: {unit, by, time}
     }
 
 
@@ -180,6 +208,7 @@ def default_cluster_state(nodes: list[str]) -> dict:
             "dc-version": PACEMAKER_VERSION,
             "have-watchdog": "false",
         },
+        "rsc_defaults": {},  # resource defaults (meta attributes), e.g. resource-stickiness
         "vip": [nodes[0]],  # node(s) holding the public IP (split brain: 2, none: [])
         "resources": {"storage": [nodes[0]]},
         "faults": [],  # every fault switched on (for status and `fault clear`)
@@ -215,9 +244,11 @@ def synced_file_content(path: str) -> bytes:
 
 def init_node_root(root: str) -> None:
     """Create a node's filesystem root with the synchronized files and the usual dirs."""
+    name = os.path.basename(os.path.dirname(os.path.abspath(root)))
     for d in ("var/spool/cyrus/meta", "var/spool/cyrus/data", "var/cache/apt/archives/partial",
               "var/lib/dpkg", "var/lib/bmupgrade", "var/lib/postgresql", "var/lib/apt/lists",
-              "etc/apt/sources.list.d", "etc/nginx/bm-local.d", "tmp"):
+              "etc/apt/sources.list.d", "etc/nginx/bm-local.d", "etc/nginx/sites-enabled", "etc/bm",
+              "etc/keepalived", "tmp"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     for path in SYNCED_FILES:
         write_file(os.path.join(root, path.lstrip("/")), synced_file_content(path))
@@ -225,6 +256,37 @@ def init_node_root(root: str) -> None:
         write_file(os.path.join(root, lock.lstrip("/")), b"")
     write_file(os.path.join(root, "etc/apt/sources.list.d/bm.list"),
                ("deb %s bookworm main\n" % REPO_URL).encode())
+    lab = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(root))))
+    write_file(os.path.join(root, API_TOKEN_FILE.lstrip("/")), (lab_token(lab) + "\n").encode())
+    write_file(os.path.join(root, "etc/bm/bm.ini"), b"[global]\nhost = 192.0.2.10\nexternal-url = mail.example.org\n")
+    write_vhost(root, START_VERSION)
+    prio = KEEPALIVED_PRIORITY.get(name, 50)
+    write_file(os.path.join(root, KEEPALIVED_CONF.lstrip("/")), (
+        "vrrp_script chk_bluemind {\n"
+        "    # honours the maintenance file bmupgrade sets while BlueMind is upgraded\n"
+        "    script \"/bin/sh -c '[ -e /etc/keepalived/bm-maintenance ] || bmctl status'\"\n"
+        "    interval 5\n    fall 3\n}\n"
+        "vrrp_instance VI_BM {\n    state %s\n    interface eth0\n    virtual_router_id 51\n"
+        "    priority %d\n    advert_int 1\n    virtual_ipaddress {\n        %s\n    }\n"
+        "    track_script {\n        chk_bluemind\n    }\n}\n"
+        % ("MASTER" if prio == max(KEEPALIVED_PRIORITY.values()) else "BACKUP", prio, PUBLIC_IP)).encode())
+
+
+def lab_token(lab: str) -> str:
+    """The lab's BlueMind API token (the same on both nodes: /etc/bm is synchronized)."""
+    import hashlib
+    return hashlib.sha256(("bm-core.tok:" + os.path.abspath(lab)).encode()).hexdigest()[:32]
+
+
+def write_vhost(root: str, version: str) -> None:
+    """bm-client-access rewrites the nginx vhost at each update (site additions: bm-local.d)."""
+    body = ("# generated by bm-client-access %s: do not edit, use /etc/nginx/bm-local.d/\n"
+            "server {\n    listen 443 ssl;\n    server_name mail.example.org;\n"
+            "    include /etc/nginx/bm-local.d/*.conf;\n}\n" % version).encode()
+    write_file(os.path.join(root, NGINX_VHOST.lstrip("/")), body)
+    link = os.path.join(root, "etc/nginx/sites-enabled/bm-client-access")
+    if not os.path.lexists(link):
+        os.symlink("../sites-available/bm-client-access", link)
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -426,7 +488,12 @@ def failover(tx: Txn, to: str | None = None) -> str:
     c["vip"] = [to]
     c["resources"]["storage"] = [to]
     for n in names:
-        tx.node(n)["services"]["bluemind.target"] = "active" if n == to else "inactive"
+        node = tx.node(n)
+        if n == to and node["services"].get("bluemind.target") != "active":
+            node.setdefault("service_events", []).append({"unit": "bluemind.target", "by": "failover",
+                                                          "time": round(time.time(), 3), "event": "start"})
+        node["services"]["bluemind.target"] = "active" if n == to else "inactive"
+        node["services"]["bm-nginx.service"] = "active" if n == to else "inactive"  # in the same group
     return to
 
 
@@ -589,6 +656,20 @@ def set_fault(tx: Txn, name: str, nodes: list[str], opts: dict) -> None:
             held = tx.node(n)["held"]
             if opts.get("package", "bm-core") not in held:
                 held.append(opts.get("package", "bm-core"))
+    elif name == "backup-running":
+        for n in nodes:
+            tx.node(n)["backup_running"] = True
+    elif name == "stale-plugin":
+        pkg = opts.get("package", STALE_PLUGIN)
+        for n in nodes:
+            st = tx.node(n)
+            st["installed"][pkg] = st["installed"].get("bm-core", START_VERSION)
+            st.setdefault("pkg_versions", {})[pkg] = [st["installed"][pkg]]
+            if pkg not in st.setdefault("core_dependents", list(EXTRAS)):
+                st["core_dependents"].append(pkg)
+    elif name == "core-starting":
+        for n in nodes:
+            tx.node(n)["core_starting"] = int(opts.get("times", 1))
     elif name == "node-down":
         pass  # the lab stops the node's sshd; recorded here for status and clear
     else:
@@ -633,6 +714,20 @@ def clear_faults(tx: Txn) -> list[dict]:
         elif name == "dpkg-lock":
             for n in nodes:
                 tx.node(n)["dpkg_lock"] = None
+        elif name == "backup-running":
+            for n in nodes:
+                tx.node(n)["backup_running"] = False
+        elif name == "stale-plugin":
+            pkg = opts.get("package", STALE_PLUGIN)
+            for n in nodes:
+                st = tx.node(n)
+                st["installed"].pop(pkg, None)
+                st.get("pkg_versions", {}).pop(pkg, None)
+                if pkg in st.get("core_dependents", []):
+                    st["core_dependents"].remove(pkg)
+        elif name == "core-starting":
+            for n in nodes:
+                tx.node(n).pop("core_starting", None)
         elif name == "held-package":
             for n in nodes:
                 held = tx.node(n)["held"]
@@ -761,7 +856,7 @@ APT_LONG = ["yes", "assume-yes", "assume-no", "quiet", "simulate", "just-print",
             "allow-unauthenticated", "print-uris", "option=", "target-release=",
             "default-release=", "config-file=", "show-upgraded", "verbose-versions",
             "no-download", "ignore-missing", "purge", "auto-remove", "autoremove",
-            "no-upgrade", "show-progress", "with-new-pkgs"]
+            "no-upgrade", "show-progress", "with-new-pkgs", "no-remove"]
 
 
 def apt_usage_error(ctx, opt, _msg=None):
@@ -781,6 +876,7 @@ class AptOpts:
         self.download_only = False
         self.allow_downgrades = False
         self.allow_held = False
+        self.no_remove = False
         self.lock_timeout = 0.0
         self.options: list[str] = []
 
@@ -810,6 +906,8 @@ def parse_apt(ctx: Ctx, args: list[str], tool="apt-get"):
             o.allow_downgrades = True
         elif k == "--allow-change-held-packages":
             o.allow_held = True
+        elif k == "--no-remove":
+            o.no_remove = True
         elif k in ("-o", "--option"):
             if "=" not in v:
                 ctx.die(100, "E: Missing the equals sign in option %s" % v)
@@ -878,6 +976,17 @@ def pkg_size(p):
     return 1000 + 97 * len(p) * (len(p) % 7 + 3)
 
 
+def pkg_names(st: dict) -> list[str]:
+    """Every package name apt or dpkg knows on this node (the bm-* set plus any fault-added)."""
+    return sorted(set(BM_PACKAGES) | set(st["installed"]) | set(st.get("pkg_versions") or {}))
+
+
+def pkg_versions(st: dict, p: str) -> list[str]:
+    """The versions of `p` apt knows (refreshed by `apt-get update`), newest first."""
+    repo = (st.get("pkg_versions") or {}).get(p, st["repo_versions"])
+    return sorted((v for v in st["known_versions"] if v in repo), key=_vkey, reverse=True)
+
+
 def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
     st = ctx.state()
     quiet = o.quiet
@@ -886,6 +995,7 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
     known = st["known_versions"]
     candidate = vmax(known)
     installed = st["installed"]
+    names = pkg_names(st)
     requested: dict[str, str] = {}
     if op == "install":
         if not pkgs:
@@ -898,29 +1008,51 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
             name = name.split("/", 1)[0]
             if quiet < 2 and not requested:
                 ctx.out("Reading package lists...\nBuilding dependency tree...\nReading state information...")
-            if name not in BM_PACKAGES:
+            if name not in names:
                 ctx.die(100, "E: Unable to locate package %s" % name)
-            if ver and ver not in known:
+            avail = pkg_versions(st, name)
+            if ver and ver not in avail:
                 ctx.die(100, "E: Version '%s' for '%s' was not found" % (ver, name))
-            requested[name] = ver or candidate
+            requested[name] = ver or (avail[0] if avail else installed.get(name))
     else:
         if quiet < 2:
             ctx.out("Reading package lists...\nBuilding dependency tree...\nReading state information...\nCalculating upgrade...")
-    # resolve: bm-full pins every bm-* package to its own version
+    # resolve: bm-full pins PINNED to its own version; core_dependents need bm-core (= their version)
     targets = dict(installed)
     full = requested.get(BM_FULL, candidate if op != "install" else installed.get(BM_FULL))
-    for p in BM_PACKAGES:
+    for p in [BM_FULL] + PINNED:
         if op != "install" or BM_FULL in requested:
             targets[p] = full
+
+    def unmet(lines):
+        ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
+        ctx.out("The following packages have unmet dependencies:")
+        for line in lines:
+            ctx.out(line)
+        ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
+    dependents = [d for d in st.get("core_dependents", EXTRAS) if d in installed]
     for p, v in requested.items():
-        if p != BM_FULL and v != full:
-            ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
-            ctx.out("The following packages have unmet dependencies:")
-            ctx.out(" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, v))
-            ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
+        if p in PINNED and v != full:
+            unmet([" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, v)])
         targets[p] = v
+    core = targets.get("bm-core")
+    if op != "install":  # upgrade: every dependent to its candidate
+        for d in dependents:
+            if pkg_versions(st, d):
+                targets[d] = pkg_versions(st, d)[0]
+    removals = []
+    for d in dependents:
+        if targets.get(d) == core:
+            continue
+        if d in requested:
+            unmet([" %s : Depends: bm-core (= %s) but %s is to be installed" % (d, targets[d], core)])
+        if core in pkg_versions(st, d):
+            targets[d] = core  # apt's resolver installs the candidate that fits
+        else:
+            removals.append(d)  # no version of d fits the new bm-core: apt removes it
+            targets.pop(d)
     changes = {p: (installed.get(p), v) for p, v in targets.items() if installed.get(p) != v}
-    held_changed = [p for p in changes if p in st["held"]]
+    held_changed = [p for p in list(changes) + removals if p in st["held"]]
     if held_changed:
         not_asked = [p for p in held_changed if p not in requested]
         if not_asked or op != "install":
@@ -928,32 +1060,36 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
                 ctx.out("The following packages have been kept back:\n  %s" % " ".join(sorted(changes)))
                 ctx.out("0 upgraded, 0 newly installed, 0 to remove and %d not upgraded." % len(changes))
                 return 0
-            ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
-            ctx.out("The following packages have unmet dependencies:")
-            for p in not_asked:
-                ctx.out(" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, installed.get(p)))
-            ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
+            unmet([" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, installed.get(p))
+                   for p in not_asked])
     downgrades = sorted(p for p, (old, new) in changes.items() if old and vcmp(new, old) < 0)
     upgrades = sorted(p for p in changes if p not in downgrades)
-    if not changes:
+    if not changes and not removals:
         for p in requested:
             ctx.out("%s is already the newest version (%s)." % (p, installed[p]))
         ctx.out("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
         return 0
+    if removals:
+        ctx.out("The following packages will be REMOVED:\n  %s" % " ".join(sorted(removals)))
     if upgrades:
         ctx.out("The following packages will be upgraded:\n  %s" % " ".join(upgrades))
     if downgrades:
         ctx.out("The following packages will be DOWNGRADED:\n  %s" % " ".join(downgrades))
     if held_changed:
         ctx.out("The following held packages will be changed:\n  %s" % " ".join(sorted(held_changed)))
-    ctx.out("%d upgraded, 0 newly installed, %d downgraded, 0 to remove and 0 not upgraded." % (len(upgrades), len(downgrades)))
+    ctx.out("%d upgraded, 0 newly installed, %d downgraded, %d to remove and 0 not upgraded."
+            % (len(upgrades), len(downgrades), len(removals)))
     if o.simulate:
+        for p in sorted(removals):
+            ctx.out("Remv %s [%s]" % (p, installed[p]))
         for p in sorted(changes):
             old, new = changes[p]
             ctx.out("Inst %s [%s] (%s BlueMind:4.9/bookworm [all])" % (p, old, new))
         for p in sorted(changes):
             ctx.out("Conf %s (%s BlueMind:4.9/bookworm [all])" % (p, changes[p][1]))
         return 0
+    if removals and o.no_remove:
+        ctx.die(100, "E: Packages need to be removed but remove is disabled.")
     if held_changed and o.yes and not o.allow_held:
         ctx.die(100, "E: Held packages were changed and -y was used without --allow-change-held-packages.")
     if downgrades and o.yes and not o.allow_downgrades:
@@ -1003,23 +1139,68 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
             ctx.out("Unpacking %s (%s) over (%s) ..." % (p, new, old))
         sys.stdout.flush()
         ctx.sleep(float(st["apt_delays"].get("install", 0)))
+        if removals:
+            for p in sorted(removals):
+                ctx.out("Removing %s (%s) ..." % (p, installed[p]))
         with ctx.txn() as tx:
             node = tx.node(ctx.node)
             node["installed"].update({p: changes[p][1] for p in changes})
+            for p in removals:
+                node["installed"].pop(p, None)
             node["pending_install"] = None
-            triggered = TRIGGER_PACKAGE in changes
-            if triggered:
-                node["services"]["bluemind.target"] = "active"
+            effects = postinst(ctx, tx, node, changes)
+        if removals:
+            ctx.notes["removed"] = sorted(removals)
         for p in sorted(changes):
             ctx.out("Setting up %s (%s) ..." % (p, changes[p][1]))
-        if triggered:
-            ctx.out("Processing triggers for %s (%s) ..." % (TRIGGER_PACKAGE, changes[TRIGGER_PACKAGE][1]))
-            ctx.out("Starting bluemind.target (bm-node postinst)...")
-            ctx.notes["trigger"] = "bluemind.target started"
+            for line in effects.get(p, []):
+                ctx.out(line)
+        if effects.get("failed"):
+            ctx.err("dpkg: error processing package %s (--configure):\n installed %s package post-installation "
+                    "script subprocess returned error exit status 1" % (NGINX_PACKAGE, NGINX_PACKAGE))
+            ctx.err("Errors were encountered while processing:\n %s" % NGINX_PACKAGE)
+            ctx.die(100, "E: Sub-process /usr/bin/dpkg returned an error code (1)")
         return 0
     finally:
         if got_lock:
             apt_unlock(ctx)
+
+
+def service_start(ctx: Ctx, node: dict, unit: str, by: str) -> bool:
+    """Start `unit` on `node` (in a txn) unless it is masked; record the start. False if masked."""
+    if unit in (node.get("masked") or []):
+        return False
+    if node["services"].get(unit) != "active":
+        node.setdefault("service_events", []).append({"unit": unit, "by": by, "time": round(time.time(), 3),
+                                                      "event": "start"})
+    node["services"][unit] = "active"
+    return True
+
+
+def postinst(ctx: Ctx, tx: "Txn", node: dict, changes: dict) -> dict:
+    """What the maintainer scripts of the changed packages do (inside the install's txn):
+    bm-conf starts bluemind.target (`|| true`: a masked target is skipped), bm-client-access
+    rewrites the nginx vhost and restarts bm-nginx under `set -e` (masked: the package fails)."""
+    effects: dict = {}
+    if START_PACKAGE in changes:
+        by = "%s postinst" % START_PACKAGE
+        if service_start(ctx, node, "bluemind.target", by):
+            effects[START_PACKAGE] = ["Starting bluemind.target (%s)..." % by]
+            ctx.notes["trigger"] = "bluemind.target started"
+        else:
+            effects[START_PACKAGE] = ["Failed to start bluemind.target: Unit bluemind.target is masked."]
+            ctx.notes["trigger"] = "bluemind.target masked: not started"
+    if NGINX_PACKAGE in changes:
+        write_vhost(ctx.root, changes[NGINX_PACKAGE][1])
+        if service_start(ctx, node, "bm-nginx.service", "%s postinst" % NGINX_PACKAGE):
+            effects[NGINX_PACKAGE] = ["Restarting bm-nginx.service (%s postinst)..." % NGINX_PACKAGE]
+        else:
+            effects[NGINX_PACKAGE] = ["Failed to restart bm-nginx.service: Unit bm-nginx.service is masked."]
+            hc = node.setdefault("half_configured", [])
+            if NGINX_PACKAGE not in hc:
+                hc.append(NGINX_PACKAGE)
+            effects["failed"] = True
+    return effects
 
 
 def apt_lock(ctx: Ctx, o: AptOpts):
@@ -1061,7 +1242,7 @@ def cmd_apt_cache(ctx: Ctx, args):
         return 1
     op, pkgs = rest[0], rest[1:]
     st = ctx.state()
-    known = sorted(st["known_versions"], key=_vkey, reverse=True)
+    names = pkg_names(st)
     if op == "policy":
         if not pkgs:
             ctx.out("Package files:\n 100 /var/lib/dpkg/status\n     release a=now")
@@ -1069,9 +1250,10 @@ def cmd_apt_cache(ctx: Ctx, args):
             ctx.out("Pinned packages:")
             return 0
         for p in pkgs:
-            if p not in BM_PACKAGES:
+            if p not in names:
                 ctx.err("N: Unable to locate package %s" % p)
                 continue
+            known = pkg_versions(st, p)
             inst = st["installed"].get(p)
             ctx.out("%s:\n  Installed: %s\n  Candidate: %s\n  Version table:" % (p, inst or "(none)", known[0] if known else "(none)"))
             versions = sorted(set(known) | ({inst} if inst else set()), key=_vkey, reverse=True)
@@ -1084,25 +1266,29 @@ def cmd_apt_cache(ctx: Ctx, args):
         return 0
     if op == "madison":
         for p in pkgs:
-            if p not in BM_PACKAGES:
+            if p not in names:
                 ctx.err("N: Unable to locate package %s" % p)
                 continue
-            for v in known:
+            for v in pkg_versions(st, p):
                 ctx.out("%10s | %10s | %s bookworm/main amd64 Packages" % (p, v, REPO_URL))
         return 0
     if op == "show":
         # like apt: PKG=VERSION with an unknown VERSION prints nothing and still exits 0
-        if not pkgs or any(spec.partition("=")[0] not in BM_PACKAGES for spec in pkgs):
+        if not pkgs or any(spec.partition("=")[0] not in names for spec in pkgs):
             ctx.die(100, "E: No packages found")
         for spec in pkgs:
             p, _, want = spec.partition("=")
-            for v in known:
+            for v in pkg_versions(st, p):
                 if want and v != want:
                     continue
-                dep = "" if p != BM_FULL else "Depends: %s\n" % ", ".join("%s (= %s)" % (x, v) for x in PINNED)
+                dep = ""
+                if p == BM_FULL:
+                    dep = "Depends: %s\n" % ", ".join("%s (= %s)" % (x, v) for x in PINNED)
+                elif p in st.get("core_dependents", EXTRAS):
+                    dep = "Depends: bm-core (= %s)\n" % v
                 ctx.out("Package: %s\nVersion: %s\nPriority: optional\nSection: misc\nMaintainer: BlueMind "
                         "<contact@bluemind.net>\nArchitecture: all\n%sFilename: pool/main/b/%s/%s_%s_all.deb\n"
-                        "Size: %d\nDescription: %s\n" % (p, v, dep, p, p, v, pkg_size(p) * 1000, DESCRIPTIONS[p]))
+                        "Size: %d\nDescription: %s\n" % (p, v, dep, p, p, v, pkg_size(p) * 1000, DESCRIPTIONS.get(p, p)))
         return 0
     ctx.die(100, "E: Invalid operation %s" % op)
 
@@ -1128,7 +1314,7 @@ def cmd_apt_mark(ctx: Ctx, args):
         with ctx.txn() as tx:
             held = tx.node(ctx.node)["held"]
             for p in pkgs:
-                if p not in BM_PACKAGES:
+                if p not in pkg_names(tx.node(ctx.node)):
                     ctx.die(100, "E: Unable to locate package %s" % p)
             for p in pkgs:
                 if op == "hold":
@@ -1231,7 +1417,7 @@ def cmd_dpkg_query(ctx: Ctx, args, prog="dpkg-query"):
     code = 0
     matched_any = []
     for pat in patterns:
-        found = [p for p in BM_PACKAGES if p in st["installed"] and _glob_match(p, pat)]
+        found = [p for p in sorted(st["installed"]) if _glob_match(p, pat)]
         if not found:
             if action == "status":
                 ctx.err("dpkg-query: package '%s' is not installed and no information is available" % pat)
@@ -1257,7 +1443,24 @@ def cmd_dpkg_query(ctx: Ctx, args, prog="dpkg-query"):
     return code
 
 
+DPKG_RELATIONS = {"lt": lambda c: c < 0, "le": lambda c: c <= 0, "eq": lambda c: c == 0, "ne": lambda c: c != 0,
+                  "ge": lambda c: c >= 0, "gt": lambda c: c > 0, "<<": lambda c: c < 0, "<=": lambda c: c <= 0,
+                  "=": lambda c: c == 0, ">=": lambda c: c >= 0, ">>": lambda c: c > 0}
+
+
 def cmd_dpkg(ctx: Ctx, args):
+    if args and args[0] == "--compare-versions":  # exit 0 when the relation holds, 1 when not
+        if len(args) != 4:
+            ctx.die(2, "dpkg: error: --compare-versions takes three arguments: <version> <relation> <version>\n\n"
+                       "Type dpkg --help for help about installing and deinstalling packages [*];")
+        a, rel, b = args[1:]
+        if rel not in DPKG_RELATIONS:
+            ctx.die(2, "dpkg: error: --compare-versions bad relation\n\n"
+                       "Type dpkg --help for help about installing and deinstalling packages [*];")
+        for v in (a, b):
+            if v and not v[0].isdigit() and ":" not in v:
+                ctx.err("dpkg: warning: version '%s' has bad syntax: version number does not start with digit" % v)
+        return 0 if DPKG_RELATIONS[rel](vcmp(a or "", b or "")) else 1
     if any(a in ("-W", "--show", "-s", "--status", "-l", "--list", "-L", "-S") or a.startswith("--showformat") for a in args):
         return cmd_dpkg_query(ctx, args, "dpkg")
     opts, rest = getopts(ctx, args, "Ca", ["audit", "configure", "pending", "force-confold", "force-confdef", "force-all", "no-triggers"],
@@ -1284,8 +1487,7 @@ def cmd_dpkg(ctx: Ctx, args):
             pending = st.get("pending_install")
             if pending and pending.get("pid") != os.getpid() and not pid_alive(pending.get("pid")):
                 st["installed"].update(pending["versions"])
-                if TRIGGER_PACKAGE in pending["versions"]:
-                    st["services"]["bluemind.target"] = "active"
+                postinst(ctx, tx, st, {p: (None, v) for p, v in pending["versions"].items()})
                 st["pending_install"] = None
             targets = broken if not rest else [p for p in broken if p in rest]
             st["half_configured"] = [p for p in st["half_configured"] if p not in targets]
@@ -1348,7 +1550,13 @@ def render_cib(v: dict) -> str:
            "  <configuration>", "    <crm_config>", '      <cluster_property_set id="cib-bootstrap-options">']
     for name, value in sorted(v["props"].items()):
         out.append('        <nvpair id=%s name=%s value=%s/>' % (q("cib-bootstrap-options-" + name), q(name), q(str(value))))
-    out += ["      </cluster_property_set>", "    </crm_config>", "    <nodes>"]
+    out += ["      </cluster_property_set>", "    </crm_config>"]
+    if v.get("rsc_defaults"):
+        out += ["    <rsc_defaults>", '      <meta_attributes id="rsc-options">']
+        out += ['        <nvpair id=%s name=%s value=%s/>' % (q("rsc-options-" + k), q(k), q(str(val)))
+                for k, val in sorted(v["rsc_defaults"].items())]
+        out += ["      </meta_attributes>", "    </rsc_defaults>"]
+    out += ["    <nodes>"]
     out += ['      <node id="%d" uname=%s/>' % (ids[n], q(n)) for n in v["names"]]
     out += ["    </nodes>", "    <resources>"]
     resources = [(r, *_agent_parts(a), where) for r, a, where in v["resources"]]
@@ -1382,13 +1590,55 @@ def render_cib(v: dict) -> str:
     return "\n".join(out)
 
 
+CIB_SECTIONS = {"crm_config": ("./configuration/crm_config", "cluster_property_set", "cib-bootstrap-options"),
+                "rsc_defaults": ("./configuration/rsc_defaults", "meta_attributes", "rsc-options")}
+
+
+def cib_nvpairs(root, section: str) -> dict:
+    where, tag, set_id = CIB_SECTIONS[section]
+    return {nv.get("name"): nv.get("value") for ps in root.iterfind("%s/%s" % (where, tag))
+            if ps.get("id") == set_id for nv in ps.iterfind("nvpair")}
+
+
 def cib_properties(path: str) -> dict:
     """The crm_config properties (cib-bootstrap-options) of a CIB file."""
     import xml.etree.ElementTree as ET
-    root = ET.parse(path).getroot()
-    return {nv.get("name"): nv.get("value")
-            for ps in root.iterfind("./configuration/crm_config/cluster_property_set")
-            if ps.get("id") == "cib-bootstrap-options" for nv in ps.iterfind("nvpair")}
+    return cib_nvpairs(ET.parse(path).getroot(), "crm_config")
+
+
+def cib_file_attribute(ctx: Ctx, path: str, typ: str, op: str, name: str, value, quiet: bool, default) -> int:
+    """crm_attribute on a CIB file named by CIB_file (e.g. a copy for a crm_simulate preview)."""
+    import xml.etree.ElementTree as ET
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError):
+        ctx.die(102, "crm_attribute: Could not connect to the CIB: Transport endpoint is not connected\n"
+                     "crm_attribute: Error signing on to the CIB service: Transport endpoint is not connected")
+    root = tree.getroot()
+    where, tag, set_id = CIB_SECTIONS[typ]
+    parent = root.find(where)
+    if parent is None:
+        parent = ET.SubElement(root.find("./configuration"), where.rsplit("/", 1)[1])
+    nvset = next((ps for ps in parent.iterfind(tag) if ps.get("id") == set_id), None)
+    if nvset is None:
+        nvset = ET.SubElement(parent, tag, {"id": set_id})
+    pair = next((nv for nv in nvset.iterfind("nvpair") if nv.get("name") == name), None)
+    if op == "query":
+        val = pair.get("value") if pair is not None else default
+        if val is None:
+            ctx.die(105, "crm_attribute: Error performing operation: No such device or address")
+        ctx.out(val if quiet else "scope=%s  name=%s value=%s" % (typ, name, val))
+        return 0
+    if op == "update":
+        if pair is None:
+            pair = ET.SubElement(nvset, "nvpair", {"id": "%s-%s" % (set_id, name), "name": name})
+        pair.set("value", value)
+    elif pair is not None:
+        nvset.remove(pair)
+        if not quiet:
+            ctx.out("Deleted %s option: id=%s-%s name=%s" % (typ, set_id, name, name))
+    tree.write(path)
+    return 0
 
 
 def run_real_pacemaker(ctx: Ctx, prog: str, args: list[str]) -> int:
@@ -1400,8 +1650,11 @@ def run_real_pacemaker(ctx: Ctx, prog: str, args: list[str]) -> int:
         write_file(path, render_cib(cluster_view(ctx, tx)).encode())
         p = subprocess.run([os.path.join(PCMK_SBIN, prog)] + list(args), env=dict(os.environ, CIB_file=path),
                            stdin=subprocess.DEVNULL, capture_output=True)
-        if prog == "crm_attribute" and p.returncode == 0:
-            tx.cluster()["properties"] = cib_properties(path)  # Txn.commit writes only if it changed
+        if prog == "crm_attribute" and p.returncode == 0:  # Txn.commit writes only if it changed
+            import xml.etree.ElementTree as ET
+            root = ET.parse(path).getroot()
+            tx.cluster()["properties"] = cib_nvpairs(root, "crm_config")
+            tx.cluster()["rsc_defaults"] = cib_nvpairs(root, "rsc_defaults")
     sys.stdout.flush()
     sys.stdout.buffer.write(p.stdout)
     sys.stdout.flush()
@@ -1415,8 +1668,27 @@ def uses_real_pacemaker(ctx: Ctx) -> bool:
     return ctx.store.meta().get("pacemaker") == "real"
 
 
+def user_cib_file(ctx: Ctx) -> str | None:
+    """CIB_file set by the caller (a CIB copy, e.g. for a crm_simulate preview), mapped to the node."""
+    f = os.environ.get("CIB_file")
+    return ctx.map(f) if f else None
+
+
+def run_real_on_file(ctx: Ctx, prog: str, args: list[str], path: str) -> int:
+    import subprocess
+    sys.stdout.flush()
+    return subprocess.call([os.path.join(PCMK_SBIN, prog)] + list(args), env=dict(os.environ, CIB_file=path),
+                           stdin=subprocess.DEVNULL)
+
+
 def cmd_crm_attribute(ctx: Ctx, args):
-    if uses_real_pacemaker(ctx):
+    if user_cib_file(ctx):
+        ctx.notes["cib_file"] = os.environ["CIB_file"]  # a CIB copy, not the cluster's
+    # Pacemaker 2.1.5's crm_attribute maps the host name to a cluster node before touching
+    # rsc_defaults, which a CIB file of another host cannot do: the stand-in answers those
+    if uses_real_pacemaker(ctx) and "rsc_defaults" not in args:
+        if user_cib_file(ctx):
+            return run_real_on_file(ctx, "crm_attribute", args, user_cib_file(ctx))
         return run_real_pacemaker(ctx, "crm_attribute", args)
     opts, rest = getopts(ctx, args, "t:n:Gv:Dqd:l:N:s:i:VUz", [
         "type=", "name=", "query", "update=", "delete", "quiet", "default=", "lifetime=", "node=",
@@ -1441,8 +1713,10 @@ def cmd_crm_attribute(ctx: Ctx, args):
             node = v
     if rest:
         pcmk_usage(ctx, "crm_attribute", rest[0])
-    if typ != "crm_config" or node:
-        ctx.die(64, "crm_attribute: only --type crm_config (cluster properties) is simulated in the bmupgrade lab")
+    if typ not in ("crm_config", "rsc_defaults") or node:
+        ctx.die(64, "crm_attribute: only --type crm_config and rsc_defaults are simulated in the bmupgrade lab")
+    if user_cib_file(ctx) and name:
+        return cib_file_attribute(ctx, user_cib_file(ctx), typ, op, name, value, quiet, default)
     # without --name, as Pacemaker 2.1 does: a query lists every property, an update is an
     # internal error, a delete a usage error
     if not name and op == "delete":
@@ -1451,7 +1725,7 @@ def cmd_crm_attribute(ctx: Ctx, args):
         ctx.die(70, "crm_attribute: Error performing operation: Invalid argument")
     cib_unavailable(ctx, "crm_attribute")
     with ctx.txn() as tx:
-        props = tx.cluster()["properties"]
+        props = tx.cluster()["properties"] if typ == "crm_config" else tx.cluster().setdefault("rsc_defaults", {})
         if not name:
             for key, val in sorted(props.items()):
                 ctx.out(val if quiet else "scope=crm_config  name=%s value=%s" % (key, val))
@@ -1459,18 +1733,49 @@ def cmd_crm_attribute(ctx: Ctx, args):
             val = props.get(name, default)
             if val is None:
                 ctx.die(105, "crm_attribute: Error performing operation: No such device or address")
-            ctx.out(val if quiet else "scope=crm_config  name=%s value=%s" % (name, val))
+            ctx.out(val if quiet else "scope=%s  name=%s value=%s" % (typ, name, val))
         elif op == "update":
             props[name] = value
         else:
             if name in props:
                 del props[name]
                 if not quiet:
-                    ctx.out("Deleted crm_config option: id=cib-bootstrap-options-%s name=%s" % (name, name))
+                    ctx.out("Deleted %s option: id=%s-%s name=%s" % (typ, CIB_SECTIONS[typ][2], name, name))
+    return 0
+
+
+CONTROLLER_OPS = ("--refresh", "-R", "--cleanup", "-C", "--wait")
+
+
+def crm_resource_controller(ctx: Ctx, args) -> int:
+    """--refresh / --cleanup / --wait talk to the controller (pacemaker-controld), which a CIB file
+    does not have: simulated in both lab modes."""
+    opts, rest = getopts(ctx, args, "r:RCN:VQ", ["resource=", "refresh", "cleanup", "wait", "timeout=", "node=",
+                                                 "verbose", "quiet", "force"],
+                         lambda opt, m: pcmk_usage(ctx, "crm_resource", opt))
+    if rest:
+        pcmk_usage(ctx, "crm_resource", rest[0])
+    keys = [k for k, _ in opts]
+    rid = next((v for k, v in opts if k in ("-r", "--resource")), None)
+    cib_unavailable(ctx, "crm_resource")
+    with ctx.txn() as tx:
+        if rid and rid not in dict(RESOURCES):
+            ctx.die(105, "crm_resource: Resource '%s' not found\nError performing operation: No such object" % rid)
+        c = tx.cluster()
+        if "--refresh" in keys or "-R" in keys:
+            c["probed"] = round(time.time(), 3)  # re-probe: the lab's resource state is always current
+            ctx.out("Waiting for 1 reply from the controller\n... got reply (done)")
+        if "--cleanup" in keys or "-C" in keys:
+            c["failcounts"] = {}
+            ctx.out("Cleaned up %s on all nodes" % ("%s" % rid if rid else "all resources"))
+        if "--wait" in keys:
+            pass  # the lab's cluster is always settled (a `hang`/`fail` fault can say otherwise)
     return 0
 
 
 def cmd_crm_resource(ctx: Ctx, args):
+    if any(a in CONTROLLER_OPS for a in args):
+        return crm_resource_controller(ctx, args)
     if uses_real_pacemaker(ctx):
         return run_real_pacemaker(ctx, "crm_resource", args)
     opts, rest = getopts(ctx, args, "r:WQlLN:Vt:MU", ["resource=", "locate", "quiet", "list", "list-raw", "list-cts",
@@ -1560,7 +1865,8 @@ def cluster_view(ctx: Ctx, tx: Txn) -> dict:
     stonith = str(props.get("stonith-enabled", "true")).lower() in BOOL_TRUE
     return {"names": names, "online": online, "dc": online[0] if online else None, "maintenance": maint,
             "stonith": stonith, "resources": [(r, a, resource_nodes(tx, r)) for r, a in RESOURCES],
-            "last_change": c.get("last_change", time.time()), "props": props}
+            "last_change": c.get("last_change", time.time()), "props": props,
+            "rsc_defaults": c.get("rsc_defaults") or {}}
 
 
 def crm_mon_text(ctx: Ctx, v: dict, full_header=True) -> list[str]:
@@ -1675,6 +1981,78 @@ def cmd_crm_mon(ctx: Ctx, args):
         ctx.out(crm_mon_xml(ctx, v, " ".join(["crm_mon"] + args)))
     else:
         ctx.out("\n".join(crm_mon_text(ctx, v)))
+    return 0
+
+
+def cmd_cibadmin(ctx: Ctx, args):
+    """cibadmin --query (the whole CIB as XML): the CIB rendered from the lab's state."""
+    opts, rest = getopts(ctx, args, "QlV", ["query", "local", "verbose", "scope=", "no-children"],
+                         lambda opt, m: pcmk_usage(ctx, "cibadmin", opt))
+    if rest or not any(k in ("-Q", "--query") for k, _ in opts):
+        ctx.die(64, "cibadmin: the bmupgrade lab simulates only cibadmin --query")
+    if user_cib_file(ctx):
+        with open(user_cib_file(ctx)) as f:
+            ctx.out(f.read().rstrip("\n"))
+        return 0
+    cib_unavailable(ctx, "cibadmin")
+    with ctx.txn() as tx:
+        ctx.out(render_cib(cluster_view(ctx, tx)).rstrip("\n"))
+    return 0
+
+
+def cmd_crm_simulate(ctx: Ctx, args):
+    """crm_simulate --xml-file FILE --simulate|--run: the transition Pacemaker would run for that CIB
+    (a stand-in in both lab modes: the lab's CIB has no constraints or operation digests, so the
+    real tool would restart everything). Clearing maintenance-mode: multiply active resources are
+    stopped on all but one node, stopped ones started; nothing else moves."""
+    import xml.etree.ElementTree as ET
+    opts, rest = getopts(ctx, args, "x:SRLQVps", ["xml-file=", "simulate", "run", "live-check", "quiet", "verbose",
+                                                  "xml-pipe", "show-scores"],
+                         lambda opt, m: pcmk_usage(ctx, "crm_simulate", opt))
+    keys = {k: v for k, v in opts}
+    if rest:
+        pcmk_usage(ctx, "crm_simulate", rest[0])
+    if not ({"-S", "--simulate", "-R", "--run"} & set(keys)):
+        ctx.die(64, "crm_simulate: the bmupgrade lab simulates only --run and --simulate")
+    src = keys.get("-x") or keys.get("--xml-file")
+    if src:
+        try:
+            root = ET.parse(ctx.map(src)).getroot()
+        except (OSError, ET.ParseError) as e:
+            ctx.die(66, "crm_simulate: Could not read input file %s: %s" % (src, e))
+    else:
+        cib_unavailable(ctx, "crm_simulate")
+        with ctx.txn() as tx:
+            root = ET.fromstring(render_cib(cluster_view(ctx, tx)))
+    props = cib_nvpairs(root, "crm_config")
+    maint = str(props.get("maintenance-mode", "false")).lower() in BOOL_TRUE
+    online = [ns.get("uname") for ns in root.iterfind("./status/node_state") if ns.get("crmd") == "online"]
+    rsc = [(p.get("id"), "%s:%s%s" % (p.get("class"), (p.get("provider") + ":") if p.get("provider") else "",
+                                        p.get("type"))) for p in root.iterfind("./configuration/resources/primitive")]
+    where = {r: [ns.get("uname") for ns in root.iterfind("./status/node_state")
+                 for lr in ns.iterfind("./lrm/lrm_resources/lrm_resource") if lr.get("id") == r] for r, _ in rsc}
+
+    def listing(w):
+        lines = ["  * Node List:", "    * Online: [ %s ]" % " ".join(online), "", "  * Full List of Resources:"]
+        for r, agent in rsc:
+            lines.append("    * %s\t(%s):\t %s%s" % (r, agent, _started(w[r]), " (unmanaged)" if maint else ""))
+        return lines
+    summary, actions, after = [], [], {r: list(w) for r, w in where.items()}
+    if not maint:
+        for r, _ in rsc:
+            if len(where[r]) > 1:
+                for n in where[r][1:]:
+                    summary.append("  * Stop       %-11s (%11s )  due to multiply active" % (r, n))
+                    actions.append("  * Resource action: %-15s stop on %s" % (r, n))
+                after[r] = where[r][:1]
+            elif not where[r] and online:
+                summary.append("  * Start      %-11s (%11s )" % (r, online[0]))
+                actions.append("  * Resource action: %-15s start on %s" % (r, online[0]))
+                after[r] = online[:1]
+    out = ["Current cluster status:"] + listing(where) + ["", "Transition Summary:"] + summary
+    if "-S" in keys or "--simulate" in keys:
+        out += ["", "Executing Cluster Transition:"] + actions + ["", "Revised Cluster Status:"] + listing(after)
+    ctx.out("\n".join(out))
     return 0
 
 
@@ -1878,11 +2256,13 @@ def unit_name(u: str) -> str:
 
 
 def cmd_systemctl(ctx: Ctx, args):
-    quiet = False
+    quiet = runtime = False
     rest = []
     for a in args:
         if a in ("-q", "--quiet"):
             quiet = True
+        elif a == "--runtime":
+            runtime = True
         elif a in ("--no-pager", "--no-block", "-l", "--full", "--no-legend", "--plain", "--now", "--system") or a.startswith("--lines=") or a.startswith("-n"):
             pass
         elif a.startswith("-"):
@@ -1897,10 +2277,12 @@ def cmd_systemctl(ctx: Ctx, args):
             ctx.out("  %-24s loaded %-8s %-7s %s" % (u, s, "running" if s == "active" else "dead", desc))
         return 0
     verb, units = rest[0], [unit_name(u) for u in rest[1:]]
-    if verb in ("is-active", "is-failed", "start", "stop", "restart", "reload", "try-restart", "status", "is-enabled", "enable", "disable") and not units:
+    if verb in ("is-active", "is-failed", "start", "stop", "restart", "reload", "try-restart", "status", "is-enabled",
+                "enable", "disable", "mask", "unmask") and not units:
         if verb != "status":
             ctx.die(1, "Too few arguments.")
-    st = ctx.state()["services"]
+    node = ctx.state()
+    st, masked = node["services"], node.get("masked") or []
     if verb == "is-active":
         any_active = False
         for u in units:
@@ -1915,22 +2297,48 @@ def cmd_systemctl(ctx: Ctx, args):
                 ctx.out(st.get(u, "inactive"))
         return 1
     if verb == "is-enabled":
+        code = 0
         for u in units:
             if u not in UNITS:
                 ctx.die(1, "Failed to get unit file state for %s: No such file or directory" % u)
+            state = "masked-runtime" if u in masked else "enabled"
+            code = code or (1 if u in masked else 0)
             if not quiet:
-                ctx.out("enabled")
+                ctx.out(state)
+        return code
+    if verb in ("mask", "unmask"):
+        # only runtime masks (/run/systemd/system/UNIT -> /dev/null) are simulated
+        if not runtime:
+            ctx.die(1, "systemctl: the bmupgrade lab simulates only `systemctl %s --runtime` (a mask in /run, "
+                       "gone at reboot)" % verb)
+        for u in units:
+            if u not in UNITS:
+                ctx.die(1, "Failed to %s unit: Unit file %s does not exist." % (verb, u))
+        with ctx.txn() as tx:
+            m = tx.node(ctx.node).setdefault("masked", [])
+            for u in units:
+                if verb == "mask" and u not in m:
+                    m.append(u)
+                    ctx.err("Created symlink /run/systemd/system/%s \u2192 /dev/null." % u)
+                elif verb == "unmask" and u in m:
+                    m.remove(u)
+                    ctx.err("Removed \"/run/systemd/system/%s\"." % u)
         return 0
     if verb in ("start", "stop", "restart", "reload", "try-restart", "enable", "disable"):
         for u in units:
             if u not in UNITS:
                 word = {"stop": "stop", "restart": "restart", "reload": "reload"}.get(verb, "start")
                 ctx.die(5, "Failed to %s %s: Unit %s %s." % (word, u, u, "not loaded" if verb == "stop" else "not found"))
+            if verb in ("start", "restart") and u in masked:
+                ctx.die(1, "Failed to %s %s: Unit %s is masked." % (verb, u, u))
         with ctx.txn() as tx:
-            svc = tx.node(ctx.node)["services"]
+            node = tx.node(ctx.node)
+            svc = node["services"]
             for u in units:
                 if verb in ("start", "restart"):
-                    svc[u] = "active"
+                    service_start(ctx, node, u, "systemctl " + verb)
+                    if u == "keepalived.service":
+                        keepalived_started(ctx, tx)
                 elif verb == "stop":
                     svc[u] = "inactive"
                 elif verb == "try-restart":
@@ -1945,8 +2353,11 @@ def cmd_systemctl(ctx: Ctx, args):
                 code = 4
                 continue
             s = st.get(u, "inactive")
-            ctx.out("%s %s - %s" % ("●" if s == "active" else "○", u, UNITS[u]))
-            ctx.out("     Loaded: loaded (/lib/systemd/system/%s; enabled; preset: enabled)" % u)
+            ctx.out("%s %s - %s" % ("\u25cf" if s == "active" else "\u25cb", u, UNITS[u]))
+            if u in masked:
+                ctx.out("     Loaded: masked (Reason: Unit %s is masked.)" % u)
+            else:
+                ctx.out("     Loaded: loaded (/lib/systemd/system/%s; enabled; preset: enabled)" % u)
             ctx.out("     Active: %s" % ("active (running)" if s == "active" else "inactive (dead)"))
             if s != "active" and code == 0:
                 code = 3
@@ -1954,18 +2365,56 @@ def cmd_systemctl(ctx: Ctx, args):
     ctx.die(1, "Unknown command verb %s." % verb)
 
 
+def keepalived_conf(ctx: Ctx, node: str) -> dict:
+    """priority / nopreempt of the node's first vrrp_instance (keepalived.conf(5))."""
+    out = {"priority": 100, "nopreempt": False}
+    try:
+        with open(os.path.join(ctx.store.node_root(node), KEEPALIVED_CONF.lstrip("/"))) as f:
+            for line in f:
+                words = line.split("#", 1)[0].split()
+                if words[:1] == ["priority"] and len(words) > 1 and words[1].isdigit():
+                    out["priority"] = int(words[1])
+                elif words[:1] == ["nopreempt"]:
+                    out["nopreempt"] = True
+    except OSError:
+        pass
+    return out
+
+
+def keepalived_started(ctx: Ctx, tx: "Txn") -> None:
+    """VRRP preemption: a node starting keepalived with a higher priority than the VIP holder
+    (and no `nopreempt`) takes the VIP over (keepalived.conf(5))."""
+    c = tx.cluster()
+    me = keepalived_conf(ctx, ctx.node)
+    holders = [h for h in c["vip"] if h != ctx.node]
+    if not holders or me["nopreempt"]:
+        if not c["vip"]:
+            c["vip"] = [ctx.node]
+        return
+    if all(me["priority"] > keepalived_conf(ctx, h)["priority"] for h in holders):
+        c["vip"] = [ctx.node]
+        ctx.notes["vip_preempted_from"] = holders
+
+
 def cmd_bmctl(ctx: Ctx, args):
+    """bmctl drives `systemctl ... bluemind.target`; bm-nginx is outside the target but shown by status."""
     if len(args) != 1 or args[0] not in ("start", "stop", "restart", "status"):
         ctx.die(1, "Usage: bmctl start|stop|restart|status")
     op = args[0]
     if op == "status":
-        s = ctx.state()["services"].get("bluemind.target", "inactive")
+        svc = ctx.state()["services"]
+        s = svc.get("bluemind.target", "inactive")
         ctx.out("bluemind.target: %s" % s)
         for u in BM_UNITS:
             ctx.out("  %-20s %s" % (u, s))
+        ctx.out("  %-20s %s (outside bluemind.target)" % ("bm-nginx", svc.get("bm-nginx.service", "inactive")))
         return 0 if s == "active" else 1
     with ctx.txn() as tx:
-        tx.node(ctx.node)["services"]["bluemind.target"] = "inactive" if op == "stop" else "active"
+        node = tx.node(ctx.node)
+        if op == "stop":
+            node["services"]["bluemind.target"] = "inactive"
+        elif not service_start(ctx, node, "bluemind.target", "bmctl " + op):
+            ctx.die(1, "Failed to start bluemind.target: Unit bluemind.target is masked.")
     ctx.out("%s bluemind.target: done" % {"start": "Starting", "stop": "Stopping", "restart": "Restarting"}[op])
     return 0
 
@@ -1978,8 +2427,8 @@ def cmd_bm_cli(ctx: Ctx, args):
         raise Exit(51)
     if not args:
         usage("Missing required subcommand")
-    if args[0] != "setup":
-        usage("Unmatched argument at index 0: '%s'" % args[0])
+    if args[0] != "setup" or "bm-plugin-cli-setup" not in ctx.state()["installed"]:
+        usage("Unmatched argument at index 0: '%s'" % args[0])  # `setup` ships in bm-plugin-cli-setup
     if len(args) < 2:
         usage("Missing required subcommand: 'upgrade' or 'check-upgrade-5'")
     sub, rest = args[1], args[2:]
@@ -1989,7 +2438,8 @@ def cmd_bm_cli(ctx: Ctx, args):
         st = ctx.state()
         inst = st["installed"]
         full = inst.get(BM_FULL)
-        odd = sorted(p for p in BM_PACKAGES if inst.get(p) != full)
+        odd = sorted(p for p in PINNED + [d for d in st.get("core_dependents", EXTRAS) if d in inst]
+                     if inst.get(p) != full)
         if odd:
             ctx.die(1, "Setup upgrade refused: bm-* packages are not all at bm-full's version %s (%s)"
                     % (full, ", ".join("%s=%s" % (p, inst.get(p)) for p in odd)))
@@ -2436,6 +2886,226 @@ def cmd_hostname(ctx: Ctx, args):
     return 0
 
 
+# --------------------------------------------------------------------------- curl (BlueMind's API) / find / csync2
+def cmd_curl(ctx: Ctx, args):
+    """curl to BlueMind's REST API on the node (https://localhost/api/..., through bm-nginx), with
+    the API key header `X-BM-ApiKey` (the token of /etc/bm/bm-core.tok; `-H @-` reads it from stdin,
+    so it is never an argument). Answers: system/installation/state and /version, and
+    scheduledjobs/_searchExecution (is a DataProtect backup running)."""
+    opts, rest = getopts(ctx, args, "fsSkX:H:d:m:o:w:L", [
+        "fail", "silent", "show-error", "insecure", "request=", "header=", "data=", "data-raw=", "max-time=",
+        "output=", "write-out=", "location", "connect-timeout="],
+        lambda opt, m: (ctx.err("curl: option %s: is unknown\ncurl: try 'curl --help' or 'curl --manual' for more information"
+                                % (("-" + opt) if len(opt) == 1 else ("--" + opt))), _raise(2)))
+    keys = [k for k, _ in opts]
+    fail = "-f" in keys or "--fail" in keys
+    silent = "-s" in keys or "--silent" in keys
+    show = "-S" in keys or "--show-error" in keys
+    method = next((v for k, v in opts if k in ("-X", "--request")), None)
+    data = next((v for k, v in opts if k in ("-d", "--data", "--data-raw")), None)
+    headers = []
+    for k, v in opts:
+        if k in ("-H", "--header"):
+            if v.startswith("@"):
+                src = v[1:]
+                text = sys.stdin.read() if src == "-" else open(ctx.map(src)).read()
+                headers += [h.strip() for h in text.splitlines() if h.strip()]
+            else:
+                headers.append(v)
+    method = method or ("POST" if data is not None else "GET")
+
+    def error(code, msg):
+        if not silent or show:
+            ctx.err("curl: (%d) %s" % (code, msg))
+        raise Exit(code)
+    if len(rest) != 1:
+        error(2, "no URL specified" if not rest else "the bmupgrade lab takes one URL")
+    url = rest[0]
+    scheme, _, hostpath = url.partition("://")
+    host, _, path = hostpath.partition("/")
+    path = "/" + path
+    if host.split(":")[0] not in ("localhost", "127.0.0.1", ctx.node) or not path.startswith("/api/"):
+        error(6, "Could not resolve host: %s" % host.split(":")[0])
+    st = ctx.state()
+    if st["services"].get("bm-nginx.service") != "active":
+        error(7, "Failed to connect to %s port 443 after 0 ms: Couldn't connect to server" % host.split(":")[0])
+    try:
+        with open(os.path.join(ctx.root, API_TOKEN_FILE.lstrip("/"))) as f:
+            token = f.read().strip()
+    except OSError:
+        token = None
+    given = [h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("x-bm-apikey:")]
+    if any(given):
+        ctx.notes["api_key"] = "given" if token and given[-1] == token else "wrong"
+    status, body = 200, ""
+    if st["services"].get("bluemind.target") != "active":
+        status, body = 502, "<html><body><h1>502 Bad Gateway</h1></body></html>"
+    elif not token or not given or given[-1] != token:
+        status, body = 401, '{"errorCode":"AUTHENTICATION_FAIL","message":"Invalid credentials"}'
+    elif path == "/api/system/installation/state" and method == "GET":
+        core, setup = st["installed"].get("bm-core", ""), st.get("setup_version", "")
+        if st.get("core_starting"):
+            with ctx.txn() as tx:
+                tx.node(ctx.node)["core_starting"] = max(0, int(tx.node(ctx.node).get("core_starting") or 0) - 1)
+            body = '"CORE_STATE_STARTING"'
+        else:
+            body = '"CORE_STATE_UPGRADE"' if vcmp(core, setup) > 0 else '"CORE_STATE_RUNNING"'
+    elif path == "/api/system/installation/version" and method == "GET":
+        core, setup = st["installed"].get("bm-core", ""), st.get("setup_version", "")
+        body = json_dumps({"softwareVersion": core, "databaseVersion": setup,
+                           "needsUpgrade": vcmp(core, setup) > 0}).replace(", ", ",").replace(": ", ":")
+    elif path == "/api/scheduledjobs/_searchExecution" and method == "POST":
+        try:
+            query = json_loads(data or "{}")
+        except ValueError:
+            query = None
+        if not isinstance(query, dict):
+            status, body = 400, '{"errorCode":"INVALID_PARAMETER","message":"invalid JSON"}'
+        else:
+            running = st.get("backup_running") and query.get("jobId") in (None, "DataProtect")
+            values = [{"id": 42, "jobId": "DataProtect", "domainUid": "global.virt", "status": "IN_PROGRESS",
+                       "startDate": int(time.time() * 1000) - 600000, "endDate": None}] if running else []
+            body = json_dumps({"total": len(values), "values": values}).replace(", ", ",").replace(": ", ":")
+    else:
+        status, body = 404, '{"errorCode":"NOT_FOUND","message":"%s"}' % path
+    ctx.notes["http_status"] = status
+    if status >= 400 and fail:
+        error(22, "The requested URL returned error: %d" % status)
+    sys.stdout.write(body)
+    return 0
+
+
+def cmd_find(ctx: Ctx, args):
+    """find PATH... [-type f|d] [-print|-print0]: the node's files (for checksums of /etc/bm...)."""
+    paths, kind, sep = [], None, "\n"
+    i = 0
+    while i < len(args) and not args[i].startswith("-"):
+        paths.append(args[i])
+        i += 1
+    rest = args[i:]
+    while rest:
+        a = rest.pop(0)
+        if a == "-type" and rest and rest[0] in ("f", "d"):
+            kind = rest.pop(0)
+        elif a == "-print":
+            sep = "\n"
+        elif a == "-print0":
+            sep = "\0"
+        else:
+            ctx.die(1, "find: the bmupgrade lab simulates only find PATH... [-type f|d] [-print|-print0] (got %s)" % a)
+    code = 0
+    for p in paths or ["."]:
+        base = ctx.map(p)
+        if not os.path.lexists(base):
+            ctx.err("find: '%s': No such file or directory" % p)
+            code = 1
+            continue
+        found = [(p, base)]
+        if os.path.isdir(base) and not os.path.islink(base):
+            for dirpath, dirnames, filenames in os.walk(base):
+                rel = os.path.relpath(dirpath, base)
+                for name in sorted(dirnames) + sorted(filenames):
+                    node_path = os.path.normpath(os.path.join(p, rel, name))
+                    found.append((node_path, os.path.join(dirpath, name)))
+        for node_path, real in found:
+            is_dir = os.path.isdir(real) and not os.path.islink(real)
+            if kind == "f" and (is_dir or os.path.islink(real)) or kind == "d" and not is_dir:
+                continue
+            sys.stdout.write(node_path + sep)
+    return code
+
+
+def cmd_csync2(ctx: Ctx, args):
+    """csync2 -x: push this node's changes in the synchronized set (SYNCED_FILES, SYNCED_TREES) to
+    the other nodes. One direction: from the node it runs on."""
+    opts, rest = getopts(ctx, args, "xvN:", ["verbose"], lambda opt, m: (
+        ctx.err("csync2: invalid option -- '%s'" % opt.lstrip("-")), _raise(1)))
+    keys = [k for k, _ in opts]
+    if "-x" not in keys or rest:
+        ctx.die(1, "csync2: the bmupgrade lab simulates only `csync2 -x` (check and update all hosts)")
+    verbose = "-v" in keys or "--verbose" in keys
+    pushed = []
+    for other in ctx.other_nodes():
+        if sshd_pid(ctx.store, other) is None:
+            ctx.die(1, "ERROR: Connection to remote host `%s' failed." % other)
+        oroot = ctx.store.node_root(other)
+        for path in SYNCED_FILES + SYNCED_TREES:
+            src = ctx.map(path)
+            items = []
+            if os.path.isdir(src):
+                for dirpath, _dirs, files in os.walk(src):
+                    for f in files:
+                        items.append(os.path.join(dirpath, f))
+            elif os.path.exists(src):
+                items.append(src)
+            for real in items:
+                node_path = "/" + os.path.relpath(real, ctx.root)
+                dst = os.path.join(oroot, node_path.lstrip("/"))
+                with open(real, "rb") as f:
+                    data = f.read()
+                try:
+                    with open(dst, "rb") as f:
+                        same = f.read() == data
+                except OSError:
+                    same = False
+                if same:
+                    continue
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                _copy_file(real, dst)
+                pushed.append("%s:%s" % (other, node_path))
+                if verbose:
+                    ctx.out("Updating %s on %s ..." % (node_path, other))
+    ctx.notes["pushed"] = pushed
+    return 0
+
+
+# --------------------------------------------------------------------------- cat / touch / rm on node files
+# The nodes share the host's filesystem: these three read or change a node's own file (its root)
+# when the runbook names one (/etc/bm/bm-core.tok, /etc/keepalived/...), and otherwise run the
+# real tool unchanged and unrecorded (bmupgrade's lock and marker files, /tmp, pipes).
+HOST_ONLY = ("/tmp/", "/proc/", "/dev/", "/run/user/")
+FS_TOOLS = {"cat": "/bin/cat", "touch": "/usr/bin/touch", "rm": "/bin/rm"}
+
+
+def node_file(lab: str, root: str, path: str, creating: bool) -> str | None:
+    """The node-root path for `path`, or None when the real tool should see the host's path."""
+    if not os.path.isabs(path) or path == lab or path.startswith(lab + "/") or path.startswith(HOST_ONLY) \
+            or path in ("/dev/null", "/dev/stdin"):
+        return None
+    mapped = root + os.path.normpath(path)
+    if os.path.lexists(mapped) or (creating and os.path.isdir(os.path.dirname(mapped))):
+        return mapped
+    return None
+
+
+def run_fs_tool(ctx: Ctx, cmd: str, args: list[str]) -> int:
+    import subprocess
+    sys.stdout.flush()
+    ctx.notes["node_files"] = [a[len(ctx.root):] for a in args if a.startswith(ctx.root + "/")]
+    if cmd == "cat" and any(a.endswith(API_TOKEN_FILE) for a in args):
+        ctx.notes["secret"] = "read (never recorded)"
+    return subprocess.call([FS_TOOLS[cmd]] + list(args))
+
+
+def fs_tool(cmd: str, args: list[str], where) -> list[str] | None:
+    """argv for the real tool with node paths mapped, and whether any was (None: pass through)."""
+    if where is None:
+        return None
+    lab, node = where
+    root = os.path.join(lab, "nodes", node, "root")
+    out, mapped, opts_done = [], False, False
+    for a in args:
+        if not opts_done and a.startswith("-") and a != "-":
+            if a == "--":
+                opts_done = True
+            out.append(a)
+            continue
+        m = node_file(lab, root, a, creating=cmd == "touch")
+        mapped |= m is not None
+        out.append(m or a)
+    return out if mapped else None
+
+
 COMMANDS = {
     "apt-get": cmd_apt_get,
     "apt-cache": cmd_apt_cache,
@@ -2446,6 +3116,8 @@ COMMANDS = {
     "crm_resource": cmd_crm_resource,
     "crm_mon": cmd_crm_mon,
     "pcs": cmd_pcs,
+    "cibadmin": cmd_cibadmin,
+    "crm_simulate": cmd_crm_simulate,
     "ip": cmd_ip,
     "systemctl": cmd_systemctl,
     "bmctl": cmd_bmctl,
@@ -2458,6 +3130,12 @@ COMMANDS = {
     "scp": cmd_scp,
     "sudo": cmd_sudo,
     "hostname": cmd_hostname,
+    "cat": lambda ctx, args: run_fs_tool(ctx, "cat", args),
+    "touch": lambda ctx, args: run_fs_tool(ctx, "touch", args),
+    "rm": lambda ctx, args: run_fs_tool(ctx, "rm", args),
+    "curl": cmd_curl,
+    "find": cmd_find,
+    "csync2": cmd_csync2,
 }
 
 
@@ -2526,6 +3204,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("bmlab: %s is not a lab stand-in\n" % cmd)
         return 127
     where = locate_node()
+    run_args = args
+    if cmd in FS_TOOLS:
+        run_args = fs_tool(cmd, args, where)
+        if run_args is None:  # nothing of a node's own: the real tool, unrecorded
+            sys.stdout.flush()
+            os.execv(FS_TOOLS[cmd], [cmd] + args)
     if where is None:
         sys.stderr.write("%s: bmupgrade lab: cannot tell which node this is (BMLAB_NODE_DIR unset)\n" % cmd)
         return 127
@@ -2553,7 +3237,7 @@ def main(argv: list[str] | None = None) -> int:
                 drop = f.get("when", "after")
                 if drop == "before":
                     raise Exit(-1)
-        code = COMMANDS[cmd](ctx, args)
+        code = COMMANDS[cmd](ctx, run_args)
         code = 0 if code is None else code
     except Exit as e:
         code = e.code
