@@ -150,8 +150,8 @@ def test_markdown_escapes_markup_in_text():
 
 def test_markdown_verify_and_rollback_are_paragraphs_of_their_own():
     html = _html(render_markdown(build_plan(load_runbook(PACEMAKER))))
-    assert "<p>Verify: <code>test &quot;$(dpkg-query -W -f='${Version}' bm-full)&quot; = 4.9.3</code></p>" in html
-    assert "<p>Rollback: <code>DEBIAN_FRONTEND=noninteractive apt-get install" in html
+    assert "<p>Verify: <code>! systemctl is-active --quiet cron.service</code></p>" in html
+    assert "<p>Rollback: <code>systemctl start cron.service</code></p>" in html
 
 
 def test_markdown_estimates_and_post_install_node():
@@ -165,7 +165,15 @@ def test_markdown_estimates_and_post_install_node():
     assert "on bm2 (holds 192.0.2.10 now" in post
 
 
-def test_markdown_shows_each_sync_direction_once():
+def test_markdown_shows_each_sync_direction_once(tmp_path):
+    from tests.runbook_samples import MINIMAL
+
+    rb_path = tmp_path / "sync.yaml"
+    rb_path.write_text(MINIMAL.replace("127.0.0.11, port: 2201", "bm1.example.org").replace(
+        "127.0.0.12, port: 2202", "bm2.example.org").replace("  - id: ha-on\n", (
+            "  - id: config-sync\n    on: primary\n    run: \"rsync -a /etc/bm {{ peer.host }}:/\"\n"
+            "  - id: ha-on\n")))
+    PACEMAKER = str(rb_path)  # noqa: N806 (the same assertions, on a runbook that syncs with rsync to the peer)
     md = render_markdown(build_plan(load_runbook(PACEMAKER)))
     item = md.split("(`config-sync`)", 1)[1].split("(`ha-on`)", 1)[0]
     assert item.count("bm2.example.org:/") == 1 and item.count("bm1.example.org:/") == 1
