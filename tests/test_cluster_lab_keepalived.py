@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from tests.e2e import KEEPALIVED, run_upgrade
+from tests.e2e import KEEPALIVED, cluster_upgrade
 from tests.test_cluster_lab import calls, eventually, host_dpkg, require_cluster, versions
 from tests.conftest import _missing
 
@@ -39,7 +39,7 @@ def ka(tmp_path_factory):
 
 
 def upgrade(lab, state, **kw):
-    return run_upgrade(lab, state, "--allow-no-stonith", runbook=KEEPALIVED, **kw)  # VRRP has no fencing
+    return cluster_upgrade(lab, state, "--allow-no-stonith", runbook=KEEPALIVED, **kw)  # VRRP has no fencing
 
 
 def test_power_off_master_moves_the_vip_by_vrrp(ka, tmp_path):

@@ -16,23 +16,11 @@ import os
 
 import pytest
 
-from tests.e2e import PACEMAKER, bmupgrade
+from tests.e2e import API_FREE, PACEMAKER, bmupgrade
 from tests.test_cluster_lab import require_cluster, versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-API_FREE = (  # (bundled runbook text, what the cluster lab's node can answer instead)
-    ("tok=$(cat {{ bm_token_file }}) || exit 1", "tok=cluster-lab-has-no-bluemind-api"),
-    ("""printf 'X-BM-ApiKey: %s\\n' "$tok" | curl -fsS -k -H @- -H 'Content-Type: application/json' -d '{"jobId": """
-     """"DataProtect", "active": true}' {{ bm_api }}/scheduledjobs/_searchExecution""",
-     """echo '{"total":0,"values":[]}'"""),
-    ("""printf 'X-BM-ApiKey: %s\\n' "$tok" | curl -fsS -k -H @- {{ bm_api }}/system/installation/state | grep -E """
-     """'CORE_STATE_(RUNNING|UPGRADE|MAINTENANCE)'""",
-     "systemctl is-active --quiet bluemind.target && echo CORE_STATE_RUNNING"),
-    ("""v=$(printf 'X-BM-ApiKey: %s\\n' "$tok" | curl -fsS -k -H @- {{ bm_api }}/system/installation/version) || exit 1""",
-     """v=$(if [ "$(cat /var/lib/bm-setup/version 2>/dev/null)" = "$(dpkg-query -W -f='${Version}' bm-core)" ]; """
-     """then echo '{"needsUpgrade":false}'; else echo '{"needsUpgrade":true}'; fi)"""),
-)
 
 
 @pytest.fixture(scope="module")
