@@ -377,7 +377,7 @@ def floor_sample(lab: Lab, script: Path, mode: str, n: int) -> Callable[[int], d
 
 # =========================================================================== 1+2. per step, fixed
 def bench_steps(lab: Lab, work: Path, ns: list[int], floor_n: int, reps: int, big: int | None,
-                budget_big: float) -> dict:
+                budget_big: float, big_reps: int) -> dict:
     inv = lab.inventory_path
     books = {k: trivial_runbook(work / ("steps-%d.yaml" % k), k) for k in ns + ([big] if big else [])}
     bm_run(books[1], inv, work / "state-warmup")  # bytecode cache, page cache
@@ -393,7 +393,7 @@ def bench_steps(lab: Lab, work: Path, ns: list[int], floor_n: int, reps: int, bi
 
         def big_sample(rep: int):
             t1000 = samples_ref.get("bm %d" % ns[-1]) or []
-            if not t1000 or t1000[0] * big / ns[-1] > budget_big:
+            if not t1000 or t1000[0] * big / ns[-1] > budget_big or rep >= big_reps:
                 return None  # not affordable on this machine: reported as skipped
             return inner(rep)
         configs["bm %d" % big] = big_sample
@@ -663,14 +663,15 @@ def bmlab_is_install(argv: list[str]) -> bool:
     return argv[:1] == ["apt-get"] and "install" in argv and "--download-only" not in argv
 
 
-def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str]) -> dict:
+def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str], slow: tuple[float, float] = (3, 2)) -> dict:
+    """slow: the lab's apt download and install seconds per node (--quick: a tenth)."""
     books = ha_variants(work)
     res = {"_lab_command_cost": standin_cost(lab, work)}
     data = {v: [] for v in variants}
     for rep in range(reps):
         for name in variants:
             lab.up(reset=True)  # a fresh 4.9.2 cluster: state, ledgers, remote locks
-            lab.fault("slow-apt", download=3, install=2)
+            lab.fault("slow-apt", download=slow[0], install=slow[1])
             state = work / ("state-ha-%d" % rep)
             outfile = work / "ha-run.out"
             with open(outfile, "w") as f:
@@ -862,7 +863,8 @@ def parse_args():
     ap.add_argument("--rtt", type=float, default=None, metavar="MS",
                     help="also count round trips through a proxy adding MS ms per round trip")
     ap.add_argument("--big", type=int, default=5000, help="the long run's steps, if affordable (default 5000)")
-    ap.add_argument("--big-budget", type=float, default=90.0, help="skip the long run if it would take longer (s)")
+    ap.add_argument("--big-budget", type=float, default=120.0, help="skip the long run if it would take longer (s)")
+    ap.add_argument("--big-reps", type=int, default=3, help="repetitions of the long run (default 3)")
     ap.add_argument("--only", default="", help="comma list of sections: steps,rtt,startup,stream,ha")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     ap.add_argument("--output", default=str(RESULTS), help="results JSON (default bench/results.json)")
@@ -875,7 +877,8 @@ def run_sections(a, lab: Lab, work: Path, r: dict) -> None:
     ns = [1, 5, 20] if a.quick else [1, 10, 200, 1000]
     if "steps" in only:
         log("1-2. per step and fixed cost: N=%s, floors at N=%d (%d reps)" % (ns, ns[2], reps))
-        r["steps"] = bench_steps(lab, work, ns, ns[2], reps, None if a.quick else a.big, a.big_budget)
+        r["steps"] = bench_steps(lab, work, ns, ns[2], reps, None if a.quick else a.big, a.big_budget,
+                                 a.big_reps)
     if "rtt" in only and a.rtt:
         log("3. round trips through a %g ms proxy" % a.rtt)
         r["rtt"] = bench_rtt(lab, work, a.rtt, reps)
@@ -884,13 +887,13 @@ def run_sections(a, lab: Lab, work: Path, r: dict) -> None:
         r["startup"] = bench_startup(lab, work, reps if a.quick else max(reps, 5), 200 if a.quick else 5000,
                                      2 if a.quick else 30, 20 if a.quick else 1000)
     if "stream" in only:
-        size = 20_000_000 if a.quick else 200_000_000
+        size = 5_000_000 if a.quick else 200_000_000
         log("5. streaming %d MB (%d reps)" % (size // 1_000_000, reps))
         r["streaming"] = bench_streaming(lab, work, size, reps, budget=20.0)
     if "ha" in only:
         variants = list(ha_variants(work))[: 1 if a.quick else None]
         log("6. HA-off window, slow apt (%d variants x %d reps)" % (len(variants), reps))
-        r["ha"] = bench_ha(lab, work, reps, variants)
+        r["ha"] = bench_ha(lab, work, reps, variants, (0.3, 0.2) if a.quick else (3, 2))
 
 
 def main() -> int:
