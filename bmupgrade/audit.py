@@ -7,6 +7,7 @@ marker, and the JSON record keeps the last OUTPUT_TAIL characters. Secrets are m
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -19,11 +20,24 @@ OUTPUT_TAIL = 4096
 
 
 def _open_private(path: Path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """Append-only, mode 0600, never through a symlink (O_NOFOLLOW: a link planted in the state
+    dir must not redirect the log of a root-run tool)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        from bmupgrade.errors import BmError
+
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise BmError(f"cannot open the log {path}: {why}; remove it or use another --state-dir") from None
+    os.fchmod(fd, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=1024 * 64)
 
 
 class AuditLog:
+    """`begin()` is written and flushed to disk BEFORE the command is sent (a SIGKILL right after
+    still leaves the record); output is flushed per chunk, under a header naming its node when
+    parallel commands interleave; `record()` adds the result."""
+
     def __init__(self, runs_dir: Path, run_id: str, redact: Callable[[str], str]):
         self.jsonl_path = runs_dir / f"{run_id}.audit.jsonl"
         self.output_path = runs_dir / f"{run_id}.output.log"
@@ -32,27 +46,52 @@ class AuditLog:
         self._redact = redact
         self._lock = threading.Lock()
         self._written: dict[tuple[str, str], int] = {}
+        self._streams: dict[tuple[str, str], Callable] = {}  # (node, key) -> streaming redactor
+        self._last: tuple[str, str] | None = None  # whose output the log shows right now
 
     def begin(self, node: str, key: str, command: str) -> None:
+        command = self._redact(command)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         with self._lock:
             self._written[(node, key)] = 0
-            self._out.write(f"\n### {time.strftime('%Y-%m-%dT%H:%M:%S')} {node} [{key}] $ {self._redact(command)}\n")
+            stream = getattr(self._redact, "stream", None)
+            self._streams[(node, key)] = stream() if stream else None
+            self._jsonl.write(json.dumps({"event": "sent", "node": node, "key": key, "command": command,
+                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+            self._jsonl.flush()
+            os.fsync(self._jsonl.fileno())
+            self._out.write(f"\n### {stamp} {node} [{key}] $ {command}\n")
+            self._out.flush()
+            self._last = (node, key)
 
     def output(self, node: str, key: str, text: str) -> None:
         with self._lock:
-            n = self._written.get((node, key), 0)
-            if n > OUTPUT_CAP:  # capped, marker written
-                return
-            text = self._redact(text)
-            if n + len(text) > OUTPUT_CAP:  # the first byte past the cap: keep up to it, then the marker
-                text = text[: OUTPUT_CAP - n] + f"\n[... output beyond {OUTPUT_CAP // 1048576} MiB not logged; "\
-                    "the JSON record keeps the tail]\n"
-                self._written[(node, key)] = OUTPUT_CAP + 1
-            else:
-                self._written[(node, key)] = n + len(text)
-            self._out.write(text)
+            stream = self._streams.get((node, key))
+            self._write_output(node, key, stream.feed(text) if stream else self._redact(text))
+
+    def _write_output(self, node: str, key: str, text: str) -> None:
+        n = self._written.get((node, key), 0)
+        if n > OUTPUT_CAP or not text:  # capped, marker written
+            return
+        if n + len(text) > OUTPUT_CAP:  # the first byte past the cap: keep up to it, then the marker
+            text = text[: OUTPUT_CAP - n] + f"\n[... output beyond {OUTPUT_CAP // 1048576} MiB not logged; "\
+                "the JSON record keeps the tail]\n"
+            self._written[(node, key)] = OUTPUT_CAP + 1
+        else:
+            self._written[(node, key)] = n + len(text)
+        if self._last != (node, key):  # parallel output: say whose it is
+            self._out.write(f"\n### {node} [{key}] (continued)\n")
+            self._last = (node, key)
+        self._out.write(text)
+        self._out.flush()
 
     def record(self, **fields) -> None:
+        node, key = fields.get("node"), fields.get("key")
+        with self._lock:
+            stream = self._streams.pop((node, key), None)
+            if stream is not None:  # the held-back end of the command's output
+                self._write_output(node, key, stream.flush())
+        fields = {"event": "result", **fields}
         for k in ("command", "output_tail"):
             if isinstance(fields.get(k), str):
                 fields[k] = self._redact(fields[k])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,14 +19,15 @@ from typing import List, Optional
 import typer
 
 from bmupgrade import lean
-from bmupgrade.errors import EXIT_FAILED, BmError, UsageError
+from bmupgrade.errors import EXIT_FAILED, EXIT_HA_OFF, BmError, UsageError
+
 
 lean.install()  # before typer renders help or coerces parameters (see bmupgrade/lean.py)
 
 app = typer.Typer(
     name="bmupgrade",
     help="Guided, resumable upgrades of a two-node BlueMind HA cluster over SSH.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,17 +36,28 @@ app = typer.Typer(
 _debug = "--debug" in sys.argv or os.environ.get("BMUPGRADE_DEBUG") == "1"
 
 
-def _stderr():
-    from rich.console import Console
+_hint_context = None  # hints.Context of this invocation (--state-dir, -i), once a command set it
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _hints_for(state_dir=None, inventory=None):
+    """Remember what the next commands this invocation prints must repeat (see bmupgrade.hints)."""
+    global _hint_context
+    from bmupgrade.hints import Context
+
+    _hint_context = Context.of(state_dir, inventory)
+    return _hint_context
 
 
 def report_error(exc: BmError) -> None:
     """One line per problem, on stderr, prefixed so it is greppable in a scheduler's log."""
-    err = _stderr()
-    for line in str(exc).splitlines() or ["error"]:
-        err.print(f"[bold red]bmupgrade:[/bold red] {line}", markup=True, highlight=False)
+    from bmupgrade.ui.report import print_errors
+
+    text = str(exc)
+    if _hint_context is not None:
+        from bmupgrade.hints import qualify
+
+        text = qualify(_hint_context, text)
+    print_errors(text.splitlines() or ["error"])
 
 
 def handles_errors(fn):
@@ -67,20 +80,65 @@ def handles_errors(fn):
         except Exception as exc:  # a bug: say so in one line, never a traceback by default
             if _debug:
                 raise
-            _stderr().print(f"bmupgrade: internal error: {type(exc).__name__}: {exc} "
-                            "(run again with --debug for the traceback, and report it)")
+            from bmupgrade.ui.report import print_errors
+
+            print_errors([f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the "
+                          "traceback, and report it)"])
             raise typer.Exit(EXIT_FAILED) from None
 
     return wrapper
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from bmupgrade import __version__
+
+        typer.echo(f"bmupgrade {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """Guided, resumable upgrades of a two-node BlueMind HA cluster over SSH."""
 
 
+def _plain_help_types() -> None:
+    """Help shows a value's kind (<path>, <text>), never a flag's `<bool>` nor a Python type like
+    `<list[str]>`: a repeatable option shows its element (the help text says it repeats)."""
+    from typer import core
+
+    original = getattr(core.TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_bmupgrade", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if self.is_flag or self.count:
+            return None
+        shown = original(self, ctx)
+        if isinstance(shown, str):
+            shown = shown.replace("<list[str]>", "<text>").replace("<str>", "<text>")
+            shown = shown.replace("<list[", "<").replace("]>", ">")
+        return shown
+
+    display_type_rich._bmupgrade = True  # type: ignore[attr-defined]
+    core.TyperOption.display_type_rich = display_type_rich
+    argument = getattr(core.TyperArgument, "display_type_rich", None)
+    if argument is not None:
+        def argument_type(self, ctx):
+            shown = argument(self, ctx)
+            if isinstance(shown, str):
+                shown = re.sub(r"<list\[(\w+)\]>", lambda m: f"<{m.group(1).lower()}>", shown)
+                shown = shown.replace("<str>", "<text>")
+            return shown
+
+        core.TyperArgument.display_type_rich = argument_type
+
+
+_plain_help_types()
 def _short_lived() -> None:
     """A command that builds a few objects per runbook line and exits: no cyclic garbage
     collection (a 5000-step plan spends a third of its time in it, collecting nothing)."""
@@ -156,14 +214,18 @@ def plan(
     """Print every command, on which node, in order. No side effects; no network unless --probe."""
     _short_lived()
     from bmupgrade.plan import build_plan
-    from bmupgrade.planview import render_json, render_markdown, render_plain, render_text, use_plain
+    from bmupgrade.ui.planview import render_json, render_markdown, render_plain, render_text, use_plain
 
     rb = load(runbook, inventory, extra)
     holders = None
     if probe:
         from bmupgrade.probes import probe_vip_holders_once
+        from bmupgrade.transport.base import TransportError
 
-        holders = probe_vip_holders_once(rb)
+        try:
+            holders = probe_vip_holders_once(rb)
+        except TransportError as exc:
+            raise BmError(f"cannot reach {exc}") from None
     p = build_plan(rb, holders=holders)
     if deadline:
         from bmupgrade.timeparse import parse_deadline
@@ -176,9 +238,9 @@ def plan(
     elif use_plain(p, sys.stdout.isatty()):  # a pipe, a file, or too long for a table
         typer.echo(render_plain(p))
     else:
-        from rich.console import Console
+        from bmupgrade.ui.report import make_console
 
-        render_text(p, Console(highlight=False))
+        render_text(p, make_console())
 
 
 @app.command()
@@ -243,18 +305,17 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
              allow_no_stonith=False):
     from bmupgrade.engine import RunOptions
     from bmupgrade.journal import default_state_dir
-    from bmupgrade.prompts import InteractivePrompter, PolicyPrompter
-    from bmupgrade.report import ConsoleReporter, JsonReporter
-    from bmupgrade.runner import Session, ssh_transport_factory
+    from bmupgrade.prompts import PolicyPrompter
+    from bmupgrade.ui.prompts import InteractivePrompter
+    from bmupgrade.ui.report import ConsoleReporter, JsonReporter
+    from bmupgrade.runner import Session
     from bmupgrade.timeparse import parse_deadline
 
     reporter = JsonReporter() if as_json else ConsoleReporter()
-    import shlex
-
+    interactive = None  # the InteractivePrompter, when there is one
     options = RunOptions(on_failure=on_failure.value, on_deadline=on_deadline.value,
                          deadline=parse_deadline(deadline) if deadline else None, from_step=from_step,
-                         break_lock=break_lock, allow_no_stonith=allow_no_stonith, rerun=_split(list(rerun)),
-                         cli_args=f"--state-dir {shlex.quote(str(state_dir))}" if state_dir else "")
+                         break_lock=break_lock, allow_no_stonith=allow_no_stonith, rerun=_split(list(rerun)))
     if answers is not None:
         from bmupgrade.prompts import Answers, AnswersPrompter
 
@@ -268,18 +329,59 @@ def _session(state_dir, yes, on_failure, deadline, on_deadline, acks, as_json, s
     else:
         if as_json:
             raise UsageError("--json needs --yes: there is no one to answer prompts in a JSON stream")
+        given = [f for f, v in (("--ack", acks), ("--rerun", rerun), ("--assume-done", assume_done)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} answer(s) for unattended runs: add --yes, or drop them and "
+                             "answer when asked. Nothing was changed.")
         console = reporter.console
-        prompter = InteractivePrompter(console, step_mode=step_mode)
+        prompter = interactive = InteractivePrompter(console, step_mode=step_mode)
         if save_answers is not None:
             from bmupgrade.prompts import RecordingPrompter
 
             prompter = RecordingPrompter(prompter)
     if save_answers is not None and answers is None and yes:
         raise UsageError("--save-answers records an interactive run's answers; drop --yes")
-    return Session(state_dir or default_state_dir(), reporter, prompter, ssh_transport_factory(), options)
+    _hints_for(state_dir)
+    return Session(state_dir or default_state_dir(), reporter, prompter,
+                   _transport_factory(interactive), options)
+
+
+def _transport_factory(interactive=None):
+    """The SSH transport (bmupgrade.credentials); once the runbook is known, the interactive
+    prompter's "get a shell" hint uses the same ssh settings (bmupgrade.hints.ssh_command)."""
+    from bmupgrade.credentials import transport_factory
+
+    make = transport_factory()
+
+    def factory(rb):
+        if interactive is not None:
+            from bmupgrade.hints import ssh_command
+
+            interactive.ssh_hint_for = functools.partial(ssh_command, rb)
+        return make(rb)
+
+    return factory
+
+
+def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=None) -> None:
+    """--ack/--rerun/--assume-done/--from naming no step of the runbook: exit 2 before anything
+    starts (no journal, no connection), with the closest step id."""
+    from bmupgrade.runbook import unknown_step_refs
+
+    manual = [s.id for s in rb.steps if s.manual is not None]
+    problems = unknown_step_refs(rb, sorted(_split(list(acks))), "--ack", manual=manual)
+    problems += unknown_step_refs(rb, sorted(_split(list(rerun))), "--rerun")
+    problems += unknown_step_refs(rb, sorted(_split(list(assume_done))), "--assume-done")
+    problems += unknown_step_refs(rb, [from_step] if from_step else [], "--from")
+    if problems:
+        raise UsageError("\n".join(problems + ["Nothing was changed."]))
 
 
 def _finish(summary, reporter) -> None:
+    if _hint_context is not None:
+        from bmupgrade.hints import qualify_summary
+
+        qualify_summary(_hint_context, summary)
     reporter.final(summary)
     if summary.exit_code == 130:
         # Second Ctrl-C: the journal is saved; do not wait for worker threads still reading
@@ -318,6 +420,8 @@ def run(
     3 refused before any change (preflight or lock), 4 deadline, 5 stopped with HA left off, 130 interrupted."""
     from bmupgrade.runner import start_run
 
+    if ack or from_step:
+        _refuse_unknown_steps(load(runbook, inventory, extra), acks=ack, from_step=from_step)
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
                        from_step=from_step, break_lock=break_lock, answers=answers, save_answers=save_answers,
                        allow_no_stonith=allow_no_stonith)
@@ -344,7 +448,7 @@ def check(
     from bmupgrade import runner
     from bmupgrade.engine import RunOptions
     from bmupgrade.prompts import PolicyPrompter
-    from bmupgrade.report import ConsoleReporter, NullReporter
+    from bmupgrade.ui.report import ConsoleReporter, NullReporter
 
     reporter = NullReporter() if fmt is StatusFormat.json else ConsoleReporter()
     session = runner.Session(Path("."), reporter, PolicyPrompter(), runner.ssh_transport_factory(), RunOptions())
@@ -353,15 +457,8 @@ def check(
         typer.echo(json.dumps({"ready": summary.exit_code == 0, "exit": summary.exit_code,
                                "message": summary.message, "checks": results}))
     else:
-        style = "green" if summary.exit_code == 0 else "red"
-        reporter.console.print(f"[bold {style}]{_esc(summary.message)}[/bold {style}]")
+        reporter.verdict(summary.message, ok=summary.exit_code == 0)
     raise typer.Exit(summary.exit_code)
-
-
-def _esc(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 @app.command()
@@ -390,6 +487,11 @@ def resume(
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
                        rerun=rerun, assume_done=assume_done, break_lock=break_lock,
                        allow_no_stonith=allow_no_stonith)
+    if ack or rerun or assume_done:
+        from bmupgrade.runner import load_for_resume
+
+        rb, _ = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
+        _refuse_unknown_steps(rb, acks=ack, rerun=rerun, assume_done=assume_done)
     _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 
@@ -398,7 +500,7 @@ def resume(
 def rollback(
     run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
     extra: List[str] = ExtraOpt,
-    yes: bool = YesOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Unattended: roll back without asking for confirmation."),
     as_json: bool = JsonOpt,
     force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed, and past the "
                                "point of no return (after typing the run id at a terminal)."),
@@ -424,12 +526,11 @@ def status(
 ) -> None:
     """Show a run's journal: per step and node, state, times, exit codes; and whether HA is off."""
     from bmupgrade.journal import RunStore, default_state_dir
-    from bmupgrade.status import render_status
+    from bmupgrade.ui.status import render_status
 
     if cluster is not None:
-        from rich.console import Console
-
-        from bmupgrade.status import read_cluster_markers, render_cluster_markers
+        from bmupgrade.ui.report import make_console
+        from bmupgrade.ui.status import read_cluster_markers, render_cluster_markers
         from bmupgrade.transport.base import TransportError
 
         try:
@@ -439,32 +540,41 @@ def status(
         if fmt is StatusFormat.json:
             typer.echo(json.dumps(markers, indent=2))
         else:
-            render_cluster_markers(markers, Console(highlight=False))
+            render_cluster_markers(markers, make_console())
+        if any("ha-off" in m for m in markers.values()):
+            raise typer.Exit(EXIT_HA_OFF)  # a scheduler's check: HA handling is off on the nodes
         return
 
+    ctx = _hints_for(state_dir)
     journal = RunStore(state_dir or default_state_dir()).find(run_id)
     if fmt is StatusFormat.json:
         typer.echo(json.dumps(journal.data, indent=2))
         return
-    from rich.console import Console
+    from bmupgrade.ui.report import make_console
 
-    render_status(journal, Console(highlight=False))
+    from bmupgrade.hints import qualify
+
+    render_status(journal, make_console(), hint=functools.partial(qualify, ctx))
 
 
 @app.command()
 @handles_errors
-def runs(state_dir: Optional[Path] = StateDirOpt) -> None:
+def runs(
+    fmt: StatusFormat = typer.Option(StatusFormat.text, "--format", "-f", help="text | json"),
+    state_dir: Optional[Path] = StateDirOpt,
+) -> None:
     """List the runs in the state dir, oldest first."""
-    from rich.console import Console
-    from rich.table import Table
-
     from bmupgrade.journal import RunStore, default_state_dir
+    from bmupgrade.ui.status import render_runs
 
+    _hints_for(state_dir)
     store = RunStore(state_dir or default_state_dir())
-    table = Table("run", "status", "started", "runbook", "by")
-    for r in store.all():
-        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
-    Console(highlight=False).print(table)
+    found = store.all()
+    if fmt is StatusFormat.json:
+        typer.echo(json.dumps([{"run_id": r.run_id, "status": r.status, "owner_gone": r.owner_gone, "started": r.created_at,
+                                "runbook": r.runbook, "by": r.by, "journal": str(r.path)} for r in found], indent=2))
+        return
+    render_runs(found)
 
 
 def _mount_subcommands() -> None:
@@ -490,6 +600,6 @@ def _setup_logging() -> None:
 def main() -> None:
     _setup_logging()
     try:
-        app()
+        app(prog_name="bmupgrade")  # also under `python -m bmupgrade`: help and completion name the command
     except KeyboardInterrupt:
         sys.exit(130)

@@ -72,11 +72,26 @@ class VipProbe:
                       "cluster, then `bmupgrade resume`")
 
 
+Send = Callable[[str, str], CommandResult]  # (node, command) -> result, e.g. through the audit log
+
+
 def probe_vip(transport: Transport, rb: Runbook, render: Callable[[str, object], str],
-              nodes: list[str] | None = None) -> VipProbe:
+              nodes: list[str] | None = None, *, send: Send | None = None) -> VipProbe:
+    """Ask each node whether it holds the public IP. `send` (the engine's audited sender, see
+    `audited_send`) makes the probes part of the audit trail: they are the evidence for "the
+    post-install ran only on the VIP holder"."""
     nodes = nodes or rb.node_names
     cmds = {n: render(rb.cluster.vip_probe, rb.node(n)) for n in nodes}
-    return VipProbe(on_each(nodes, lambda n: transport.run(n, cmds[n], timeout=PROBE_TIMEOUT, capture=True)))
+    if send is None:
+        def send(n: str, cmd: str) -> CommandResult:
+            return transport.run(n, cmd, timeout=PROBE_TIMEOUT, capture=True)
+    return VipProbe(on_each(nodes, lambda n: send(n, cmds[n])))
+
+
+def audited_send(engine) -> Send:
+    """The engine's own way of sending (audited before it is sent, output logged), for probes."""
+    return lambda node, cmd: engine._send(node, cmd, timeout=PROBE_TIMEOUT, key="vip-probe", capture=True,
+                                          quiet=True)
 
 
 def probe_vip_holders_once(rb: Runbook) -> list[str]:

@@ -1,6 +1,6 @@
 """Decisions at the right moment: the engine asks a Prompter, never a terminal directly.
 
-Two implementations: `InteractivePrompter` (questionary, only ever with a TTY) and
+Two implementations: `ui.prompts.InteractivePrompter` (questionary, only ever with a TTY) and
 `PolicyPrompter` (unattended: the answers the admin wrote down in advance — `--yes`,
 `--on-failure`, `--ack`, an answers file). Tests inject a scripted prompter.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bmupgrade.errors import BmError
 
 from bmupgrade.outcome import (  # noqa: F401 (re-exported)
     ABORT, ASSUME_DONE, CONTINUE, RERUN, RETRY, ROLLBACK, SKIP, WAIT, FailureContext)
@@ -55,6 +54,7 @@ class PolicyPrompter:
     rerun: set[str] = field(default_factory=set)
     assume_done: set[str] = field(default_factory=set)
     interactive: bool = False
+    _retried: set[str] = field(default_factory=set, repr=False)
 
     def ack_manual(self, step_id: str, title: str, text: str) -> bool:
         return step_id in self.acks or "all" in self.acks
@@ -63,10 +63,15 @@ class PolicyPrompter:
         return "yes"
 
     def on_failure(self, ctx: FailureContext) -> str:
+        # `resume --rerun STEP`: the operator's word to send a failed non-idempotent step again, once
+        if ctx.step_id in self.rerun and ctx.step_id not in self._retried:
+            self._retried.add(ctx.step_id)
+            return RETRY
         return self.on_failure_policy
 
     def unknown_outcome(self, step_id, title, nodes, commands) -> str:
-        if step_id in self.rerun:
+        if step_id in self.rerun and step_id not in self._retried:
+            self._retried.add(step_id)  # one --rerun, one more send
             return RERUN
         if step_id in self.assume_done:
             return ASSUME_DONE
@@ -86,116 +91,6 @@ class PolicyPrompter:
 
     def confirm_typed(self, message, expected) -> bool:
         return False  # never typed by a policy
-
-
-class InteractivePrompter:
-    """questionary prompts at a terminal. Imported lazily: questionary costs start-up time."""
-
-    interactive = True
-
-    def __init__(self, console, *, step_mode: bool = False):
-        if not _isatty():
-            raise BmError("no terminal to ask questions on: use --yes (and --on-failure abort|rollback, "
-                          "--ack ID,...) for an unattended run", exit_code=2)
-        self.console = console
-        self.step_mode = step_mode
-
-    def _select(self, message: str, choices: list[tuple[str, str]], default: str | None = None) -> str:
-        import questionary
-
-        qchoices = [questionary.Choice(title=t, value=v) for v, t in choices]
-        answer = questionary.select(message, choices=qchoices, default=next(
-            (c for c in qchoices if c.value == default), None)).ask()
-        if answer is None:  # Ctrl-C / Ctrl-D inside the prompt
-            raise KeyboardInterrupt
-        return answer
-
-    def ack_manual(self, step_id, title, text) -> bool:
-        self.console.print(f"\n[bold yellow]Manual action[/bold yellow] [{step_id}] {title}\n  {text}")
-        return self._select("Is this done?", [("yes", "Yes, it is done"), ("no", "No — stop here")]) == "yes"
-
-    def confirm_step(self, step_id, title, where, commands) -> str:
-        self.console.print(f"\n[bold]Run[/bold] {title} [dim][{step_id}][/dim] on {where}?")
-        for c in commands:
-            self.console.print(f"  $ {c}", markup=False, highlight=False)
-        return self._select("Proceed?", [("yes", "Run it"), ("skip", "Skip this step (recorded as skipped)"),
-                                         ("abort", "Stop here (resumable)")], default="yes")
-
-    def on_failure(self, ctx: FailureContext) -> str:
-        self.console.print(f"\n[bold red]Step failed:[/bold red] {ctx.title} [{ctx.step_id}]\n{ctx.summary}")
-        while True:
-            choice = self._select("What now?", [
-                (RETRY, "Retry the step"),
-                (SKIP, "Skip it (recorded as skipped; later steps may fail or be unsafe)"),
-                (ROLLBACK, "Roll back the done steps, in reverse order"),
-                (ABORT, "Abort (stop here; `bmupgrade resume` continues later)"),
-                ("output", "Show the full output of the failed command"),
-                ("shell", "How do I get a shell on that node?"),
-            ])
-            if choice == "output":
-                self.console.print(ctx.output or "(no output)", markup=False, highlight=False)
-            elif choice == "shell":
-                self.console.print(ctx.ssh_hint, markup=False, highlight=False)
-            else:
-                return choice
-
-    def unknown_outcome(self, step_id, title, nodes, commands) -> str:
-        self.console.print(f"\n[bold yellow]Unknown outcome:[/bold yellow] {_esc(title)} [{_esc(step_id)}] was sent "
-                           f"to {', '.join(nodes)} and its result was lost (it is no longer running there); it "
-                           "has no verify command.")
-        for c in commands:
-            self.console.print(f"  $ {c}", markup=False, highlight=False)
-        return self._select("Check on the node(s) first, then:", [
-            (ABORT, "Stop here (resume later, after checking)"),
-            (ASSUME_DONE, "I checked: it completed — record it as done"),
-            (RERUN, "I checked: it did not take effect — send it again"),
-        ], default=ABORT)
-
-    def still_running(self, step_id, title, text) -> str:
-        self.console.print(f"\n[bold yellow]Still running:[/bold yellow] {_esc(title)} [{_esc(step_id)}]: {_esc(text)}")
-        return self._select("A second copy is never started. What now?", [
-            (WAIT, "Wait for it to finish (check again in a few seconds)"),
-            (ABORT, "Stop here (resume later)")], default=WAIT)
-
-    def on_interrupt(self, step_id, title, completed, undo) -> str:
-        what = {True: "the step completed", False: "the step failed", None: "at a safe point"}[completed]
-        self.console.print(f"\n[bold yellow]Interrupted[/bold yellow] ({what}): {_esc(title)} [{_esc(step_id)}]")
-        return self._select("What now?", [
-            (CONTINUE, "Continue the run"),
-            (ABORT, "Stop here (`bmupgrade resume` continues later)"),
-            (ROLLBACK, "Roll back the done steps, in reverse order")], default=CONTINUE)
-
-    def confirm_typed(self, message, expected) -> bool:
-        import questionary
-
-        self.console.print(f"\n[bold red]{_esc(message)}[/bold red]")
-        answer = questionary.text(f"Type {expected} to confirm (anything else cancels):").ask()
-        if answer is None:
-            raise KeyboardInterrupt
-        return answer.strip() == expected
-
-    def confirm_no_fencing(self, step_id, title, why) -> bool:
-        self.console.print(f"\n[bold red]STONITH guard:[/bold red] {title} [{step_id}] turns automatic failover "
-                           f"back on, but {why}. Without fencing, a failover can split-brain and corrupt the "
-                           "shared storage.")
-        return self._select("Turn failover back on anyway?", [
-            ("no", "No — stop here (HA stays off; fix fencing, then resume)"),
-            ("yes", "Yes, I accept the split-brain risk (recorded in the journal)")], default="no") == "yes"
-
-    def confirm_rollback(self, undo, cannot, *, default: bool = True) -> bool:
-        self.console.print("\n[bold]Rollback plan[/bold] (reverse order):")
-        for line in undo:
-            self.console.print(f"  ↶ {line}", markup=False, highlight=False)
-        for line in cannot:
-            self.console.print(f"  ✗ {line}: cannot be undone automatically", markup=False, highlight=False)
-        return self._select("Roll back now?", [("yes", "Yes, roll back"), ("no", "No (nothing changes)")],
-                            default="yes" if default else "no") == "yes"
-
-
-def _isatty() -> bool:
-    import sys
-
-    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 # ---------------------------------------------------------------------------- answers files
@@ -313,10 +208,3 @@ class RecordingPrompter:
     def confirm_no_fencing(self, step_id, title, why) -> bool:
         # not saved: accepting the split-brain risk is never replayed from a file
         return self.inner.confirm_no_fencing(step_id, title, why)
-
-
-def _esc(text: str) -> str:
-    """Text from the runbook or the nodes inside rich markup: `[/etc/bm]` is shown, not parsed."""
-    from rich.markup import escape
-
-    return escape(str(text))

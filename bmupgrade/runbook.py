@@ -7,11 +7,12 @@ template variables and bad durations are all errors, reported together with `fil
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import (
     BaseModel,
@@ -552,6 +553,59 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
     return problems
 
 
+def unknown_step_refs(rb: "Runbook | Iterable[str]", names: Iterable[str], flag: str,
+                      *, manual: Iterable[str] | None = None) -> list[str]:
+    """One problem per NAME given to FLAG (--ack, --rerun, --assume-done) that is no step of the
+    runbook, with the closest step id. `rb` is a Runbook or its step ids (e.g. a journal's).
+
+    With `manual` (the ids of the manual steps), a step that exists but is not manual is refused
+    too: --ack acknowledges manual steps only. `all` is accepted for --ack."""
+    ids = [s.id for s in rb.steps] if isinstance(rb, Runbook) else list(rb)
+    ok = set(ids) if manual is None else set(manual) | {"all"}
+    problems = []
+    for name in names:
+        if name in ok:
+            continue
+        if name in ids:
+            problems.append(f"{flag} {name}: '{name}' is not a manual step; {flag} takes manual steps: "
+                            f"{', '.join(sorted(ok - {'all'})) or '(none in this runbook)'}, or all")
+            continue
+        pool = sorted(ok - {"all"}) if manual is not None else ids
+        close = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"steps are: {', '.join(pool) or '(none)'}"
+        problems.append(f"{flag} {name}: no step of this runbook has this id; {hint}")
+    return problems
+
+
+def inventory_problems(inv_source: yamlsource.Source) -> None:
+    """An inventory must be a mapping with a `cluster:` mapping and, optionally, a `vars:`
+    mapping. Anything else is refused (never silently replaced by the runbook's own hosts)."""
+    inv, name = inv_source.data, inv_source.filename
+    shape = "an inventory is a mapping with 'cluster:' (a mapping with public_ip, nodes, ...) and optionally 'vars:'"
+    if not isinstance(inv, dict):
+        raise RunbookError([f"{name}:1:1: {shape}; got {_kind(inv)}"])
+    problems = []
+    for key in inv:
+        if key not in ("cluster", "vars"):
+            p = inv_source.where((key,), key=True)
+            problems.append(f"{name}:{p.line}:{p.column}: unknown key '{key}'; {shape}")
+    if "cluster" not in inv:
+        problems.append(f"{name}:1:1: missing 'cluster:'; {shape}")
+    for key in ("cluster", "vars"):
+        if key in inv and not isinstance(inv[key], dict):
+            p = inv_source.where((key,)) if inv[key] is not None else inv_source.where((key,), key=True)
+            problems.append(f"{name}:{p.line}:{p.column}: {key}: expected a mapping, got {_kind(inv[key])}; {shape}")
+    if problems:
+        raise RunbookError(sorted(problems, key=_line_order))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    return {dict: "a mapping", list: "a list", str: f"text {value!r}"[:60], bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 def load_runbook(
     path: str | Path,
     *,
@@ -578,10 +632,8 @@ def load_runbook(
         except yamlsource.SourceError as exc:
             raise RunbookError(exc.problems) from None
         inv = inv_source.data
-        if not isinstance(inv, dict) or set(inv) - {"cluster", "vars"}:
-            raise RunbookError([f"{inv_source.filename}:1:1: an inventory is a mapping with 'cluster:' "
-                                "(and optionally 'vars:')"])
-        if isinstance(inv.get("cluster"), dict) and isinstance(data.get("cluster"), dict):
+        inventory_problems(inv_source)
+        if isinstance(data.get("cluster"), dict):
             data["cluster"] = {**data["cluster"], **inv["cluster"]}
         if isinstance(inv.get("vars"), dict):
             merged_vars = dict(data.get("vars") or {})

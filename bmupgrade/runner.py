@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from bmupgrade.engine.core import Engine, Mode, RunOptions
 from bmupgrade.engine.guards import fencing_gap
-from bmupgrade.errors import EXIT_OK, BmError, UsageError
+from bmupgrade.errors import EXIT_OK, UsageError
 from bmupgrade.journal import (DONE, OPEN_STATUSES, RUNNING, Journal, LocalLock, RunStore, new_run_id, now,
                                owner_alive, whoami)
 from bmupgrade.runbook import Runbook, load_runbook
@@ -67,22 +66,24 @@ def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | No
             f"--allow-no-stonith. Nothing was {nothing}.")
 
 
-def step_history(store: RunStore, rb: Runbook) -> dict[str, float]:
-    """Median measured duration of each step in earlier runs of this runbook (for deadlines)."""
-    samples: dict[str, list[float]] = {}
-    for path in store.paths():
-        try:
-            data = Journal.load(path).data
-        except BmError:
-            continue
-        if data["runbook"].get("name") != rb.name:
-            continue
-        for sid, entry in data["steps"].items():
-            ds = [n["duration"] for n in entry.get("nodes", {}).values()
-                  if n.get("state") == DONE and isinstance(n.get("duration"), (int, float))]
-            if ds:
-                samples.setdefault(sid, []).append(max(ds))
-    return {sid: statistics.median(v) for sid, v in samples.items()}
+def step_history(state_dir: Path, rb: Runbook) -> dict[str, float]:
+    """Median measured duration of each step in earlier runs of this runbook (for deadlines):
+    read from a small index (history.json), independent of how many runs the state dir holds."""
+    from bmupgrade import history
+
+    return history.medians(state_dir, rb.name)
+
+
+def _record_history(session: Session, journal: Journal) -> None:
+    """At the end of a run: add its measured durations to the index (best effort)."""
+    from bmupgrade import history
+
+    try:
+        durations, retried = history.from_journal(journal.data)
+        if durations:
+            history.record(session.state_dir, journal.data["runbook"]["name"], durations, retried=retried)
+    except Exception:  # noqa: BLE001 - the run's outcome matters, not its statistics
+        pass
 
 
 def _redacted_vars(rb: Runbook) -> dict[str, str]:
@@ -112,7 +113,10 @@ def _drive(rb: Runbook, journal: Journal, session: Session, mode: Mode, lock: Lo
     """Run the engine in `mode` under the local cluster lock; always close transport and logs."""
     engine, audit = _engine(rb, journal, session)
     try:
-        return engine.execute(mode)
+        summary = engine.execute(mode)
+        if mode in (Mode.RUN, Mode.RESUME) and journal.status == "succeeded":
+            _record_history(session, journal)  # once per run, when it completed
+        return summary
     finally:
         engine.transport.close()
         audit.close()
@@ -133,8 +137,7 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
     refusal = stonith_guard_refusal(rb, session)
     if refusal:
         raise UsageError(refusal)
-    store = RunStore(session.state_dir)
-    session.options.history = step_history(store, rb)
+    session.options.history = step_history(session.state_dir, rb)
     secret_names = {k for k, v in rb.vars.items() if v.secret}
     run_id = new_run_id()
     lock = _locked(rb, session, run_id)
@@ -229,7 +232,7 @@ def resume_run(session: Session, run_id: str | None, *, force: bool = False,
     refusal = stonith_guard_refusal(rb, session, journal.data, nothing="sent")
     if refusal:
         raise UsageError(refusal)
-    session.options.history = step_history(RunStore(session.state_dir), rb)
+    session.options.history = step_history(session.state_dir, rb)
     lock = _locked(rb, session, journal.run_id)
     session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}"
                           + (f" — deadline {_deadline(session)}" if session.options.deadline else ""))

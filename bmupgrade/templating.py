@@ -142,13 +142,53 @@ def render(
 
 
 class Redactor:
-    """Masks secret values wherever they appear in text (remote output can echo them)."""
+    """Masks secret values wherever they appear in text (remote output can echo them).
+
+    Each secret is masked as written and in its shell-quoted form (`shlex.quote`), which is how
+    a rendered command carries it: a secret with a quote or a space never appears verbatim in
+    the command line, only quoted. `stream()` gives a redactor for text that arrives in chunks.
+    """
 
     def __init__(self, values: Iterable[str]):
-        vals = sorted({v for v in values if v and len(v) >= 3}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(v) for v in vals)) if vals else None
+        plain = {v for v in values if v and len(v) >= 3}
+        self.forms = sorted(plain | {shlex.quote(v) for v in plain}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(v) for v in self.forms)) if self.forms else None
 
     def __call__(self, text: str) -> str:
         if self._pattern is None or not text:
             return text
         return self._pattern.sub(REDACTED, text)
+
+    def stream(self) -> "StreamRedactor":
+        return StreamRedactor(self)
+
+
+class StreamRedactor:
+    """Redaction of one stream that arrives in chunks: a secret split across two chunks is
+    masked too. The tail of a chunk that could be the start of a secret is held back (a few
+    characters, only when they could be one) until the next chunk or `flush()`."""
+
+    def __init__(self, redactor: Redactor):
+        self._r = redactor
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        r = self._r
+        buf = self._pending + text
+        if r._pattern is None or not buf:
+            self._pending = ""
+            return buf
+        inside = {i for m in r._pattern.finditer(buf) for i in range(m.start() + 1, m.end())}
+        longest = len(r.forms[0])
+        hold = len(buf)
+        for i in range(max(0, len(buf) - longest + 1), len(buf)):
+            tail = buf[i:]
+            if i not in inside and any(len(f) > len(tail) and f.startswith(tail) for f in r.forms):
+                hold = i
+                break
+        self._pending = buf[hold:]
+        return r(buf[:hold])
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return self._r(rest)

@@ -71,6 +71,12 @@ class SourceError(Exception):
         self.problems = problems
 
 
+def _max_digits() -> int:
+    import sys
+
+    return getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
+
+
 def _pos(mark) -> Pos:
     return Pos(mark.line + 1, mark.column + 1)
 
@@ -141,9 +147,26 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         self.raw[path] = node.value
+        return self._scalar_value(node)
+
+    def _scalar_value(self, node: yaml.Node) -> Any:
         if node.tag == "tag:yaml.org,2002:str":  # most values: what construct_object returns
             return node.value
-        return self._scalar.construct_object(node, deep=True)
+        try:
+            value = self._scalar.construct_object(node, deep=True)
+            if isinstance(value, int):
+                str(value)  # a number Python cannot print (over 4300 digits) is refused here
+        except ValueError as exc:
+            if "digits" not in str(exc):  # e.g. a timestamp out of range: reported as usual
+                raise yaml.constructor.ConstructorError(None, None, " ".join(str(exc).split()),
+                                                        node.start_mark) from None
+            p = _pos(node.start_mark)
+            self.problems.append(
+                f"{self.filename}:{p.line}:{p.column}: a number with more than "
+                f"{_max_digits()} digits; no runbook field needs one — quote it if it is text"
+            )
+            return None
+        return value
 
 
 def _check_flow_pairs(node: yaml.MappingNode) -> None:

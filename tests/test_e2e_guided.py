@@ -13,7 +13,7 @@ import pexpect
 import pytest
 
 from bmupgrade.prompts import ASSUME_DONE, ROLLBACK, SKIP
-from bmupgrade.report import ConsoleReporter
+from bmupgrade.ui.report import ConsoleReporter
 from bmupgrade.runner import Session, ssh_transport_factory, start_run
 from tests.e2e import PACEMAKER, ROOT, bmupgrade, count, journal, ledger, run_upgrade, version
 

@@ -40,7 +40,7 @@ def test_full_upgrade_unattended(lab, tmp_path):
         first_download = next(i for i, l in enumerate(lines) if "--download-only" in l)
         assert all("--update true" not in l for l in lines[:first_download])
     audit = (tmp_path / "state" / "runs" / f"{j['run_id']}.audit.jsonl").read_text().splitlines()
-    sent = [json.loads(l) for l in audit]
+    sent = [e for e in map(json.loads, audit) if e["event"] == "result"]
     assert any(e["command"] == "bm-cli setup upgrade" and e["node"] == "bm1" and e["exit_code"] == 0 for e in sent)
     # locks and the HA-off marker are gone at the end
     for node in ("bm1", "bm2"):

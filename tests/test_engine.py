@@ -1,6 +1,5 @@
 """Engine logic on the in-memory transport: order, targets, journal-first, failures, resume."""
 
-import json
 import time
 import re
 
@@ -9,7 +8,7 @@ import pytest
 from bmupgrade.errors import UsageError
 from bmupgrade.journal import Journal, RunStore
 from bmupgrade.prompts import PolicyPrompter
-from bmupgrade.report import ConsoleReporter
+from bmupgrade.ui.report import ConsoleReporter
 from bmupgrade.runner import Session, resume_run, start_run
 from bmupgrade.engine import RunOptions
 from bmupgrade.transport.memory import ANY, MemoryTransport, Reply
@@ -161,9 +160,14 @@ def test_abort_then_resume_does_not_repeat_done_steps(tmp_path, rb_path):
     t.on("bm2", "apt-get install -y bm-full=4.9.3", exit_code=100, stderr="E: boom")
     s = start_run(rb_path, session(tmp_path, t))
     assert s.exit_code == 5 and s.ha_off_open and s.next_commands[0].startswith("bmupgrade resume")
+    assert "--rerun packages" in s.message  # not idempotent: sent again only on the operator's word
+    t1 = sim("bm1")
+    t1.state = t.state
+    s1 = resume_run(session(tmp_path, t1), None)
+    assert s1.exit_code == 5 and "--rerun packages" in s1.message and changes(t1) == []
     t2 = sim("bm1")  # a new process: a new transport; the cluster state is the same
     t2.state = t.state  # and the admin fixed the cause (no failing rule on t2)
-    s2 = resume_run(session(tmp_path, t2), None)
+    s2 = resume_run(session(tmp_path, t2, PolicyPrompter(rerun={"packages"})), None)
     assert s2.exit_code == 0, s2.message
     assert changes(t2) == [
         ("bm2", "apt-get install -y bm-full=4.9.3"),

@@ -84,6 +84,10 @@ class Scripted:
         self.story = story
 
     def _next(self, kind: str, allowed: tuple[str, ...], step: str = "-") -> str:
+        if self.answers and self.answers[0] == "ctrl-c":  # Ctrl-C inside the prompt (questionary)
+            self.answers.pop(0)
+            self.story.append((kind, step, "ctrl-c"))
+            raise KeyboardInterrupt
         a = next((x for x in self.answers if x in allowed), allowed[-1])
         if a in self.answers:
             self.answers.remove(a)
@@ -137,7 +141,7 @@ class Recording(PolicyPrompter):
 
 
 ANSWERS = st.lists(st.sampled_from(["yes", "no", "skip", ABORT, RETRY, SKIP, ROLLBACK, RERUN, ASSUME_DONE,
-                                    CONTINUE, WAIT]), max_size=6)
+                                    CONTINUE, WAIT, "ctrl-c"]), max_size=6)
 FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "rollback"])
 FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
 INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
@@ -250,9 +254,19 @@ class OperatorStories(RuleBasedStateMachine):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
         prompter = Recording(self.story, **flags) if unattended else Scripted(answers, self.story)
         overrides = dict([change.split("=")]) if change else {}
-        self._invoke(lambda: resume_run(self._session(prompter), None, force=force, overrides=overrides), "resume")
-        if change and not force:
-            assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, "I5: identity change needs --force"
+        open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back")]
+        differs = bool(open_runs) and any(open_runs[-1]["vars"].get(k) != v for k, v in overrides.items())
+        self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"])), None, force=force,
+                                        overrides=overrides), "resume")
+        if (differs and not force) or (change or "").startswith("targt_"):
+            assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, \
+                "I5: a resume with other variables (or an unknown -e) must be refused without --force"
+
+    @precondition(lambda self: self.ran)
+    @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans())
+    def resume_as_is(self, answers, unattended, rerun):
+        """The common case: resume the same run, nothing changed (a second weight on resume)."""
+        self.resume(answers, unattended, rerun, False, None, False)
 
     @precondition(lambda self: self.ran)
     @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans())

@@ -3,7 +3,7 @@
 import json
 
 from bmupgrade.plan import build_plan, plan_json
-from bmupgrade.planview import render_markdown
+from bmupgrade.ui.planview import render_markdown
 from bmupgrade.runbook import load_runbook
 from tests.runbook_samples import MINIMAL
 
@@ -47,7 +47,7 @@ def test_keepalived_freezes_on_backup_only():
     assert steps["post-install"].target == "primary"
     assert plan.stonith_guard == ("no check proves fencing: step 'ha-on' needs an explicit acceptance of the "
                                   "split-brain risk (unattended: --allow-no-stonith)")
-    from bmupgrade.planview import render_markdown
+    from bmupgrade.ui.planview import render_markdown
     assert "| STONITH guard | no check proves fencing" in render_markdown(plan)
 
 
@@ -106,3 +106,62 @@ def test_deadline_budget_per_step():
     ha_off = next(a for a in data["actions"] if a["id"] == "ha-off")
     assert dt.datetime.fromisoformat(ha_off["latest_start"]).timestamp() <= 1_000_020.0 - 2 * 45 * 60 - 2 * 3600
     assert next(a for a in data["actions"] if a["id"] == "backup")["latest_start"] is None
+
+
+# ------------------------------------------------------------------ issue 14: the Markdown change ticket
+
+def _html(md: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").render(md)
+
+
+def _procedure(md: str) -> str:
+    return md.split("## Procedure", 1)[1].split("\n## ", 1)[0]
+
+
+def test_markdown_numbering_holds_past_ten_and_matches_the_run():
+    from markdown_it import MarkdownIt
+
+    rb = load_runbook(PACEMAKER)
+    md = render_markdown(build_plan(rb))
+    tokens = MarkdownIt("commonmark").parse(_procedure(md))
+    lists = [t for t in tokens if t.type == "ordered_list_open"]
+    items = [t for t in tokens if t.type == "list_item_open" and t.level == 1]
+    assert len(lists) == 1 and len(items) == len(rb.steps) >= 10  # one list: item 10 did not break it
+    assert all(t.level > 0 for t in tokens if t.type == "fence")  # every command block inside its item
+    html = _html(_procedure(md))
+    for n, step in enumerate(rb.steps, 1):
+        assert f"[{n}/{len(rb.steps)}] <strong>" in html, step.id  # the run's [n/N]
+
+
+def test_markdown_escapes_markup_in_text():
+    html = _html(render_markdown(build_plan(load_runbook(PACEMAKER))))
+    assert "No bm-* package on hold" in html and "<em>" not in html
+
+
+def test_markdown_verify_and_rollback_are_paragraphs_of_their_own():
+    html = _html(render_markdown(build_plan(load_runbook(PACEMAKER))))
+    assert "<p>Verify: <code>test &quot;$(dpkg-query -W -f='${Version}' bm-full)&quot; = 4.9.3</code></p>" in html
+    assert "<p>Rollback: <code>DEBIAN_FRONTEND=noninteractive apt-get install" in html
+
+
+def test_markdown_estimates_and_post_install_node():
+    rb = load_runbook(PACEMAKER)
+    md = render_markdown(build_plan(rb))
+    assert "| Duration (upper bound) | at most " in md and "| HA-off window / user outage | at most " in md
+    post = next(line for line in md.splitlines() if "(`post-install`)" in line)
+    assert "on the VIP holder at that moment" in post
+    probed = render_markdown(build_plan(rb, holders=["bm2"]))
+    post = next(line for line in probed.splitlines() if "(`post-install`)" in line)
+    assert "on bm2 (holds 192.0.2.10 now" in post
+
+
+def test_markdown_shows_each_sync_direction_once():
+    md = render_markdown(build_plan(load_runbook(PACEMAKER)))
+    item = md.split("(`config-sync`)", 1)[1].split("(`ha-on`)", 1)[0]
+    assert item.count("bm2.example.org:/") == 1 and item.count("bm1.example.org:/") == 1
+    assert "If `bm1` holds the VIP then:" in item and "If `bm2` holds the VIP then:" in item
+    probed = render_markdown(build_plan(load_runbook(PACEMAKER), holders=["bm1"]))
+    item = probed.split("(`config-sync`)", 1)[1].split("(`ha-on`)", 1)[0]
+    assert item.count("bm2.example.org:/") == 1 and "bm1.example.org:/" not in item

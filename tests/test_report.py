@@ -4,8 +4,8 @@ import io
 
 from rich.console import Console
 
-from bmupgrade import report
-from bmupgrade.report import ConsoleReporter
+from bmupgrade.ui import report
+from bmupgrade.ui.report import ConsoleReporter
 
 
 def reporter():

@@ -2,6 +2,8 @@
 
 import pytest
 
+from bmupgrade.errors import UsageError
+
 from bmupgrade.errors import EXIT_USAGE, RunbookError
 from bmupgrade.runbook import load_runbook, parse_duration
 from tests.runbook_samples import MINIMAL
@@ -151,8 +153,14 @@ def test_inventory_overrides_cluster_and_errors_point_at_it(tmp_path):
 
 
 def test_overrides(tmp_path):
-    rb = load_runbook(write(tmp_path, MINIMAL), overrides={"target_version": "5.0.1", "extra": "x"})
-    assert rb.vars["target_version"].value == "5.0.1" and rb.vars["extra"].value == "x"
+    rb = load_runbook(write(tmp_path, MINIMAL), overrides={"target_version": "5.0.1"})
+    assert rb.vars["target_version"].value == "5.0.1"
+
+
+def test_an_override_naming_no_variable_is_refused_with_the_closest_name(tmp_path):
+    with pytest.raises(UsageError, match="no variable 'target_versoin'; did you mean 'target_version'") as e:
+        load_runbook(write(tmp_path, MINIMAL), overrides={"target_versoin": "9.9.9"})
+    assert e.value.exit_code == 2
 
 
 def test_manual_step_shape(tmp_path):

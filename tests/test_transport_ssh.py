@@ -521,7 +521,8 @@ def test_sudo_wrap_strings():
     from bmupgrade.transport.ssh import sudo_wrap
 
     assert sudo_wrap("echo 'a b'", with_password=False) == "sudo -n -- sh -c 'echo '\"'\"'a b'\"'\"''"
-    assert sudo_wrap("id -u", with_password=True) == "sudo -S -p '' -- sh -c 'exec </dev/null; id -u'"
+    assert sudo_wrap("id -u", with_password=True, prompt="P: ") == (
+        "sudo -S -p 'P: ' -- sh -c 'printf '\"'\"'\\036bmupgrade-sudo-ok\\n'\"'\"' >&2; exec </dev/null; id -u'")
 
 
 @pytest.fixture
@@ -555,8 +556,10 @@ def test_sudo_with_password_is_sent_on_stdin_and_never_shown(as_sudoer, bm1):
         seen = []
         r = t.run("bm1", "echo ran; cat; echo done", capture=True, on_output=lambda *a: seen.append(a))
         assert r.ok, r
-        assert _sudo_argv(lab)[-4:] == ["--", "sh", "-c", "exec </dev/null; echo ran; cat; echo done"]
-        assert _sudo_argv(lab)[1:4] == ["-S", "-p", ""]
+        assert _sudo_argv(lab)[-4:] == ["--", "sh", "-c", "printf '\\036bmupgrade-sudo-ok\\n' >&2; "
+                                        "exec </dev/null; echo ran; cat; echo done"]
+        assert _sudo_argv(lab)[1:3] == ["-S", "-p"] and _sudo_argv(lab)[3].startswith("[bmupgrade-sudo-")
+        assert "bmupgrade-sudo" not in r.output_tail  # our prompt and marker are not output
         assert r.stdout == "ran\ndone\n"  # `cat` read /dev/null, not the password line
         assert "correct horse" not in repr(r) + repr(seen)
         assert "correct horse" not in Path(lab.node("bm1").ledger_path).read_text()

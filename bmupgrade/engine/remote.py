@@ -32,6 +32,23 @@ def read_markers(state_dir: str) -> str:
     return f"printf 'marker:'; head -c 4000 {d}/ha-off 2>/dev/null | tr '\\n' ' '; echo"
 
 
+def read_lock_and_marker(state_dir: str) -> str:
+    """`lock:<json>` and `marker:<json>` (read-only: `status --cluster`, for a colleague)."""
+    d = shlex.quote(state_dir)
+    return (f"printf 'lock:'; head -c 2000 {d}/lock 2>/dev/null | tr '\\n' ' '; echo; "
+            f"printf 'marker:'; head -c 4000 {d}/ha-off 2>/dev/null | tr '\\n' ' '; echo")
+
+
+def parse_lock_and_marker(stdout: str) -> tuple[dict | str | None, dict | str | None]:
+    lock = marker = None
+    for line in stdout.splitlines():
+        if line.startswith("lock:"):
+            lock = _json_or_text(line[len("lock:"):])
+        elif line.startswith("marker:"):
+            marker = _json_or_text(line[len("marker:"):])
+    return lock, marker
+
+
 def parse_lock_answer(stdout: str) -> tuple[bool | None, dict | str | None, dict | str | None]:
     """(acquired, holder, marker) from `lock_and_markers`/`read_markers` output."""
     acquired: bool | None = None
@@ -84,7 +101,7 @@ def still_running(tag: str) -> str:
     Exit 0 always; the check itself is read-only."""
     needle = shlex.quote(f"{TAG_VAR}={tag}")
     return ("for p in /proc/[0-9]*; do [ \"${p#/proc/}\" = \"$$\" ] && continue; "
-            f"tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qxF {needle} && echo \"${{p#/proc/}}\"; done; true")
+            f"{{ tr '\\0' '\\n' < $p/environ; }} 2>/dev/null | grep -qxF {needle} && echo \"${{p#/proc/}}\"; done; true")
 
 
 # ------------------------------------------------------------------------------ for the in-memory transport

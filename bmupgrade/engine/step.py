@@ -59,6 +59,8 @@ class StepRunner:
         if step.manual is not None:
             return self._manual(seq, total, step)
         self.settle(step)
+        if not self._may_resend_failed(step):
+            return
         attempt, first = 0, True
         while True:
             nodes = self._targets(step)
@@ -91,6 +93,17 @@ class StepRunner:
                 attempt = 0
                 continue
             return
+
+    def _may_resend_failed(self, step: Step) -> bool:
+        """A non-idempotent step that failed in an earlier invocation is sent again only on a
+        person's word: the failure menu (interactive), or `resume --rerun STEP` (unattended)."""
+        eng = self.eng
+        failed = eng.journal.nodes_in(step.id, FAILED)
+        if not failed or step.idempotent:
+            return True
+        bad = {n: CommandResult(n, "", eng.journal.step(step.id)["nodes"][n].get("exit_code"), 0.0,
+                                error="failed in an earlier attempt") for n in failed}
+        return self._after_failure(step, bad) == RETRY
 
     def _targets(self, step: Step) -> list[str]:
         """Resolve (re-probing the VIP); refuse if the target moved away from a node where an
@@ -246,8 +259,9 @@ class StepRunner:
                                                                   "rollback not (fully) done — see above."))
         maybe_off = (" HA handling may be off: the HA-off marker stays on the nodes until this run is resumed "
                      "or rolled back." if step.ha == "disable" else "")
+        again = eng.hint("resume") if step.idempotent else eng.hint("resume", f"--rerun {step.id}")
         raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                   f"Step '{step.id}' failed on {where}. Fix the cause, then `{eng.hint('resume')}` retries it "
+                   f"Step '{step.id}' failed on {where}. Fix the cause, then `{again}` sends it again "
                    f"(or `{eng.hint('rollback')}`)." + maybe_off)
 
     def _context(self, step: Step, failures: dict[str, CommandResult]) -> FailureContext:

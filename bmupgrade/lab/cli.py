@@ -106,7 +106,8 @@ def fault(
     pid: Optional[int] = typer.Option(None, "--pid", help="dpkg-lock: holder pid (default 4242)."),
     process: Optional[str] = typer.Option(None, "--process", help="dpkg-lock: holder name."),
 ):
-    """Switch a fault on (see `bmupgrade lab fault --help`), or `clear` them all."""
+    """Switch a fault on, on one node (--node) or all; `clear` switches them all off. Each option
+    says which faults take it, e.g. `lab fault fail --node bm2 -c 'apt-get install'`."""
     lab = _lab(dir)
     opts = dict(command=command, exit_code=exit_code, times=times, message=message, seconds=seconds, when=when,
                 download=download, install=install, to=to, file=file, package=package, pid=pid, process=process)

@@ -51,6 +51,8 @@ class CommandResult:
     sent: bool = True
     # This command ran on a new connection, opened because the previous one was lost.
     reconnected: bool = False
+    # sudo rejected the password (or refused to send a known-bad one): the command did not run.
+    sudo_rejected: bool = False
 
     @property
     def ok(self) -> bool:

@@ -45,6 +45,7 @@ import paramiko
 from fabric import Config, Connection
 from paramiko.common import cMSG_CHANNEL_REQUEST
 
+from bmupgrade.transport import knownhosts
 from bmupgrade.transport.base import (
     CAPTURE_BYTES,
     OUTPUT_TAIL_BYTES,
@@ -120,7 +121,12 @@ class _AcceptUnknownPolicy(paramiko.MissingHostKeyPolicy):
     A *changed* key is still refused: Paramiko raises BadHostKeyException before any policy.
     """
 
+    def __init__(self, known: "knownhosts.KnownHosts | None" = None):
+        self.known = known
+
     def missing_host_key(self, client, hostname, key):
+        if self.known is not None and self.known.revoked_line(key) is not None:
+            raise _UnknownHostKey(hostname, key)  # reported as REVOKED: never accepted
         log.warning(
             "accepting UNVERIFIED host key for %s: %s %s (insecure_accept_unknown)",
             hostname,
@@ -158,17 +164,8 @@ def _known_hosts_files(conn: Connection, extra: Iterable[str]) -> list[str]:
 
 
 def _load_host_keys(files: Iterable[str], keys: paramiko.HostKeys | None = None) -> paramiko.HostKeys:
-    """All entries of all files in one store (Paramiko's own lookup stops at the first
-    store holding the host, so the files must be merged, not loaded as system + user)."""
-    keys = paramiko.HostKeys() if keys is None else keys
-    for path in files:
-        if path == os.devnull or not os.path.isfile(path):
-            continue
-        try:
-            keys.load(path)
-        except (OSError, paramiko.SSHException, ValueError) as e:  # unreadable or garbage
-            log.warning("ignoring known_hosts file %s: %s", path, e)
-    return keys
+    """All usable entries of all files in one store (see transport/knownhosts.py)."""
+    return knownhosts.load(files, keys).store
 
 
 def _hostkey_name(host: str, port: int) -> str:
@@ -316,17 +313,57 @@ class _PidLine:
 # --------------------------------------------------------------------------- sudo
 
 
-def sudo_wrap(command: str, *, with_password: bool) -> str:
+SUDO_PROMPT = f"[bmupgrade-sudo-{os.urandom(4).hex()}] "  # unique: never confused with output
+SUDO_STARTED = "\x1ebmupgrade-sudo-ok"  # printed by the inner shell: sudo accepted, the command starts
+MAX_SUDO_ATTEMPTS = 3
+
+
+def sudo_wrap(command: str, *, with_password: bool, prompt: str = SUDO_PROMPT) -> str:
     """The command line sent for a sudo run.
 
-    With a password, sudo reads it from stdin (``-S``, no prompt text) and the command's
-    own stdin is /dev/null, so a password line sudo did not need (cached credentials,
-    NOPASSWD) is never read by the command. Without one, ``-n``: fail instead of asking.
+    With a password, sudo reads it from stdin (``-S``) after printing our unique ``prompt`` on
+    stderr; the inner shell then prints SUDO_STARTED before the command, whose own stdin is
+    /dev/null (a password line sudo did not need is never read by the command). Whatever the
+    node's language, a rejection is then: the prompt shown twice, or an exit without
+    SUDO_STARTED — the command did not run. Without a password, ``-n``: fail instead of asking.
     """
     if with_password:
-        inner = "exec </dev/null; " + command
-        return "sudo -S -p '' -- sh -c " + shlex.quote(inner)
+        inner = "printf '\\036bmupgrade-sudo-ok\\n' >&2; exec </dev/null; " + command
+        return "sudo -S -p " + shlex.quote(prompt) + " -- sh -c " + shlex.quote(inner)
     return "sudo -n -- sh -c " + shlex.quote(command)
+
+
+class _SudoFilter:
+    """Takes sudo's prompt and the start marker out of stderr, counting them."""
+
+    def __init__(self, prompt: str = SUDO_PROMPT):
+        self.tokens = (prompt.encode(), (SUDO_STARTED + "\n").encode())
+        self.prompts = 0
+        self.started = False
+        self._buf = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf + data
+        for i, token in enumerate(self.tokens):
+            found = buf.count(token)
+            if found:
+                buf = buf.replace(token, b"")
+                if i == 0:
+                    self.prompts += found
+                else:
+                    self.started = True
+        keep = max((k for token in self.tokens for k in range(min(len(token) - 1, len(buf)), 0, -1)
+                    if token.startswith(buf[-k:])), default=0)
+        self._buf = buf[len(buf) - keep:] if keep else b""
+        return buf[:len(buf) - keep]
+
+    def flush(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest
+
+    def rejected(self, exit_code: int | None) -> bool:
+        """sudo asked again, or asked and then ended without starting the command."""
+        return self.prompts >= 2 or (self.prompts >= 1 and not self.started and exit_code not in (0, None))
 
 
 # --------------------------------------------------------------------------- nodes
@@ -359,7 +396,88 @@ class _Node:
         self.last_seen = time.monotonic()
 
 
-class SshTransport:
+class _TrustAndSudo:
+    """SshTransport's answers to "may I trust this key?" (known_hosts markers) and "may I send
+    this sudo password?" (attempts, rejections). Split out to keep the transport class readable."""
+
+    def _trust_error(self, conn: Connection, e: BaseException) -> str | None:
+        """A revoked key, or an unknown key where known_hosts trusts a CA: the one-line reason."""
+        where = f"{conn.host}:{conn.port}"
+        presented = getattr(e, "key", None)
+        revoked = self._revoked(conn, presented) if isinstance(presented, paramiko.PKey) else None
+        if revoked is not None:
+            return (f"host key REVOKED: {where} presented {presented.get_name()} {fingerprint(presented)}, "
+                    f"marked @revoked at {revoked.where}; refusing to connect (a compromised or retired key)")
+        if not isinstance(e, _UnknownHostKey):
+            return None
+        host, port = _split_hostkey_name(e.hostname)
+        known = self._known_hosts.get(id(conn))
+        ca_line = known.ca_for(e.hostname) if known is not None else None
+        if ca_line is None:
+            return None
+        return (f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}): "
+                f"{knownhosts.cert_authority_hint(ca_line, e.hostname)}: ssh-keyscan -t "
+                f"{_keyscan_type(e.key.get_name())} -p {port} {host} >> ~/.ssh/known_hosts "
+                "(after checking the fingerprint out of band)")
+
+    def _revoked(self, conn: Connection, key: paramiko.PKey):
+        """The @revoked line naming `key`, in the files read for this connection or its hops."""
+        c = conn
+        while isinstance(c, Connection):
+            kh = self._known_hosts.get(id(c))
+            line = kh.revoked_line(key) if kh is not None else None
+            if line is not None:
+                return line
+            c = c.gateway
+        return None
+
+    def run(
+        self,
+        node: str,
+        command: str,
+        *,
+        timeout: float | None = None,
+        sudo: bool = False,
+        capture: bool = False,
+        on_output: OutputSink | None = None,
+        tag: str | None = None,
+    ) -> CommandResult:
+        n = self._get(node)
+        if tag:  # in the command's environment: how a lost command is found again (engine.remote)
+            from bmupgrade.engine.remote import tagged
+
+            command = tagged(command, tag)
+        kw = dict(timeout=timeout, capture=capture, on_output=on_output)
+        if not self._use_sudo(n, sudo) or self._password_provider is None:
+            return self._run_once(n, node, command, password=None, use_sudo=self._use_sudo(n, sudo), **kw)
+        r = None
+        for attempt in range(1, MAX_SUDO_ATTEMPTS + 1):
+            refused = self._sudo_refusal(n)
+            password = None if refused else self._sudo_password(n)
+            if refused or (password is not None and self._sudo_bad.get(node, set()) & {_pw_digest(password)}):
+                return CommandResult(node=node, command=command, exit_code=None, duration=0.0, sent=False,
+                                     error=refused or f"sudo on {node} already rejected this password; not sending "
+                                     "it again (account lockout). Nothing was sent.", sudo_rejected=True)
+            r = self._run_once(n, node, command, password=password, use_sudo=True, **kw)
+            if not r.sudo_rejected:
+                return r
+            self._sudo_bad.setdefault(node, set()).add(_pw_digest(password))
+            forget_password(self._password_provider, n.address, self._passwords, self._password_lock)
+            if not getattr(self._password_provider, "interactive", False) or attempt == MAX_SUDO_ATTEMPTS:
+                break
+            log.warning("%s: sudo rejected the password (%d/%d); asking again", node, attempt, MAX_SUDO_ATTEMPTS)
+        return r
+
+    def _sudo_refusal(self, n: _Node) -> str | None:
+        """After MAX_SUDO_ATTEMPTS rejected passwords on a node, stop asking."""
+        if len(self._sudo_bad.get(n.address.name, ())) >= MAX_SUDO_ATTEMPTS:
+            return (f"sudo on {n.address.name} rejected {MAX_SUDO_ATTEMPTS} passwords; not asking again. "
+                    "Nothing was sent.")
+        return None
+
+
+
+class SshTransport(_TrustAndSudo):
     """Runs commands on nodes over SSH. See the module docstring for the decisions.
 
     ``password_provider()`` (one password for all nodes) or ``password_provider(address)``
@@ -384,9 +502,11 @@ class SshTransport:
         self._nodes: dict[str, _Node] = {}
         self._passwords: dict[str, str | None] = {}
         self._password_lock = threading.Lock()
+        self._sudo_bad: dict[str, set[bytes]] = {}  # node -> digests of passwords sudo rejected there
         self._closed = False
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._known_hosts: dict[int, knownhosts.KnownHosts] = {}  # id(Connection) -> what its files say
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -434,6 +554,8 @@ class SshTransport:
         """Close every connection. Safe to call more than once."""
         self._closed = True
         self._stop.set()
+        with self._password_lock:
+            self._passwords.clear()  # the sudo password lives no longer than the run needs it
         for node in list(self._nodes.values()):
             self._close_node(node)
 
@@ -477,15 +599,20 @@ class SshTransport:
         conn.connect_kwargs.setdefault("banner_timeout", self.connect_timeout)
         conn.connect_kwargs.setdefault("auth_timeout", self.connect_timeout)
         client = conn.client
-        store = _load_host_keys(_known_hosts_files(conn, address.known_hosts), client.get_host_keys())
-        known = store
+        kh = knownhosts.load(_known_hosts_files(conn, address.known_hosts), client.get_host_keys())
+        self._known_hosts[id(conn)] = kh
+        bad = kh.bad_for(_hostkey_name(conn.host, conn.port))
+        if bad is not None:
+            raise TransportError(address.name, f"malformed known_hosts line {bad.where} for "
+                                 f"{_hostkey_name(conn.host, conn.port)}: {bad.problem}; fix or delete that line")
+        store = known = kh.store
         alias = conn.ssh_config.get("hostkeyalias")
         if alias:  # OpenSSH looks the key up under the alias instead of the host name
             name = _hostkey_name(conn.host, conn.port)
             for keytype, key in list((known.lookup(alias) or {}).items()):
                 store.add(name, keytype, key)
         client.set_missing_host_key_policy(
-            _AcceptUnknownPolicy() if self._insecure else _StrictPolicy()
+            _AcceptUnknownPolicy(kh) if self._insecure else _StrictPolicy()
         )
         if isinstance(conn.gateway, Connection):
             self._harden(conn.gateway, address)
@@ -532,6 +659,9 @@ class SshTransport:
 
     def _connect_error(self, node: _Node, conn: Connection, e: BaseException) -> str:
         where = f"{conn.host}:{conn.port}"
+        trust = self._trust_error(conn, e)
+        if trust is not None:
+            return trust
         if isinstance(e, _UnknownHostKey):
             host, port = _split_hostkey_name(e.hostname)
             return (
@@ -690,18 +820,8 @@ class SshTransport:
 
     # ----------------------------------------------------------------- running
 
-    def run(
-        self,
-        node: str,
-        command: str,
-        *,
-        timeout: float | None = None,
-        sudo: bool = False,
-        capture: bool = False,
-        on_output: OutputSink | None = None,
-        tag: str | None = None,
-    ) -> CommandResult:
-        n = self._get(node)
+    def _run_once(self, n: _Node, node: str, command: str, *, password: str | None, use_sudo: bool,
+                  timeout: float | None, capture: bool, on_output: OutputSink | None) -> CommandResult:
         start = time.monotonic()
 
         def result(**kw) -> CommandResult:
@@ -727,15 +847,10 @@ class SshTransport:
             t = n.transport
         assert t is not None
 
-        use_sudo = self._use_sudo(n, sudo)
-        password = self._sudo_password(n) if use_sudo else None
-        if tag:  # in the command's environment: how a lost command is found again (engine.remote)
-            from bmupgrade.engine.remote import tagged
-
-            command = tagged(command, tag)
         wire = announcing_pid(sudo_wrap(command, with_password=password is not None) if use_sudo else command)
         out = _Collector(node, capture, on_output, password)
         pid_line = _PidLine()
+        sudo_filter = _SudoFilter()
 
         with n.state_lock:
             n.active += 1
@@ -785,7 +900,7 @@ class SshTransport:
                     out.feed("stdout", chan.recv(READ_CHUNK))
                     got = True
                 while chan.recv_stderr_ready():
-                    out.feed("stderr", pid_line.feed(chan.recv_stderr(READ_CHUNK)))
+                    out.feed("stderr", sudo_filter.feed(pid_line.feed(chan.recv_stderr(READ_CHUNK))))
                     got = True
                 if got:
                     n.seen()
@@ -818,8 +933,8 @@ class SshTransport:
             while chan.recv_ready():
                 out.feed("stdout", chan.recv(READ_CHUNK))
             while chan.recv_stderr_ready():
-                out.feed("stderr", pid_line.feed(chan.recv_stderr(READ_CHUNK)))
-            out.feed("stderr", pid_line.flush())
+                out.feed("stderr", sudo_filter.feed(pid_line.feed(chan.recv_stderr(READ_CHUNK))))
+            out.feed("stderr", sudo_filter.feed(pid_line.flush()) + sudo_filter.flush())
             out.finish()
 
             common = dict(
@@ -842,10 +957,9 @@ class SshTransport:
             if status != -1:
                 finished = True
                 res = result(exit_code=status, **common)
-                if use_sudo and password is not None and status != 0 and _sudo_refused(res.output_tail):
-                    # ask again next time
-                    forget_password(self._password_provider, n.address, self._passwords, self._password_lock)
-                    res.error = "sudo rejected the password"
+                if use_sudo and password is not None and sudo_filter.rejected(status):
+                    res.error = "sudo rejected the password"  # the command did not run
+                    res.sudo_rejected, res.sent = True, False
                 return res
             if not t.is_active():
                 self._mark_lost(n, f"connection to {n.where} lost during the command")
@@ -945,9 +1059,12 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _sudo_refused(output: str) -> bool:
-    # sudo's own words (English locale): "Sorry, try again." / "N incorrect password attempt(s)"
-    return "incorrect password attempt" in output or "Sorry, try again." in output
+_DIGEST_SALT = os.urandom(16)
+
+
+def _pw_digest(password: str | None) -> bytes:
+    """Remember that a password was rejected without keeping the password."""
+    return hashlib.sha256(_DIGEST_SALT + (password or "").encode("utf-8")).digest()
 
 
 __all__ = ["SshTransport", "fingerprint", "sudo_wrap"]

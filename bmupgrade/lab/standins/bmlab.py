@@ -164,6 +164,7 @@ def default_node_state(name: str, primary: bool) -> dict:
         "apt_delays": {"download": 0.0, "install": 0.0},
         "mounts": default_mounts(),
         "sudo_password": None,  # None: NOPASSWD
+        "sudo_lang": "en",  # the language sudo speaks on this node: en | fr (a locale-independent test)
         "faults": [],  # command faults matched on this node
     }
 
@@ -2328,6 +2329,16 @@ def cmd_scp(ctx: Ctx, args):
 
 
 # --------------------------------------------------------------------------- sudo / hostname
+SUDO_WORDS = {  # what sudo 1.9 prints, by locale
+    "en": {"prompt": "[sudo] password for %s: ", "required": "sudo: a password is required",
+           "none": "sudo: no password was provided", "sorry": "Sorry, try again.",
+           "three": "sudo: 3 incorrect password attempts"},
+    "fr": {"prompt": "[sudo] Mot de passe de %s : ", "required": "sudo: un mot de passe est nécessaire",
+           "none": "sudo: aucun mot de passe n'a été fourni", "sorry": "Désolé, essayez de nouveau.",
+           "three": "sudo: 3 saisies de mots de passe incorrectes"},
+}
+
+
 def cmd_sudo(ctx: Ctx, args):
     import subprocess
     args = list(args)
@@ -2353,20 +2364,21 @@ def cmd_sudo(ctx: Ctx, args):
     if not args:
         ctx.die(1, "usage: sudo -h | -K | -k | -V\nusage: sudo [-AbEHknPS] [-u user] [VAR=value] [-i|-s] [<command>]")
     pw = ctx.state().get("sudo_password")
+    words = SUDO_WORDS.get(ctx.state().get("sudo_lang") or "en", SUDO_WORDS["en"])
     if pw is not None:
         if noninteractive:
-            ctx.die(1, "sudo: a password is required")
+            ctx.die(1, words["required"])
         for attempt in range(3):
-            sys.stderr.write((prompt or "[sudo] password for %s: " % ctx.user()).replace("%p", ctx.user()))
+            sys.stderr.write((prompt or words["prompt"] % ctx.user()).replace("%p", ctx.user()))
             sys.stderr.flush()
             line = sys.stdin.readline()
             if line.rstrip("\n") == pw:
                 break
             if not line:
-                ctx.die(1, "\nsudo: no password was provided")
-            ctx.err("Sorry, try again.")
+                ctx.die(1, "\n" + words["none"])
+            ctx.err(words["sorry"])
         else:
-            ctx.die(1, "sudo: 3 incorrect password attempts")
+            ctx.die(1, words["three"])
     env = dict(os.environ)
     while args and "=" in args[0] and not args[0].startswith("="):
         k, v = args.pop(0).split("=", 1)

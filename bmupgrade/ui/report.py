@@ -69,13 +69,36 @@ class EchoBudget:
         return self.hidden - len(tail), tail
 
 
-class ConsoleReporter:
-    def __init__(self, console=None, *, show_output: bool = True):
-        if console is None:
-            from rich.console import Console
+LOG_WIDTH = 1 << 16  # "no wrapping" for a file or pipe: one line stays one line
 
-            console = Console(highlight=False)
+
+def make_console(*, stderr: bool = False):
+    """A rich Console for people; for a file or a pipe (a scheduler's log, `| less`, `| grep`),
+    one that never wraps nor cuts a line at 80 columns."""
+    from rich.console import Console
+
+    console = Console(highlight=False, stderr=stderr)
+    if not console.is_terminal:
+        console = Console(highlight=False, stderr=stderr, soft_wrap=True, width=LOG_WIDTH)
+    return console
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class ConsoleReporter:
+    """`timestamps` (default: when it makes its own console and that is no terminal, i.e. a log
+    for a scheduler) puts the local time at the start of every line."""
+
+    def __init__(self, console=None, *, show_output: bool = True, timestamps: bool | None = None):
+        if console is None:
+            console = make_console()
+            if timestamps is None:
+                timestamps = not console.is_terminal
         self.console = console
+        self.timestamps = bool(timestamps)
+        self._print_lock = threading.RLock()
         self.show_output = show_output
         self._lock = threading.Lock()
         self._partial: dict[tuple[str, str], str] = {}
@@ -83,42 +106,67 @@ class ConsoleReporter:
         self._live = None
 
     # ------------------------------------------------------------- simple lines
+    def verdict(self, text: str, *, ok: bool) -> None:
+        """The one-line outcome (green or red)."""
+        from rich.markup import escape
+
+        style = "green" if ok else "red"
+        self._print(f"[bold {style}]{escape(text)}[/bold {style}]")
+
     def info(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        from bmupgrade.sanitize import for_terminal
+
+        self._print(for_terminal(text), markup=False, highlight=False)
 
     def warn(self, text: str) -> None:
-        self.console.print(f"[bold yellow]![/bold yellow] {_esc(text)}")
+        self._print(f"[bold yellow]![/bold yellow] {_esc(text)}")
 
     def error(self, text: str) -> None:
-        self.console.print(f"[bold red]✗[/bold red] {_esc(text)}")
+        self._print(f"[bold red]✗[/bold red] {_esc(text)}")
 
     def banner(self, text: str) -> None:
         """Loud: used for the HA debt."""
-        self.console.print(f"[bold white on red] {_esc(text)} [/bold white on red]")
+        self._print(f"[bold white on red] {_esc(text)} [/bold white on red]")
 
     def phase(self, title: str) -> None:
-        self.console.rule(f"[bold]{_esc(title)}[/bold]", align="left")
+        if self.timestamps or self.console.width >= LOG_WIDTH:
+            self._print(f"[bold]── {_esc(title)} ──[/bold]")
+        else:
+            self.console.rule(f"[bold]{_esc(title)}[/bold]", align="left")
+
+    def _print(self, *objects, **kw) -> None:
+        """console.print, with the time at the start of every line when timestamps are on."""
+        if not self.timestamps:
+            self.console.print(*objects, **kw)
+            return
+        with self._print_lock:
+            with self.console.capture() as cap:
+                self.console.print(*objects, **kw)
+            text = cap.get()
+            prefix = stamp() + " "
+            self.console.file.write("".join(prefix + line + "\n" for line in text.splitlines()))
+            self.console.file.flush()
 
     # ------------------------------------------------------------- checks
     def check(self, res: CheckResult) -> None:
         if res.ok:
-            self.console.print(f"[green]✓[/green] {_esc(res.title)} [dim]{_esc('[' + res.id + ']')}[/dim]")
+            self._print(f"[green]✓[/green] {_esc(res.title)} [dim]{_esc('[' + res.id + ']')}[/dim]")
             return
         mark = "[yellow]![/yellow]" if res.severity == "warning" else "[red]✗[/red]"
-        self.console.print(f"{mark} {_esc(res.title)} [dim]{_esc('[' + res.id + ']')}[/dim]")
+        self._print(f"{mark} {_esc(res.title)} [dim]{_esc('[' + res.id + ']')}[/dim]")
         for p in res.problems:
-            self.console.print(f"    {_esc(p)}")
+            self._print(f"    {_esc(p)}")
         if res.diff:
             for line in res.diff.splitlines()[:40]:
                 style = "red" if line.startswith("-") else "green" if line.startswith("+") else "dim"
-                self.console.print(f"    [{style}]{_esc(line)}[/{style}]")
+                self._print(f"    [{style}]{_esc(line)}[/{style}]")
         if res.why:
-            self.console.print(f"    [dim]{_esc(res.why)}[/dim]")
+            self._print(f"    [dim]{_esc(res.why)}[/dim]")
 
     # ------------------------------------------------------------- steps
     def step_start(self, seq: int, total: int, step_id: str, title: str, where: str) -> None:
         counter = _esc(f"[{seq}/{total}] ") if total else ""
-        self.console.print(f"[bold]▶ {counter}{_esc(title)}[/bold] [dim]{_esc('[' + step_id + ']')}[/dim] "
+        self._print(f"[bold]▶ {counter}{_esc(title)}[/bold] [dim]{_esc('[' + step_id + ']')}[/dim] "
                            f"on {_esc(where)}")
         if self.console.is_terminal and self._live is None:
             from rich.live import Live
@@ -141,7 +189,7 @@ class ConsoleReporter:
             out = [self._hidden_line(node, hidden)] if hidden else []
             out += [self._echo_line(node, line) for line in shown]
             if out:  # one print per chunk: rich's per-call cost dominates on a flood
-                self.console.print("\n".join(out), highlight=False)
+                self._print("\n".join(out), highlight=False)
 
     @staticmethod
     def _echo_line(node: str, line: str) -> str:
@@ -161,15 +209,15 @@ class ConsoleReporter:
                 count, tail = budget.leftover()
                 out = [self._hidden_line(node, count)] if count else []
                 out += [self._echo_line(node, line) for line in tail]
-                self.console.print("\n".join(out), highlight=False)
+                self._print("\n".join(out), highlight=False)
             if rest:
-                self.console.print(self._echo_line(node, rest), highlight=False)
+                self._print(self._echo_line(node, rest), highlight=False)
 
     def node_done(self, step_id: str, node: str, ok: bool, detail: str, duration: float) -> None:
         with self._lock:
             self._flush(node)
         mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
-        self.console.print(f"  {mark} {node}: {_esc(detail)} ({duration:.1f}s)")
+        self._print(f"  {mark} {node}: {_esc(detail)} ({duration:.1f}s)")
 
     def step_end(self) -> None:
         if self._live is not None:
@@ -187,7 +235,13 @@ class ConsoleReporter:
             outcome = r.state + (f", rollback {r.rollback_state}" if r.rollback_state else "")
             took = f"  {r.duration:.1f}s" if r.duration is not None else ""
             lines.append(f"  {r.id:<{width}}  {outcome}  {nodes}{took}")
-        self.console.out("\n".join(lines), highlight=False)
+        if not self.timestamps:
+            self.console.out("\n".join(lines), highlight=False)
+            return
+        with self._print_lock:  # as _print does, without laying 5000 lines out through rich
+            prefix = stamp() + " "
+            self.console.file.write("".join(prefix + line + "\n" for line in lines))
+            self.console.file.flush()
 
     def final(self, s: Summary) -> None:
         self.step_end()
@@ -206,23 +260,23 @@ class ConsoleReporter:
             nodes = ", ".join(f"{n}={st}" for n, st in r.nodes.items()) or "-"
             outcome = r.state + (f", rollback {r.rollback_state}" if r.rollback_state else "")
             table.add_row(r.id, outcome, nodes, f"{r.duration:.1f}s" if r.duration is not None else "")
-        self.console.print(table)
+        self._print(table)
         self._final_tail(s)
 
     def _final_tail(self, s: Summary) -> None:
         if s.ha_window is not None:
-            self.console.print(f"HA-off window: {s.ha_window:.1f}s (HA-off step started → HA-on command returned)")
+            self._print(f"HA-off window: {s.ha_window:.1f}s (HA-off step started → HA-on command returned)")
         for item in s.cannot_undo:
-            self.console.print(f"[yellow]Cannot be undone automatically:[/yellow] {_esc(item)}")
+            self._print(f"[yellow]Cannot be undone automatically:[/yellow] {_esc(item)}")
         if s.ha_off_open:
             self.banner("HA handling is OFF: the cluster will not fail over. Restore it with:")
-            self.console.print(f"    {_esc(s.ha_restore_hint or '')}")
+            self._print(f"    {_esc(s.ha_restore_hint or '')}", soft_wrap=True)  # commands: never cut
         for cmd in s.next_commands:
-            self.console.print(f"Next: {_esc(cmd)}")
+            self._print(f"Next: {_esc(cmd)}", soft_wrap=True)
         for p in s.log_paths:
-            self.console.print(f"[dim]log: {_esc(p)}[/dim]")
+            self._print(f"[dim]log: {_esc(p)}[/dim]")
         style = "green" if s.exit_code == 0 else "red"
-        self.console.print(f"[bold {style}]{_esc(s.message)}[/bold {style}]")
+        self._print(f"[bold {style}]{_esc(s.message)}[/bold {style}]", soft_wrap=True)
 
 
 class JsonReporter:
@@ -276,9 +330,13 @@ class JsonReporter:
 
 
 def _esc(text: str) -> str:
+    """For rich markup: brackets shown as written, control characters (a node's escape
+    sequences) shown escaped instead of obeyed."""
     from rich.markup import escape
 
-    return escape(str(text))
+    from bmupgrade.sanitize import for_terminal
+
+    return escape(for_terminal(str(text)))
 
 
 class NullReporter:
@@ -286,3 +344,13 @@ class NullReporter:
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
+
+
+def print_errors(lines: list[str]) -> None:
+    """Errors on stderr, one per line, prefixed so they are greppable in a scheduler's log."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in lines:
+        err.print(f"[bold red]bmupgrade:[/bold red] {escape(line)}", markup=True, highlight=False)

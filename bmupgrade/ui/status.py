@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from bmupgrade.journal import Journal
 
 
@@ -18,9 +20,11 @@ def shown_status(d: dict) -> str:
     return f"running (pid {o.get('pid')} on {o.get('host')}" + (")" if alive else ", not checkable from here)")
 
 
-def render_status(journal: Journal, console) -> None:
+def render_status(journal: Journal, console, hint=None) -> None:
+    """`hint(text)` makes the commands it mentions copy-paste ready (bmupgrade.hints.qualify)."""
     from rich.table import Table
 
+    hint = hint or (lambda text: text)
     d = journal.data
     by = d.get("by", {})
     console.print(f"[bold]Run {d['run_id']}[/bold]: {shown_status(d)} — {d['runbook']['name']} "
@@ -29,7 +33,8 @@ def render_status(journal: Journal, console) -> None:
     ha = d.get("ha", {})
     if ha.get("state") == "off":
         console.print(f"[bold white on red] HA handling OFF since {ha['off_since']} [/bold white on red] — "
-                      f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` restores it")
+                      + escape(hint(f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` "
+                                    "restores it")))
     accepted = d.get("fencing_accepted")
     if accepted:
         console.print(f"[bold red]STONITH guard overridden[/bold red] by {accepted.get('user')}@{accepted.get('host')} "
@@ -58,9 +63,7 @@ def render_status(journal: Journal, console) -> None:
 def read_cluster_markers(rb) -> dict[str, dict]:
     """Read (only read) each node's bmupgrade lock and HA-off marker — what a colleague on
     another machine needs to see why failover is paused and by whom."""
-    import json
-    import shlex
-
+    from bmupgrade.engine import remote
     from bmupgrade.probes import node_addresses, on_each
     from bmupgrade.transport.ssh import SshTransport
 
@@ -69,18 +72,10 @@ def read_cluster_markers(rb) -> dict[str, dict]:
         transport.connect(node_addresses(rb))
 
         def read(node: str) -> dict:
-            d = shlex.quote(rb.node(node).state_dir)
-            r = transport.run(node, f"for f in lock ha-off; do printf '%s ' \"$f\"; cat {d}/$f 2>/dev/null || echo; done",
-                              timeout=30, capture=True)
-            out: dict = {}
-            for line in r.stdout.splitlines():
-                name, _, body = line.partition(" ")
-                if body.strip():
-                    try:
-                        out[name] = json.loads(body)
-                    except ValueError:
-                        out[name] = {"raw": body.strip()}
-            return out
+            r = transport.run(node, remote.read_lock_and_marker(rb.node(node).state_dir), timeout=30, capture=True)
+            lock, marker = remote.parse_lock_and_marker(r.stdout)
+            return {k: (v if isinstance(v, dict) else {"raw": v}) for k, v in (("lock", lock), ("ha-off", marker))
+                    if v}
 
         return on_each(rb.node_names, read)
     finally:
@@ -101,3 +96,15 @@ def render_cluster_markers(markers: dict[str, dict], console) -> None:
             lk = m["lock"]
             console.print(f"{node}: locked by run {lk.get('run_id')} ({lk.get('user')}@{lk.get('host')}, pid "
                           f"{lk.get('pid')}) since {lk.get('since')}", highlight=False)
+
+
+def render_runs(found) -> None:
+    """`bmupgrade runs`: one row per run; run ids never cut, a killed run says so."""
+    from rich.table import Column, Table
+
+    from bmupgrade.ui.report import make_console
+
+    table = Table(Column("run", no_wrap=True, overflow="ignore"), "status", "started", "runbook", "by")
+    for r in found:
+        table.add_row(r.run_id, "stopped (owner gone)" if r.owner_gone else r.status, r.created_at, r.runbook, r.by)
+    make_console().print(table)

@@ -6,6 +6,7 @@ Rendering is separate from planning so `run` can show the same plan it executes.
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterable
 
 from bmupgrade.plan import Action, Plan, plan_json
@@ -141,77 +142,153 @@ def _md_code(lines: Iterable[str]) -> str:
     return f"{fence}sh\n{body}\n{fence}"
 
 
-def render_markdown(plan: Plan) -> str:
-    """A change ticket: what, where, in which order, how to back out, who signs."""
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def _md(text: str) -> str:
+    """Plain text in Markdown: `bm-*`, `[backup]`, `<from_version>` shown as written."""
+    out = _MD_SPECIAL.sub(r"\\\1", str(text))
+    return re.sub(r"(?m)^(\s*)([#+\-=]|\d+[.)])", r"\1\\\2", out)  # no heading/list from a line's start
+
+
+def _code(text: str, *, in_table: bool = False) -> str:
+    """An inline code span that holds any text (backticks included)."""
+    text = str(text)
+    ticks = "`"
+    while ticks in text:
+        ticks += "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    span = f"{ticks}{pad}{text}{pad}{ticks}"
+    return span.replace("|", "\\|") if in_table else span
+
+
+def _target_md(plan: Plan, a: Action) -> str:
+    """Where a step runs: a node named when --probe found the holder, else said as the rule."""
+    ip = plan.runbook.cluster.public_ip
+    if a.target in ("primary", "secondary") and plan.probed_holders is None:
+        who = "the VIP holder" if a.target == "primary" else "the node(s) not holding the VIP"
+        return f"{who} at that moment (probed for {_code(ip)} just before the step)"
+    return _md(a.target_text)
+
+
+def _step_bound(a: Action, probed: bool) -> float:
+    """The longest a step can take: its timeout per command, attempt and (unless parallel) node."""
+    if a.kind != "command" or not a.timeout:
+        return 0.0
+    runs = max((len(c.run) for c in a.commands.values()), default=1)
+    if a.parallel or a.target == "primary":
+        on = 1
+    elif a.target == "secondary" and not probed:  # candidates: every node; all but the holder run it
+        on = max(1, len(a.nodes) - 1)
+    else:
+        on = len(a.nodes)
+    return a.timeout * runs * (1 + a.retries) * on
+
+
+def _estimates(plan: Plan) -> list[str]:
+    """Table rows: the longest the procedure and the HA-off window can take (from the timeouts)."""
+    probed = plan.probed_holders is not None
+    steps = [a for a in plan.actions if a.phase == "step"]
+    total = sum(_step_bound(a, probed) for a in steps)
+    manual = sum(1 for a in steps if a.kind == "manual")
+    rows = [f"| Duration (upper bound) | at most {format_duration(total)} of commands (every timeout and retry "
+            "used up)" + (f", plus the operator's time for {manual} manual step(s)" if manual else "") + " |"]
+    off, on = plan.ha_window
+    if off:
+        ids = [a.id for a in steps]
+        end = ids.index(on) + 1 if on in ids else len(ids)
+        window = sum(_step_bound(a, probed) for a in steps[ids.index(off):end])
+        rows.append(f"| HA-off window / user outage | at most {format_duration(window)}: from step {_code(off)} "
+                    f"to step {_code(on or 'NEVER')}, the cluster does not fail over, and users of the VIP holder "
+                    "may see BlueMind restart (package upgrade, post-install) |")
+    return rows
+
+
+def _md_header(plan: Plan) -> list[str]:
     rb = plan.runbook
     off, on = plan.ha_window
-    out = [f"# Change: {rb.name}", ""]
+    out = [f"# Change: {_md(rb.name)}", ""]
     if rb.description:
-        out += [rb.description.strip(), ""]
+        out += [_md(rb.description.strip()), ""]
     out += [
         "| | |", "|---|---|",
-        f"| Runbook | `{rb.source_path}` (sha256 `{rb.source_sha256[:16]}…`) |",
+        f"| Runbook | {_code(rb.source_path, in_table=True)} (sha256 `{rb.source_sha256[:16]}…`) |",
         f"| Public (floating) IP | `{rb.cluster.public_ip}` |",
         "| Nodes | " + "<br>".join(
-            f"`{n.name}`: `{(n.user + '@') if n.user else ''}{n.host}{(':' + str(n.port)) if n.port else ''}`"
-            + (" (sudo)" if n.sudo else "") for n in rb.cluster.nodes) + " |",
+            f"`{n.name}`: " + _code(f"{(n.user + '@') if n.user else ''}{n.host}{(':' + str(n.port)) if n.port else ''}",
+                                    in_table=True) + (" (sudo)" if n.sudo else "") for n in rb.cluster.nodes) + " |",
     ]
     for k, v in rb.vars.items():
-        out.append(f"| `{k}` | `{'***' if v.secret else v.value}`{' — ' + v.description if v.description else ''} |")
+        desc = f" — {_md(v.description)}" if v.description else ""
+        out.append(f"| `{k}` | {_code('***' if v.secret else v.value, in_table=True)}{desc} |")
     if off:
         out.append(f"| HA handling off | from step `{off}` to step `{on or 'NEVER'}` |")
+    out += _estimates(plan)
     if plan.stonith_guard:
-        out.append(f"| STONITH guard | {plan.stonith_guard} |")
+        out.append(f"| STONITH guard | {_md(plan.stonith_guard)} |")
     if plan.deadline is not None:
         out.append(f"| Deadline | {_hhmm(plan.deadline)} — a step is not started unless its timeout fits "
                    "(see each step's latest start) |")
-    out += ["", "`primary` = the node holding the public IP, probed again just before each step "
-            "that targets it; `secondary` = the other node.", ""]
+    holders = plan.probed_holders
+    out += ["", (f"`primary` = {', '.join(f'`{h}`' for h in holders) or 'nobody'} (held {_code(rb.cluster.public_ip)} "
+                 "when this plan was made; probed again just before each step that targets it)" if holders is not None
+                 else "`primary` = the node holding the public IP at that moment, probed just before each step that "
+                 "targets it; `secondary` = the other node."), ""]
+    return out
 
-    def section(title: str, phase: str) -> None:
+
+def _md_item(plan: Plan, a: Action, number: int, total: int) -> list[str]:
+    """One numbered item; its body is indented by the width of its number (10. and beyond)."""
+    lead = f"{number}. "
+    pad = " " * len(lead)
+    counter = f"\\[{number}/{total}\\] " if a.phase == "step" else ""
+    if a.kind == "manual":
+        return [f"{lead}{counter}**{_md(a.title)}** (`{a.id}`) — manual, the operator confirms:", "",
+                *(f"{pad}> {_md(line)}" if line else f"{pad}>" for line in a.text.splitlines()), "",
+                f"{pad}- [ ] done", ""]
+    flags = _flags(a, plan)
+    out = [f"{lead}{counter}**{_md(a.title)}** (`{a.id}`) — on {_target_md(plan, a)}"
+           + (f"; {_md(flags)}" if flags else ""), ""]
+    groups = a.distinct_commands()
+    conditional = a.target in ("primary", "secondary") and plan.probed_holders is None
+    for names, c in groups:
+        if len(groups) > 1:
+            who = " or ".join(f"`{n}`" for n in names)
+            out += [f"{pad}If {who} {'holds' if a.target == 'primary' else 'does not hold'} the VIP then:" if conditional
+                    else f"{pad}On {', '.join(f'`{n}`' for n in names)}:", ""]
+        out += [pad + ln for ln in _md_code(c.run).splitlines()] + [""]
+        if a.phase == "step":
+            if c.verify:
+                out += [f"{pad}Verify: {_code(c.verify)}", ""]
+            for r in c.rollback:
+                out += [f"{pad}Rollback: {_code(r)}", ""]
+    if a.phase == "step" and a.undo == "impossible":
+        out += [f"{pad}Rollback: **cannot be undone automatically.**", ""]
+    elif a.phase == "step" and a.undo == "nothing":
+        out += [f"{pad}Rollback: nothing to undo.", ""]
+    if a.phase != "step":
+        out += [f"{pad}Expect: {_md(_expect_text(a))}" + (f". {_md(a.why)}" if a.why else ""), ""]
+    return out
+
+
+def render_markdown(plan: Plan) -> str:
+    """A change ticket: what, where, in which order, how long, how to back out, who signs.
+
+    Each section is numbered from 1; the procedure's numbers are the run's `[n/N]`."""
+    out = _md_header(plan)
+    for title, phase in (("Preflight checks (read-only; any failure stops before a change)", "preflight"),
+                         ("Procedure", "step"), ("Postflight checks", "postflight")):
         actions = [a for a in plan.actions if a.phase == phase]
-        if not actions:
-            return
-        out.extend([f"## {title}", ""])
-        for a in actions:
-            if a.kind == "manual":
-                out.extend([f"{a.seq}. **{a.title}** (`{a.id}`) — manual, the operator confirms:", "",
-                            f"   > {a.text}", "", "   - [ ] done", ""])
-                continue
-            flags = _flags(a, plan)
-            out.append(f"{a.seq}. **{a.title}** (`{a.id}`) — on {a.target_text}" + (f"; {flags}" if flags else ""))
-            out.append("")
-            groups = a.distinct_commands()
-            for names, c in groups:
-                if len(groups) > 1:
-                    out.append(f"   On {', '.join(names)}:")
-                    out.append("")
-                out.extend("   " + ln for ln in _md_code(c.run).splitlines())
-                out.append("")
-                if a.phase == "step":
-                    if c.verify:
-                        out.append(f"   Verify: `{c.verify}`")
-                    if c.rollback:
-                        out.append("   Rollback: " + "; ".join(f"`{r}`" for r in c.rollback))
-                    out.append("")
-            if a.phase == "step" and a.undo == "impossible":
-                out.extend(["   Rollback: **cannot be undone automatically.**", ""])
-            elif a.phase == "step" and a.undo == "nothing":
-                out.extend(["   Rollback: nothing to undo.", ""])
-            if a.phase != "step":
-                out.extend([f"   Expect: {_expect_text(a)}" + (f". {a.why}" if a.why else ""), ""])
-
-    section("Preflight checks (read-only; any failure stops before a change)", "preflight")
-    section("Procedure", "step")
-    section("Postflight checks", "postflight")
-
+        if actions:
+            out += [f"## {title}", ""]
+            for number, a in enumerate(actions, 1):
+                out += _md_item(plan, a, number, len(actions))
     back_out = [a for a in reversed(plan.actions) if a.phase == "step" and a.kind == "command"]
-    out += ["## Back-out plan", "",
-            "Done steps are rolled back in reverse order (`bmupgrade rollback`):", ""]
+    out += ["## Back-out plan", "", "Done steps are rolled back in reverse order (`bmupgrade rollback`):", ""]
     for a in back_out:
         rb_cmds = [r for _, c in a.distinct_commands() for r in c.rollback]
         if rb_cmds:
-            out.append(f"- `{a.id}`: " + "; ".join(f"`{r}`" for r in dict.fromkeys(rb_cmds)))
+            out.append(f"- `{a.id}`: " + "; ".join(_code(r) for r in dict.fromkeys(rb_cmds)))
         elif a.undo == "impossible":
             out.append(f"- `{a.id}`: **cannot be undone automatically** (restore from the backup)")
     out += ["", "## Sign-off", "", "| Role | Name | Date |", "|---|---|---|",
