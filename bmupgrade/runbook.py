@@ -428,9 +428,30 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
     """
     problems: list[str] = []
     cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else {}
+    names = _node_problems(cluster, source, problems)
+    _id_and_target_problems(data, source, names, problems)
+    _placement_problems(data, source, problems)
+    captures = _capture_problems(data, source, names, problems)
+    _template_problems(data, source, cluster, captures, problems)
+    return problems
+
+
+_SECTIONS = ("facts", "preflight", "steps", "postflight")
+
+
+def _items(data: dict, section: str) -> list[tuple[int, dict]]:
+    value = data.get(section)
+    return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
+
+
+def _step_ids(data: dict) -> list[str]:
+    return [x.get("id") for _, x in _items(data, "steps") if isinstance(x.get("id"), str)]
+
+
+def _node_problems(cluster: dict, source: yamlsource.Source, problems: list[str]) -> list[str]:
+    """Reserved or duplicate node names, shared host:port; returns the node names."""
     raw_nodes = cluster.get("nodes") if isinstance(cluster.get("nodes"), list) else []
     nodes = [(i, n) for i, n in enumerate(raw_nodes) if isinstance(n, dict)]
-    names = [n.get("name") for _, n in nodes if isinstance(n.get("name"), str)]
     seen_names: dict[str, int] = {}
     seen_addr: dict[tuple, str] = {}
     for i, n in nodes:
@@ -451,16 +472,15 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                                          f"{addr[0]}:{addr[1]} is also node '{seen_addr[addr]}'; each node "
                                          "needs its own host:port"))
             seen_addr.setdefault(addr, str(name))
+    return [n.get("name") for _, n in nodes if isinstance(n.get("name"), str)]
 
-    def items(section: str) -> list[tuple[int, dict]]:
-        value = data.get(section)
-        return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
 
-    sections = ("facts", "preflight", "steps", "postflight")
-    step_ids = [x.get("id") for _, x in items("steps") if isinstance(x.get("id"), str)]
+def _id_and_target_problems(data: dict, source: yamlsource.Source, names: list[str], problems: list[str]) -> None:
+    """Ids unique across sections; `on:` is a node, a symbolic target, or where:EARLIER-STEP."""
+    step_ids = _step_ids(data)
     ids: dict[str, tuple] = {}
-    for section in sections:
-        for i, item in items(section):
+    for section in _SECTIONS:
+        for i, item in _items(data, section):
             item_id = item.get("id")
             if isinstance(item_id, str):
                 if item_id in ids:
@@ -480,26 +500,31 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                                          + (", where:STEP" if section == "steps" else "")
                                          + f" or one of: {', '.join(names)}"))
 
-    for i, item in items("preflight"):
+
+def _placement_problems(data: dict, source: yamlsource.Source, problems: list[str]) -> None:
+    """`until:` names a step and, like `fencing:`, belongs on a preflight check."""
+    step_ids = _step_ids(data)
+    for i, item in _items(data, "preflight"):
         until = item.get("until")
         if isinstance(until, str) and until not in step_ids:
             problems.append(_located(source, ("preflight", i, "until"),
                                      f"'{until}' is no step of this runbook; steps are: {', '.join(step_ids)}"))
-    for i, item in items("postflight"):
+    for i, item in _items(data, "postflight"):
         if item.get("until") is not None:
             problems.append(_located(source, ("postflight", i, "until"),
                                      "until: belongs on a preflight check (postflight runs after every step)"))
-    for i, item in items("postflight"):
         if item.get("fencing") is True:
             problems.append(_located(source, ("postflight", i, "fencing"),
                                      "fencing: true belongs on a preflight check (the STONITH guard is decided "
                                      "before anything changes); move the check to preflight"))
 
-    # Template names: vars, captures, cluster.*, node.*, peer.*.
+
+def _capture_problems(data: dict, source: yamlsource.Source, names: list[str], problems: list[str]) -> set[str]:
+    """A capture makes a new variable from a single value; returns the captured names."""
     defined = set(data["vars"]) if isinstance(data.get("vars"), dict) else set()
     captures: set[str] = set()
-    for section in sections:
-        for i, item in items(section):
+    for section in _SECTIONS:
+        for i, item in _items(data, section):
             cap = item.get("capture")
             if not isinstance(cap, str):
                 continue
@@ -513,7 +538,27 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                 problems.append(_located(source, (section, i, "capture"),
                                          "capture needs one value: target primary or a node name"
                                          + ("" if section == "steps" else ", or set same_on_all_nodes: true")))
+    return captures
 
+
+def _template_problems(data: dict, source: yamlsource.Source, cluster: dict, captures: set[str],
+                       problems: list[str]) -> None:
+    """Template names (vars, captures, cluster.*, node.*, peer.*) and quoting, in every command."""
+    check = _template_checker(data, source, captures, problems)
+    check(cluster.get("vip_probe"), ("cluster", "vip_probe"))
+    for section in _SECTIONS:
+        for i, item in _items(data, section):
+            for field in ("run", "verify", "rollback", "manual", "title"):
+                value = item.get(field)
+                if isinstance(value, list):
+                    for j, cmd in enumerate(value):
+                        check(cmd, (section, i, field, j))
+                else:
+                    check(value, (section, i, field))
+
+
+def _template_checker(data: dict, source: yamlsource.Source, captures: set[str], problems: list[str]):
+    defined = set(data["vars"]) if isinstance(data.get("vars"), dict) else set()
     node_fields = set(Node.model_fields)
     known_prefixes = {"cluster": {"public_ip"}, "node": node_fields, "peer": node_fields}
 
@@ -540,17 +585,7 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
                     f"undefined variable '{ref.name}'; define it under 'vars:' (then -e {ref.name}=VALUE can set it)"
                     + (f" (defined: {', '.join(avail)})" if avail else "")))
 
-    check_template(cluster.get("vip_probe"), ("cluster", "vip_probe"))
-    for section in sections:
-        for i, item in items(section):
-            for field in ("run", "verify", "rollback", "manual", "title"):
-                value = item.get(field)
-                if isinstance(value, list):
-                    for j, cmd in enumerate(value):
-                        check_template(cmd, (section, i, field, j))
-                else:
-                    check_template(value, (section, i, field))
-    return problems
+    return check_template
 
 
 def unknown_step_refs(rb: "Runbook | Iterable[str]", names: Iterable[str], flag: str,

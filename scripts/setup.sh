@@ -15,6 +15,22 @@ if [ ! -x /usr/sbin/sshd ]; then
   fi
 fi
 
+# --cluster: also the stack of the real cluster lab (`bmupgrade lab up --cluster`), root only.
+# Not by default: it installs the Corosync/Pacemaker daemons, which do not belong on a laptop.
+CLUSTER_PKGS="pacemaker pacemaker-cli-utils corosync resource-agents keepalived openssh-server openssh-client iproute2 util-linux dpkg-dev apt-utils rsync psmisc"
+if [ "${1:-}" = "--cluster" ]; then
+  missing=$(for p in $CLUSTER_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"; done)
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "setup: the cluster lab needs root: sudo apt-get install --no-install-recommends" $missing >&2
+      exit 2
+    fi
+    echo "setup: installing the cluster lab stack:" $missing >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -40,7 +40,7 @@ from bmupgrade.runner import Session, cluster_id, resume_run, rollback, start_ru
 from bmupgrade.runbook import load_runbook
 from tests.model_cluster import PRIMARY_STEPS, RUNBOOK, Fault, ModelCluster
 
-EXAMPLES = int(os.environ.get("BMUPGRADE_MODEL_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("BMUPGRADE_MODEL_EXAMPLES", "800"))
 NON_IDEMPOTENT = {"packages", "post-install"}
 
 
@@ -155,7 +155,9 @@ class OperatorStories(RuleBasedStateMachine):
         import tempfile
         from pathlib import Path
 
-        self.tmp = Path(tempfile.mkdtemp(prefix="bmmodel-"))
+        # tmpfs when there is one: the model checks decisions, not the disk's fsync latency
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self.tmp = Path(tempfile.mkdtemp(prefix="bmmodel-", dir=shm))
         self.rb_path = self.tmp / "rb.yaml"
         self.rb_path.write_text(RUNBOOK)
         self.state = self.tmp / "state"

@@ -308,6 +308,14 @@ class Engine:
 
         show_changes(self)
 
+    def _ha_off_sent_at(self) -> float:
+        """When the HA-off command was sent (its `started` record), not when the marker went out."""
+        ha = self.journal.data["ha"]
+        step = self.rb.ha_step("disable")
+        starts = [e.get("t_start") for e in self.journal.step(step.id)["nodes"].values()
+                  if e.get("t_start")] if step else []
+        return min(starts) if starts else ha["off_t"]
+
     def summary(self, exit_code: int, status: str, message: str) -> Summary:
         rows = []
         for s in self.rb.steps:
@@ -318,7 +326,7 @@ class Engine:
                                 max(durations) if durations else None,
                                 rb_entry["state"] if rb_entry else None, bool(s.rollback)))
         ha = self.journal.data["ha"]
-        window = ha["on_t"] - ha["off_t"] if ha.get("off_t") and ha.get("on_t") else None
+        window = ha["on_t"] - self._ha_off_sent_at() if ha.get("off_t") and ha.get("on_t") else None
         ha_open = self.ha.is_off()
         nxt = []
         if exit_code != EXIT_OK and status not in (ROLLED_BACK_RUN, REFUSED) and self.mode != Mode.CHECK:

@@ -146,12 +146,13 @@ class HaDebt:
         eng.journal.set("ha", {**eng.journal.data["ha"], "state": "off", "off_since": now(), "on_at": None,
                                "off_by": step.id, "off_t": time.time()})
 
-    def back_on(self, step_id: str) -> None:
+    def back_on(self, step_id: str, *, at: float | None = None) -> None:
+        """HA is back on (`at`: when the enabling command returned; its verify only confirms it)."""
         from bmupgrade.engine import remote
 
         eng = self.eng
         eng.journal.set("ha", {**eng.journal.data["ha"], "state": "on", "on_at": now(), "on_by": step_id,
-                               "on_t": time.time()})
+                               "on_t": at or time.time()})
         for node, r in eng.on_each(eng.rb.node_names, lambda n: eng.send(
                 n, remote.remove_marker(eng.rb.node(n).state_dir), timeout=15, key="ha-marker",
                 quiet=True)).items():

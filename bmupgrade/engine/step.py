@@ -148,8 +148,11 @@ class StepRunner:
             if step.on in ("primary", "secondary") and (eng.prompter.interactive or waited > REPROBE_AFTER):
                 nodes = self._targets(step)  # a person may have sat on the prompt while the VIP moved
                 todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
-        if step.ha == "disable":
+        if step.ha == "disable" and not eng.ha.is_off():
             eng.ha.going_off(step, todo[0], why=step.label)
+            if step.on in ("primary", "secondary"):  # the marker writes took a round trip: ask again
+                nodes = self._targets(step)
+                todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
         return todo
 
     # ------------------------------------------------------------------ sending
@@ -297,7 +300,8 @@ class StepRunner:
     def _finish(self, step: Step, nodes: list[str]) -> None:
         eng = self.eng
         if step.ha == "enable" and eng.ha.is_off():
-            eng.ha.back_on(step.id)
+            returned = [t for (sid, _), t in eng.run_ended.items() if sid == step.id]
+            eng.ha.back_on(step.id, at=max(returned) if returned else None)
         if step.capture and step.id not in eng.journal.data["captured"]:
             done = eng.journal.nodes_in(step.id, DONE)
             stdout = eng.journal.step(step.id)["nodes"].get(done[0], {}).get("stdout") if done else None

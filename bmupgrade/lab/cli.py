@@ -38,14 +38,62 @@ def _run(fn):
         _fail(e)
 
 
+def _is_cluster(dir: str) -> bool:
+    from bmupgrade.lab.cluster.config import is_cluster_lab
+    return is_cluster_lab(dir)
+
+
+def _crun(fn):
+    """Run a cluster-lab action: its errors are one line and exit 2 too."""
+    from bmupgrade.lab.cluster.config import ClusterLabError
+    try:
+        return fn()
+    except (ClusterLabError, OSError) as e:
+        _fail(e)
+
+
+def _cluster(dir: str, name: Optional[str] = None, subnet: Optional[str] = None, ha: Optional[str] = None):
+    from bmupgrade.lab.cluster.lab import ClusterLab
+    return _crun(lambda: ClusterLab(dir, name=name, subnet=subnet, ha=ha))
+
+
+def _cluster_up(dir: str, reset: bool, json_out: bool, name: Optional[str], subnet: Optional[str],
+                ha: Optional[str] = None) -> None:
+    from bmupgrade.lab.cluster.text import usage_text
+    lab = _cluster(dir, name, subnet, ha)
+    _crun(lambda: lab.up(reset=reset))
+    if json_out:
+        import json
+        st = _crun(lab.status)
+        st["startup_seconds"] = lab.startup_seconds
+        typer.echo(json.dumps(st))
+    else:
+        typer.echo(usage_text(lab))
+
+
 @app.command()
 def up(dir: str = DirOpt,
        reset: bool = typer.Option(False, "--reset", help="Back to a fresh 4.9.2 cluster (keys kept)."),
        json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
        pacemaker: str = typer.Option("auto", "--pacemaker", help="crm_attribute/crm_resource/crm_mon: auto (the real "
-                                     "ones against a CIB file where pacemaker-cli-utils is installed), real, standin.")):
+                                     "ones against a CIB file where pacemaker-cli-utils is installed), real, standin."),
+       cluster: bool = typer.Option(False, "--cluster", help="A real cluster instead: two namespaced nodes with real "
+                                    "Corosync/Pacemaker, STONITH, apt and dpkg (root with CAP_SYS_ADMIN/NET_ADMIN)."),
+       name: Optional[str] = typer.Option(None, "--name", help="--cluster: lab name (default bmlab); names its "
+                                          "bridge, veths and network namespaces."),
+       subnet: Optional[str] = typer.Option(None, "--subnet", help="--cluster: IPv4 /24 (default 198.51.100.0/24)."),
+       ha: Optional[str] = typer.Option(None, "--ha", help="--cluster: pacemaker (default) or keepalived (real VRRP).")):
     """Start both nodes (idempotent) and write DIR/inventory.yaml and DIR/ssh_config."""
     from bmupgrade.lab.core import usage_text
+    if cluster:  # privileges first: without them nothing else is looked at
+        from bmupgrade.lab.cluster.lab import check_privileges
+        _crun(check_privileges)
+    if cluster or _is_cluster(dir):
+        if not cluster:
+            _fail(ValueError("%s is a cluster lab: bmupgrade lab up --cluster --dir %s" % (dir, dir)))
+        return _cluster_up(dir, reset, json_out, name, subnet, ha)
+    if name or subnet or ha:
+        _fail(ValueError("--name, --subnet and --ha need --cluster"))
     lab = _run(lambda: _lab(dir, pacemaker))
     _run(lambda: lab.up(reset=reset))
     if json_out:
@@ -60,6 +108,13 @@ def up(dir: str = DirOpt,
 @app.command()
 def down(dir: str = DirOpt):
     """Stop both nodes and every process of theirs (state and ledgers stay in DIR)."""
+    if _is_cluster(dir):
+        lab = _cluster(dir)
+        left = _crun(lab.down)
+        if left:
+            _fail(ValueError("cluster lab %s stopped, but left behind: %s" % (lab.dir, "; ".join(left))))
+        typer.echo("cluster lab %s stopped (nothing left behind)" % lab.dir)
+        return
     lab = _lab(dir)
     _run(lambda: (lab._meta(), lab.down()))
     typer.echo("lab %s stopped" % lab.dir)
@@ -69,6 +124,15 @@ def down(dir: str = DirOpt):
 def status(dir: str = DirOpt, json_out: bool = typer.Option(False, "--json", help="Machine-readable.")):
     """Nodes up/down, pids, ports, versions, VIP holder, maintenance mode, faults."""
     from bmupgrade.lab.core import format_status
+    if _is_cluster(dir):
+        from bmupgrade.lab.cluster.text import format_status as cluster_status
+        st = _crun(_cluster(dir).status)
+        if json_out:
+            import json
+            typer.echo(json.dumps(st))
+        else:
+            typer.echo(cluster_status(st))
+        return
     st = _run(_lab(dir).status)
     if json_out:
         import json
@@ -80,6 +144,11 @@ def status(dir: str = DirOpt, json_out: bool = typer.Option(False, "--json", hel
 @app.command()
 def failover(dir: str = DirOpt, to: Optional[str] = typer.Option(None, "--to", help="Destination node.")):
     """Move the VIP, the storage and BlueMind to the other node (or --to NODE)."""
+    if _is_cluster(dir):
+        from bmupgrade.lab.cluster import faults
+        lab = _cluster(dir)
+        typer.echo("VIP %s and resources now on %s" % (lab.public_ip, _crun(lambda: faults.vip_move(lab, to))))
+        return
     lab = _lab(dir)
     node = _run(lambda: lab.failover(to))
     typer.echo("VIP %s and resources now on %s" % (lab.public_ip, node))
@@ -107,7 +176,11 @@ def fault(
     process: Optional[str] = typer.Option(None, "--process", help="dpkg-lock: holder name."),
 ):
     """Switch a fault on, on one node (--node) or all; `clear` switches them all off. Each option
-    says which faults take it, e.g. `lab fault fail --node bm2 -c 'apt-get install'`."""
+    says which faults take it, e.g. `lab fault fail --node bm2 -c 'apt-get install'`. A cluster lab
+    (--cluster) has real faults: power-off | power-on | reboot | cut-link | restore-link |
+    vip-move | resource-failure | dpkg-lock | held-package | postinst-fail-once | disk-full | clear."""
+    if _is_cluster(dir):
+        return _cluster_fault(name, dir, node, to, package)
     lab = _lab(dir)
     opts = dict(command=command, exit_code=exit_code, times=times, message=message, seconds=seconds, when=when,
                 download=download, install=install, to=to, file=file, package=package, pid=pid, process=process)
@@ -120,3 +193,24 @@ def fault(
         return
     _run(lambda: lab.fault(name, node=node, **opts))
     typer.echo("fault %s on %s" % (name, node or "all nodes"))
+
+
+def _cluster_fault(name: str, dir: str, node: Optional[str], to: Optional[str], package: Optional[str]) -> None:
+    from bmupgrade.lab.cluster import faults
+    lab = _cluster(dir)
+    if name == "clear":
+        _crun(lambda: faults.clear(lab))
+        typer.echo("faults cleared: both nodes online, resources cleaned up")
+        return
+    if name not in faults.FAULTS:
+        _fail(ValueError("unknown cluster fault %r (faults: %s, clear)" % (name, ", ".join(sorted(faults.FAULTS)))))
+    fn, takes_node = faults.FAULTS[name]
+    if takes_node and not node:
+        _fail(ValueError("fault %s needs --node" % name))
+    if name == "vip-move":
+        where = _crun(lambda: fn(lab, to or node))
+    elif name == "held-package":
+        where = _crun(lambda: fn(lab, node, package or "bm-core")) or node
+    else:
+        where = _crun(lambda: fn(lab, node) if takes_node else fn(lab)) or node
+    typer.echo("fault %s on %s" % (name, where or node))

@@ -1473,10 +1473,10 @@ def cmd_crm_attribute(ctx: Ctx, args):
 def cmd_crm_resource(ctx: Ctx, args):
     if uses_real_pacemaker(ctx):
         return run_real_pacemaker(ctx, "crm_resource", args)
-    opts, rest = getopts(ctx, args, "r:WQlLN:Vt:", ["resource=", "locate", "quiet", "list", "list-raw", "list-cts",
-                                                    "node=", "verbose", "resource-type="],
+    opts, rest = getopts(ctx, args, "r:WQlLN:Vt:MU", ["resource=", "locate", "quiet", "list", "list-raw", "list-cts",
+                                                      "node=", "verbose", "resource-type=", "move", "clear"],
                          lambda opt, m: pcmk_usage(ctx, "crm_resource", opt))
-    rid, op, quiet = None, None, False
+    rid, op, quiet, node = None, None, False, None
     for k, v in opts:
         if k in ("-r", "--resource"):
             rid = v
@@ -1486,6 +1486,12 @@ def cmd_crm_resource(ctx: Ctx, args):
             quiet = True
         elif k in ("-l", "--list-raw", "-L", "--list"):
             op = "list"
+        elif k in ("-M", "--move"):
+            op = "move"
+        elif k in ("-U", "--clear"):
+            op = "clear"
+        elif k in ("-N", "--node"):
+            node = v
     if rest:
         pcmk_usage(ctx, "crm_resource", rest[0])
     if op is None:
@@ -1501,11 +1507,39 @@ def cmd_crm_resource(ctx: Ctx, args):
             ctx.die(64, "crm_resource: Must supply a resource id with -r")
         if rid not in dict(RESOURCES):
             ctx.die(105, "crm_resource: Resource '%s' not found\nError performing operation: No such object" % rid)
+        if op in ("move", "clear"):
+            return crm_resource_move(ctx, tx, rid, op, node)
         where = resource_nodes(tx, rid)
     if not where and not quiet:
         ctx.err("resource %s is NOT running" % rid)
     for n in where:
         ctx.out(n if quiet else "resource %s is running on: %s" % (rid, n))
+    return 0
+
+
+def crm_resource_move(ctx: Ctx, tx: Txn, rid: str, op: str, node: str | None) -> int:
+    """--move --node N (as Pacemaker 2.1: rc 108 when already there; a cli-prefer constraint
+    that moves the whole group unless in maintenance mode) and --clear (removes it)."""
+    c = tx.cluster()
+    moves = c.setdefault("moves", {})
+    if op == "clear":
+        if moves.pop(rid, None):
+            ctx.out("Removing constraint: cli-prefer-%s" % rid)
+        return 0
+    names = tx.node_names()
+    where = resource_nodes(tx, rid)
+    if node is None:
+        others = [n for n in names if n not in where]
+        if len(where) != 1 or not others:
+            ctx.die(64, "crm_resource: Resource '%s' not moved: active in %d locations." % (rid, len(where)))
+        node = others[0]
+    if node not in names:
+        ctx.die(105, "crm_resource: Node '%s' not found\nError performing operation: No such object" % node)
+    if where == [node]:
+        ctx.die(108, "crm_resource: Error performing operation: Requested item already exists")
+    moves[rid] = node
+    if str(c["properties"].get("maintenance-mode", "false")).lower() not in BOOL_TRUE:
+        failover(tx, node)
     return 0
 
 

@@ -1,0 +1,75 @@
+"""The real cluster lab with keepalived (`bmupgrade lab up --cluster --ha keepalived`).
+
+Real keepalived in both nodes (VRRP over the lab bridge, unicast), started and stopped by the
+node's systemctl stand-in; a notify script runs BlueMind on the MASTER. The bundled keepalived
+runbook freezes failover by stopping keepalived on the BACKUP: these tests check that on the
+real daemons. Needs what tests/test_cluster_lab.py needs, plus keepalived.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+
+import pytest
+
+from tests.e2e import KEEPALIVED, run_upgrade
+from tests.test_cluster_lab import calls, eventually, host_dpkg, require_cluster, versions
+from tests.conftest import _missing
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ka(tmp_path_factory):
+    require_cluster()
+    if not shutil.which("keepalived"):
+        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
+    from bmupgrade.lab.cluster.lab import ClusterLab
+    before = host_dpkg()
+    lab = ClusterLab(tmp_path_factory.mktemp("ka") / "lab", name="bmka", ha="keepalived")
+    try:
+        lab.up()
+        yield lab
+    finally:
+        left = lab.down()
+    assert left == [], left
+    assert host_dpkg() == before
+
+
+def upgrade(lab, state, **kw):
+    return run_upgrade(lab, state, "--allow-no-stonith", runbook=KEEPALIVED, **kw)  # VRRP has no fencing
+
+
+def test_power_off_master_moves_the_vip_by_vrrp(ka, tmp_path):
+    from bmupgrade.lab.cluster import faults
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    faults.power_off(ka, "bm1")
+    assert eventually(ka.vip_holders, ["bm2"]) == ["bm2"]
+    # keepalived's notify script started BlueMind on the new MASTER
+    assert eventually(lambda: ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip(), "active") == "active"
+    power = [json.loads(x) for x in (ka.dir / "power.log").read_text().splitlines()]
+    assert not [p for p in power if p.get("by") in ("bm1", "bm2")], "nobody fences with keepalived"
+    r = upgrade(ka, tmp_path / "s")
+    assert r.returncode == 3 and "bm1" in r.stdout + r.stderr, r.stdout + r.stderr
+    faults.clear(ka)
+    # bm1 (priority 150, no nopreempt) takes the VIP back, BlueMind follows
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    assert eventually(lambda: ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip(), "inactive") == "inactive"
+
+
+def test_keepalived_runbook_upgrades_with_real_vrrp(ka, tmp_path):
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    r = upgrade(ka, tmp_path / "s", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(set(v.values()) == {"4.9.3"} for v in versions(ka).values())
+    # while dpkg ran: keepalived stopped on the BACKUP (failover frozen), running on the MASTER
+    for node, want in (("bm1", "active"), ("bm2", "inactive")):
+        snaps = sorted(glob.glob(str(ka.cfg.node_dir(node) / "upper/var/log/bmlab/dpkg/*.keepalived")))
+        assert open(snaps[-1]).read().strip() == want, node
+    assert len(calls(ka, "bm1", "bm-cli setup upgrade")) == 1 and not calls(ka, "bm2", "bm-cli")
+    assert ka.vip_holders() == ["bm1"]
+    for node in ("bm1", "bm2"):
+        assert ka.run(node, "systemctl is-active keepalived").stdout.strip() == "active"
+    assert ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
