@@ -574,7 +574,7 @@ def bench_startup(lab: Lab | None, work: Path, reps: int, big_plan: int, history
     configs: dict[str, Callable[[int], object]] = {}
     for name, cmd in cmds.items():
         timed(cmd)  # warm-up (bytecode and page cache)
-        configs[name] = (lambda c: lambda rep: timed(c, cwd=REPO))(cmd)
+        configs[name] = (lambda c: lambda rep: timed_cpu(c))(cmd)
     if lab is not None:
         hist = fake_history(lab, work, history_runs, history_steps)
         one = trivial_runbook(work / "startup-1.yaml", 1)
@@ -591,7 +591,19 @@ def bench_startup(lab: Lab | None, work: Path, reps: int, big_plan: int, history
         configs["1-step run, empty state dir"] = run_with(None, "empty")
         configs["1-step run, %d earlier %d-step runs" % (history_runs, history_steps)] = run_with(hist, "hist")
     got = interleaved(configs, reps, "start-up")
-    return {name: stats(v) for name, v in got.items()}
+    out = {name: stats([x[0] if isinstance(x, tuple) else x for x in v]) for name, v in got.items()}
+    for name, v in got.items():  # CPU (user+sys) of the process: what load on a shared machine moves less
+        if v and isinstance(v[0], tuple):
+            out[name]["cpu"] = stats([x[1] for x in v])
+    return out
+
+
+def timed_cpu(cmd: list) -> tuple[float, float]:
+    """(wall, user+sys CPU) of one process."""
+    before = os.times()
+    wall = timed(cmd, cwd=REPO)
+    after = os.times()
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
 # =========================================================================== 3. streaming
@@ -770,7 +782,8 @@ def build_table(r: dict) -> list[tuple]:
                              d["turns_per_node"]["min"], d["turns_per_node"]["max"]), "",
                          "counted at the proxy"))
     for name, st in r.get("startup", {}).items():
-        add("4 start-up", name, st, note="warm bytecode cache")
+        add("4 start-up", name, st, note="warm bytecode cache" + (
+            "; CPU %.3f s (%.3f–%.3f)" % (st["cpu"]["median"], st["cpu"]["min"], st["cpu"]["max"]) if "cpu" in st else ""))
     for name, d in r.get("streaming", {}).items():
         add("5 streaming", name + ": peak RSS", d["peak_rss_mb"], "MB", note="stdout -> /dev/null")
         add("5 streaming", name + ": wall", d["wall"], note="%.1f MB/s" % d["throughput_mb_s"])
