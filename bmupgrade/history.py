@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -44,22 +43,6 @@ def _read(state_dir: str | os.PathLike) -> dict:
     if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("runbooks"), dict):
         return {"version": VERSION, "runbooks": {}}
     return data
-
-
-def _write_atomic(target: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".history-", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class _Locked:
@@ -115,7 +98,9 @@ def record(state_dir: str | os.PathLike, runbook_name: str,
             by_age = sorted(books, key=lambda k: books[k].get("updated") or 0)
             for name in by_age[: len(books) - MAX_RUNBOOKS]:
                 del books[name]
-        _write_atomic(path(d), data)
+        from bmupgrade.journal import atomic_write
+
+        atomic_write(path(d), json.dumps(data, separators=(",", ":")).encode())
 
 
 def medians(state_dir: str | os.PathLike, runbook_name: str) -> dict[str, float]:

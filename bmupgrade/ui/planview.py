@@ -117,21 +117,8 @@ def render_text(plan: Plan, console) -> None:
                 target += "\n= " + (", ".join(a.nodes) or "?")
             table.add_row(str(a.seq), target, body)
         console.print(table)
-    ip = rb.cluster.public_ip
-    if plan.probed_holders is not None:
-        console.print(f"primary = {', '.join(plan.probed_holders) or 'nobody'} (holds {ip} now; "
-                      "re-probed before each step that targets it)")
-    else:
-        console.print(f"primary = the node holding {ip}, resolved at run time just before each step; "
-                      "secondary = the other node.")
-    if plan.deadline is not None:
-        console.print(f"Deadline {_hhmm(plan.deadline)}: a step is not started unless its timeout (or measured "
-                      "duration) fits; each step shows its latest start.")
-    off, on = plan.ha_window
-    if off:
-        console.print(f"HA handling is off from step '{off}' until step '{on or '(never turned back on!)'}'.")
-    if plan.stonith_guard:
-        console.print(f"STONITH guard: {plan.stonith_guard}.", markup=False)
+    for line in _plain_footer(plan):
+        console.print(line, markup=False, highlight=False)
 
 
 def _md_code(lines: Iterable[str]) -> str:
@@ -349,8 +336,9 @@ def _plain_footer(plan: Plan) -> list[str]:
         out.append(f"primary = the node holding {ip}, resolved at run time just before each step; "
                    "secondary = the other node.")
     if plan.deadline is not None:
-        out.append(f"Deadline {_hhmm(plan.deadline)}: a step is not started unless its timeout (or measured "
-                   "duration) fits; each step shows its latest start.")
+        out.append(f"Deadline {_hhmm(plan.deadline)}: a step is not started unless its estimate (measured "
+                   "duration, else the worst case from its timeout) fits, nor the HA-off step unless the whole "
+                   "HA window fits; each step shows its latest start.")
     off, on = plan.ha_window
     if off:
         out.append(f"HA handling is off from step '{off}' until step '{on or '(never turned back on!)'}'.")
