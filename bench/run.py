@@ -850,9 +850,9 @@ def evaluate(r: dict) -> tuple[list[dict], dict]:
         ratios["fixed: bmupgrade 1-step / ssh-CM incl. open"] = fixed
         targets.append(_target("fixed cost ≤ 1.3× ssh ControlMaster incl. opening", fixed, 1.3, "%.2f×"))
     rt = r.get("rtt")
-    if rt:
-        targets.append(_target("1-step run ≤ 10 serial round trips", rt["bm"]["serial_round_trips"]["median"],
-                               10, "%.1f"))
+    if rt:  # turns on one connection wait for each other: a lower bound the timing noise cannot hide
+        serial = max(rt["bm"]["serial_round_trips"]["median"], rt["bm"]["turns_per_node"]["median"])
+        targets.append(_target("1-step run ≤ 10 serial round trips (max of timed, turns/node)", serial, 10, "%.1f"))
     su = r.get("startup", {})
     for name, limit in (("bmupgrade --help", 0.12), ("bmupgrade plan (bundled runbook)", 0.2),
                         ("bmupgrade validate (bundled runbook)", 0.2)):
@@ -889,7 +889,19 @@ def parse_args():
     ap.add_argument("--only", default="", help="comma list of sections: steps,rtt,startup,stream,ha")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     ap.add_argument("--output", default=str(RESULTS), help="results JSON (default bench/results.json)")
+    ap.add_argument("--render", metavar="RESULTS", help="measure nothing: judge and print a saved results file "
+                    "again (rewrites its targets and table)")
     return ap.parse_args()
+
+
+def render_saved(path: str) -> int:
+    r = json.loads(Path(path).read_text())
+    r["targets"], r["ratios"] = evaluate(r)
+    r["table"] = print_table(build_table(r))
+    r.setdefault("rendered_again", []).append(dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    Path(path).write_text(json.dumps(r, indent=1) + "\n")
+    print(r["table"])
+    return 0
 
 
 def run_sections(a, lab: Lab, work: Path, r: dict) -> None:
@@ -919,6 +931,8 @@ def run_sections(a, lab: Lab, work: Path, r: dict) -> None:
 
 def main() -> int:
     a = parse_args()
+    if a.render:
+        return render_saved(a.render)
     reps = a.reps or (1 if a.quick else 5)
     only = set(filter(None, a.only.split(","))) or {"steps", "rtt", "startup", "stream", "ha"}
     if not BMUPGRADE.exists():
