@@ -780,7 +780,7 @@ def build_table(r: dict) -> list[tuple]:
             rows.append((sec, name + ": turns per node", str(d["turns_per_node"]["n"]),
                          "%.0f" % d["turns_per_node"]["median"], "%.0f–%.0f" % (
                              d["turns_per_node"]["min"], d["turns_per_node"]["max"]), "",
-                         "counted at the proxy"))
+                         "counted at the proxy (incl. exchanges not waited for)"))
     for name, st in r.get("startup", {}).items():
         add("4 start-up", name, st, note="warm bytecode cache" + (
             "; CPU %.3f s (%.3f–%.3f)" % (st["cpu"]["median"], st["cpu"]["min"], st["cpu"]["max"]) if "cpu" in st else ""))
@@ -804,6 +804,8 @@ def build_table(r: dict) -> list[tuple]:
     judged = not r["config"]["quick"]
     for t in r.get("targets", []):
         verdict = ("MET" if t["met"] else "MISSED") if judged else "not judged (--quick)"
+        if judged and t["met"] is None:
+            verdict = "not judged: " + t["why"]
         rows.append(("targets", t["name"], "", t["value"], t["limit"], "", verdict))
     return rows
 
@@ -850,9 +852,12 @@ def evaluate(r: dict) -> tuple[list[dict], dict]:
         ratios["fixed: bmupgrade 1-step / ssh-CM incl. open"] = fixed
         targets.append(_target("fixed cost ≤ 1.3× ssh ControlMaster incl. opening", fixed, 1.3, "%.2f×"))
     rt = r.get("rtt")
-    if rt:  # turns on one connection wait for each other: a lower bound the timing noise cannot hide
-        serial = max(rt["bm"]["serial_round_trips"]["median"], rt["bm"]["turns_per_node"]["median"])
-        targets.append(_target("1-step run ≤ 10 serial round trips (max of timed, turns/node)", serial, 10, "%.1f"))
+    if rt:  # judged on time; the proxy's turn count also counts exchanges nobody waits for (banners)
+        st = rt["bm"]["serial_round_trips"]
+        t = _target("1-step run ≤ 10 serial round trips (timed, %g ms RTT)" % rt["rtt_ms"], st["median"], 10, "%.1f")
+        if st["max"] - st["min"] > st["median"]:
+            t["met"], t["why"] = None, "too noisy (%.1f–%.1f): run with a larger --rtt" % (st["min"], st["max"])
+        targets.append(t)
     su = r.get("startup", {})
     for name, limit in (("bmupgrade --help", 0.12), ("bmupgrade plan (bundled runbook)", 0.2),
                         ("bmupgrade validate (bundled runbook)", 0.2)):
