@@ -736,78 +736,93 @@ def _ms(x: float) -> str:
     return "%.1f ms" % (x * 1000)
 
 
-def build_table(r: dict) -> list[tuple]:
-    rows: list[tuple] = []
+class Rows(list):
+    """Table rows: (section, measurement, reps, median, min–max, ms/step, note)."""
 
-    def add(section, what, st, unit="s", per="", note=""):
+    def add(self, section, what, st, unit="s", per="", note=""):
         med, rng = fmt_s(st, unit)
-        rows.append((section, what, str(st["n"]) if st else "-", med, rng, per, note))
+        self.append((section, what, str(st["n"]) if st else "-", med, rng, per, note))
 
+
+def _rows_steps(r: dict, rows: Rows) -> None:
     ps = r.get("steps")
-    if ps:
-        sec, bm, fn = "1 per step (parallel)", ps["bmupgrade"], ps["floor_n"]
-        for key, d in bm.items():
-            if key.startswith("n"):
-                add(sec, "bmupgrade %d steps, total" % d["n"], d["total"])
-                add(sec, "bmupgrade marginal/step @%d" % d["n"], d["marginal_per_step"], "ms",
-                    per="%.2f" % (d["marginal_per_step"]["median"] * 1000), note="(tN-t1)/(N-1)")
-        if bm.get("skipped"):
-            rows.append((sec, "bmupgrade marginal/step @5000", "", "skipped", "", "", bm["skipped"]))
-        for name, key, note in (("ssh ControlMaster", "ssh_controlmaster", "masters open, 1 ssh process/command"),
-                                ("Paramiko + TCP_NODELAY", "paramiko", "floor: 1 channel/command"),
-                                ("Fabric + TCP_NODELAY", "fabric", "Connection.run")):
-            d = ps[key]
-            add(sec, "%s: %d steps, loop" % (name, fn), d["loop"], per="%.2f" % (d["per_step"]["median"] * 1000),
-                note=note)
-        for name, v in r.get("ratios", {}).items():
-            rows.append((sec, name, "", "%.2f×" % v, "", "", "ratio of medians"))
-        add("2 fixed cost", "bmupgrade 1-step run", bm["fixed_1_step"], note="process start to exit")
-        add("2 fixed cost", "ssh ControlMaster incl. opening masters", ps["ssh_controlmaster"]["fixed_incl_open"],
-            note="both masters in parallel, each runs `true`")
-        add("2 fixed cost", "Paramiko + TCP_NODELAY connect (2 nodes)", ps["paramiko"]["connect"],
-            note="in-process, parallel")
+    if not ps:
+        return
+    sec, bm, fn = "1 per step (parallel)", ps["bmupgrade"], ps["floor_n"]
+    for key, d in bm.items():
+        if key.startswith("n"):
+            rows.add(sec, "bmupgrade %d steps, total" % d["n"], d["total"])
+            rows.add(sec, "bmupgrade marginal/step @%d" % d["n"], d["marginal_per_step"], "ms",
+                     per="%.2f" % (d["marginal_per_step"]["median"] * 1000), note="(tN-t1)/(N-1)")
+    if bm.get("skipped"):
+        rows.append((sec, "bmupgrade marginal/step @5000", "", "skipped", "", "", bm["skipped"]))
+    for name, key, note in (("ssh ControlMaster", "ssh_controlmaster", "masters open, 1 ssh process/command"),
+                            ("Paramiko + TCP_NODELAY", "paramiko", "floor: 1 channel/command"),
+                            ("Fabric + TCP_NODELAY", "fabric", "Connection.run")):
+        d = ps[key]
+        rows.add(sec, "%s: %d steps, loop" % (name, fn), d["loop"], per="%.2f" % (d["per_step"]["median"] * 1000),
+                 note=note)
+    for name, v in r.get("ratios", {}).items():
+        rows.append((sec, name, "", "%.2f×" % v, "", "", "ratio of medians"))
+    rows.add("2 fixed cost", "bmupgrade 1-step run", bm["fixed_1_step"], note="process start to exit")
+    rows.add("2 fixed cost", "ssh ControlMaster incl. opening masters", ps["ssh_controlmaster"]["fixed_incl_open"],
+             note="both masters in parallel, each runs `true`")
+    rows.add("2 fixed cost", "Paramiko + TCP_NODELAY connect (2 nodes)", ps["paramiko"]["connect"],
+             note="in-process, parallel")
+
+
+def _rows_rtt(r: dict, rows: Rows) -> None:
     rt = r.get("rtt")
-    if rt:
-        sec = "3 round trips (%g ms)" % rt["rtt_ms"]
-        for tool, name in (("bm", "bmupgrade 1-step run"), ("cm", "ssh ControlMaster incl. open")):
-            d = rt[tool]
-            add(sec, name + ": direct", d["direct"])
-            add(sec, name + ": via proxy", d["proxy"])
-            rows.append((sec, name + ": serial round trips", str(d["serial_round_trips"]["n"]),
-                         "%.1f" % d["serial_round_trips"]["median"], "%.1f–%.1f" % (
-                             d["serial_round_trips"]["min"], d["serial_round_trips"]["max"]), "",
-                         "(t_proxy - t_direct) / RTT"))
-            rows.append((sec, name + ": turns per node", str(d["turns_per_node"]["n"]),
-                         "%.0f" % d["turns_per_node"]["median"], "%.0f–%.0f" % (
-                             d["turns_per_node"]["min"], d["turns_per_node"]["max"]), "",
-                         "counted at the proxy (incl. exchanges not waited for)"))
-    for name, st in r.get("startup", {}).items():
-        add("4 start-up", name, st, note="warm bytecode cache" + (
-            "; CPU %.3f s (%.3f–%.3f)" % (st["cpu"]["median"], st["cpu"]["min"], st["cpu"]["max"]) if "cpu" in st else ""))
-    for name, d in r.get("streaming", {}).items():
-        add("5 streaming", name + ": peak RSS", d["peak_rss_mb"], "MB", note="stdout -> /dev/null")
-        add("5 streaming", name + ": wall", d["wall"], note="%.1f MB/s" % d["throughput_mb_s"])
+    if not rt:
+        return
+    sec = "3 round trips (%g ms)" % rt["rtt_ms"]
+    for tool, name in (("bm", "bmupgrade 1-step run"), ("cm", "ssh ControlMaster incl. open")):
+        d = rt[tool]
+        rows.add(sec, name + ": direct", d["direct"])
+        rows.add(sec, name + ": via proxy", d["proxy"])
+        srt, turns = d["serial_round_trips"], d["turns_per_node"]
+        rows.append((sec, name + ": serial round trips", str(srt["n"]), "%.1f" % srt["median"],
+                     "%.1f–%.1f" % (srt["min"], srt["max"]), "", "(t_proxy - t_direct) / RTT"))
+        rows.append((sec, name + ": turns per node", str(turns["n"]), "%.0f" % turns["median"],
+                     "%.0f–%.0f" % (turns["min"], turns["max"]), "",
+                     "counted at the proxy (incl. exchanges not waited for)"))
+
+
+def _rows_ha(r: dict, rows: Rows) -> None:
     for name, d in r.get("ha", {}).items():
         if name.startswith("_"):
             rows.append(("6 HA-off window", "lab stand-in start-up (per call)", "", _ms(d["standin_extra"]), "", "",
                          "info: ssh-CM `ip ...` - `true`"))
             continue
-        add("6 HA-off window", name + ": window", d["window"], note="journal ha.on_t - ha.off_t")
+        rows.add("6 HA-off window", name + ": window", d["window"], note="journal ha.on_t - ha.off_t")
         base = "installs_sum" if "sequential" in name else "slowest_install"
-        add("6 HA-off window", name + ": " + ("sum of installs" if base == "installs_sum" else "slowest install"),
-            d[base], note="lab ledger, apt-get install")
+        rows.add("6 HA-off window", name + ": " + ("sum of installs" if base == "installs_sum" else "slowest install"),
+                 d[base], note="lab ledger, apt-get install")
         sp = d["overhead_split"]
-        add("6 HA-off window", name + ": overhead", d["overhead_over_installs"], "ms",
-            note="%d serial stand-in calls ≈ %.0f ms, rest %.0f ms" % (
-                statistics.median(d["serial_standin_calls_in_window"]), sp["lab_standin_startup_s"] * 1000,
-                sp["rest_s (bmupgrade + ssh + shell)"] * 1000))
+        rows.add("6 HA-off window", name + ": overhead", d["overhead_over_installs"], "ms",
+                 note="%d serial stand-in calls ≈ %.0f ms, rest %.0f ms" % (
+                     statistics.median(d["serial_standin_calls_in_window"]), sp["lab_standin_startup_s"] * 1000,
+                     sp["rest_s (bmupgrade + ssh + shell)"] * 1000))
+
+
+def build_table(r: dict) -> list[tuple]:
+    rows = Rows()
+    _rows_steps(r, rows)
+    _rows_rtt(r, rows)
+    for name, st in r.get("startup", {}).items():
+        rows.add("4 start-up", name, st, note="warm bytecode cache" + (
+            "; CPU %.3f s (%.3f–%.3f)" % (st["cpu"]["median"], st["cpu"]["min"], st["cpu"]["max"]) if "cpu" in st else ""))
+    for name, d in r.get("streaming", {}).items():
+        rows.add("5 streaming", name + ": peak RSS", d["peak_rss_mb"], "MB", note="stdout -> /dev/null")
+        rows.add("5 streaming", name + ": wall", d["wall"], note="%.1f MB/s" % d["throughput_mb_s"])
+    _rows_ha(r, rows)
     judged = not r["config"]["quick"]
     for t in r.get("targets", []):
         verdict = ("MET" if t["met"] else "MISSED") if judged else "not judged (--quick)"
         if judged and t["met"] is None:
             verdict = "not judged: " + t["why"]
         rows.append(("targets", t["name"], "", t["value"], t["limit"], "", verdict))
-    return rows
+    return list(rows)
 
 
 def print_table(rows: list[tuple]) -> str:
