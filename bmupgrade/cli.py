@@ -377,6 +377,27 @@ def _refuse_unknown_steps(rb, *, acks=(), rerun=(), assume_done=(), from_step=No
         raise UsageError("\n".join(problems + ["Nothing was changed."]))
 
 
+def _refuse_unused_answers(rb, journal, *, rerun=(), assume_done=()) -> None:
+    """--rerun and --assume-done answer for steps left skipped, failed or with an unknown outcome;
+    naming a step the resume would not ask about would be silently ignored: refuse it, saying why."""
+    problems = []
+    for name in sorted(_split(list(rerun))):
+        if not journal.nodes_in(name, "skipped", "failed", "started", "unknown") and \
+                journal.step(name).get("state") != "skipped":
+            problems.append(f"--rerun {name}: step '{name}' is {journal.step(name).get('state', 'pending')} in this "
+                            "run; --rerun sends again a step left skipped, failed or with an unknown outcome")
+    for name in sorted(_split(list(assume_done))):
+        step = rb.step(name)
+        unknown = journal.nodes_in(name, "started", "unknown")
+        why = ("its outcome is not unknown" if not unknown else "resume runs its verify command and decides"
+               if step.verify else "it is idempotent: resume sends it again" if step.idempotent else "")
+        if why:
+            problems.append(f"--assume-done {name}: step '{name}' is {journal.step(name).get('state', 'pending')} "
+                            f"and {why}; --assume-done only records as done a step whose outcome nobody can tell")
+    if problems:
+        raise UsageError("\n".join(problems + ["Nothing was changed."]))
+
+
 def _finish(summary, reporter) -> None:
     if _hint_context is not None:
         from bmupgrade.hints import qualify_summary
@@ -451,7 +472,7 @@ def check(
     from bmupgrade.ui.report import ConsoleReporter, NullReporter
 
     reporter = NullReporter() if fmt is StatusFormat.json else ConsoleReporter()
-    session = runner.Session(Path("."), reporter, PolicyPrompter(), runner.ssh_transport_factory(), RunOptions())
+    session = runner.Session(Path("."), reporter, PolicyPrompter(), _transport_factory(), RunOptions())
     summary, results = runner.check(runbook, session, inventory=inventory, overrides=parse_extra_vars(extra))
     if fmt is StatusFormat.json:
         typer.echo(json.dumps({"ready": summary.exit_code == 0, "exit": summary.exit_code,
@@ -490,8 +511,9 @@ def resume(
     if ack or rerun or assume_done:
         from bmupgrade.runner import load_for_resume
 
-        rb, _ = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
+        rb, found = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
         _refuse_unknown_steps(rb, acks=ack, rerun=rerun, assume_done=assume_done)
+        _refuse_unused_answers(rb, found, rerun=rerun, assume_done=assume_done)
     _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 

@@ -7,7 +7,6 @@ This is the library entry point the CLI calls for `run`, `resume`, `rollback` an
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -263,33 +262,10 @@ def check(runbook_path: Path, session: Session, *, inventory: Path | None = None
 
 
 def ssh_transport_factory(*, insecure: bool = False) -> Callable[[Runbook], Any]:
-    """The real transport; sudo password from BMUPGRADE_SUDO_PASSWORD or asked once, hidden."""
+    """The real transport (sudo handled by bmupgrade.credentials; secrets masked in all output)."""
+    from bmupgrade.credentials import transport_factory
 
-    def password() -> str | None:
-        env = os.environ.get("BMUPGRADE_SUDO_PASSWORD")
-        if env is not None:
-            return env
-        import sys
-
-        if not sys.stdin.isatty():
-            return None
-        import getpass
-
-        return getpass.getpass("sudo password for the nodes (not stored): ")
-
-    def make(rb: Runbook):
-        from bmupgrade.transport.ssh import SshTransport
-
-        kwargs: dict[str, Any] = {}
-        if any(n.sudo for n in rb.cluster.nodes):
-            # asked now, once, before the live display starts — never in the middle of a step
-            secret = password()
-            kwargs["password_provider"] = lambda: secret
-        if insecure:
-            kwargs["insecure_accept_unknown"] = True
-        return SshTransport(**kwargs)
-
-    return make
+    return transport_factory(insecure=insecure)
 
 
 __all__ = ["Session", "start_run", "resume_run", "rollback", "EXIT_OK"]

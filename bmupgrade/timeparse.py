@@ -52,5 +52,7 @@ def parse_deadline(text: str, *, now: dt.datetime | None = None, zone: dt.tzinfo
 
 
 def show_local(epoch: float, zone: dt.tzinfo | None = None) -> str:
-    """A deadline as people read it: 2026-03-29 04:00 CEST."""
-    return dt.datetime.fromtimestamp(epoch, zone or local_zone()).strftime("%Y-%m-%d %H:%M %Z").strip()
+    """A deadline as people read it: 2026-03-29 04:00 CEST (seconds too when not :00, e.g. +150s:
+    "2m27s left before 14:12" read at 14:10:12 would be wrong by 39 s)."""
+    when = dt.datetime.fromtimestamp(epoch, zone or local_zone())
+    return when.strftime("%Y-%m-%d %H:%M" + (":%S" if when.second else "") + " %Z").strip()

@@ -14,6 +14,17 @@ CHANGE_COMMANDS = ("bm-cli setup upgrade", "crm_attribute --update", "apt-get in
                    "rsync", "systemctl stop", "systemctl start")
 
 
+def is_change(line: str) -> bool:
+    """A ledger line (argv joined) that changes a node: `crm_attribute ... --update` has options
+    between its words, so words are matched in order, not as one substring."""
+    words = line.split()
+    for c in CHANGE_COMMANDS:
+        want = c.split()
+        if words and words[0] == want[0] and all(w in words[1:] for w in want[1:]):
+            return True
+    return False
+
+
 def bmupgrade(*args: str, state: Path, env: dict | None = None, timeout: float = 120,
               check_rc: int | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a real process (no TTY, like a scheduler)."""
@@ -24,6 +35,43 @@ def bmupgrade(*args: str, state: Path, env: dict | None = None, timeout: float =
     if check_rc is not None:
         assert r.returncode == check_rc, f"exit {r.returncode}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
     return r
+
+
+def run_printed(command: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a `bmupgrade ...` command exactly as the CLI printed it (no --state-dir added)."""
+    import shlex
+
+    argv = shlex.split(command)
+    assert argv[0] == "bmupgrade", command
+    e = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    e.pop("BMUPGRADE_CRASH_AT", None)
+    return subprocess.run([sys.executable, "-m", "bmupgrade", *argv[1:]], capture_output=True, text=True,
+                          timeout=timeout, env=e, stdin=subprocess.DEVNULL)
+
+
+def one_line(text: str) -> str:
+    """Output as one line: the per-line timestamps of no-TTY output dropped, whitespace folded
+    (a message may wrap, or continue on the next timestamped line)."""
+    import re
+
+    return " ".join(re.sub(r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* ", "", text).split())
+
+
+def printed_commands(output: str, verb: str = "") -> list[str]:
+    """Every `bmupgrade ...` command shown between backquotes or after 'Next:' / 'Restore it with:'."""
+    import re
+
+    flat = " ".join(output.split())
+    found = re.findall(r"`(bmupgrade [^`]*)`", flat)
+    found += [m.strip() for m in re.findall(r"(?:Next:|Restore it with:) (bmupgrade \S+ \S+(?: --state-dir \S+)?)", flat)]
+    return [c for c in dict.fromkeys(found) if c.startswith("bmupgrade " + verb)]
+
+
+def find_hint(output: str, verb: str, *parts: str) -> str:
+    """The one printed `bmupgrade VERB ...` command containing every part (flags in any order)."""
+    found = [c for c in printed_commands(output, verb) if all(p in c for p in parts)]
+    assert len(found) == 1, f"{verb} {parts}: {found} in {printed_commands(output)}"
+    return found[0]
 
 
 def run_upgrade(lab, state: Path, *extra: str, runbook: str = PACEMAKER, **kw) -> subprocess.CompletedProcess:

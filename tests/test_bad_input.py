@@ -110,5 +110,11 @@ def test_resume_with_an_unknown_rerun_or_assume_done_is_exit_2(lab, tmp_path):
         r = bmupgrade("resume", run_id, "--yes", flag, "pakcages", state=state)
         assert r.returncode == 2, r.stderr
         assert f"{flag} pakcages: no step of this runbook has this id; did you mean 'packages'?" in r.stderr
+    # a real step, but nothing to decide about: refused, not silently ignored
+    r = bmupgrade("resume", run_id, "--yes", "--rerun", "ha-off", "--assume-done", "packages,refresh", state=state)
+    assert r.returncode == 2, r.stderr
+    assert "--rerun ha-off: step 'ha-off' is done in this run" in r.stderr
+    assert "--assume-done packages: step 'packages' is started and resume runs its verify command" in r.stderr
+    assert "--assume-done refresh: step 'refresh' is done and its outcome is not unknown" in r.stderr
     assert len(lab.node("bm1").calls()) == calls  # nothing was sent: not even a preflight
     assert journal(state, run_id)["steps"]["packages"]["state"] == "started"

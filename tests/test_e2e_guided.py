@@ -4,6 +4,7 @@ failure policies, rollback, deadline, Ctrl-C, answers files and the HA-off debt.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 from bmupgrade.prompts import ASSUME_DONE, ROLLBACK, SKIP
 from bmupgrade.ui.report import ConsoleReporter
 from bmupgrade.runner import Session, ssh_transport_factory, start_run
-from tests.e2e import PACEMAKER, ROOT, bmupgrade, count, journal, ledger, run_upgrade, version
+from tests.e2e import (PACEMAKER, ROOT, bmupgrade, count, find_hint, journal, ledger, one_line, run_printed,
+                       run_upgrade, version)
 
 pytestmark = pytest.mark.lab
 DOWN, ENTER = "\x1b[B", "\r"
@@ -73,11 +75,17 @@ def test_terminal_abort_then_resume(lab, tmp_path):
     p.expect("HA handling is OFF")
     p.expect(pexpect.EOF)
     p.close()
-    assert p.exitstatus == 1
+    assert p.exitstatus == 5  # stopped with HA handling left off (maintenance mode on)
     j = journal(tmp_path / "s")
     assert j["status"] == "aborted" and j["steps"]["packages"]["nodes"]["bm2"]["state"] == "failed"
-    bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
+    assert j["ha"]["state"] == "off" and lab.cluster_state()["properties"]["maintenance-mode"] == "true"
+    term = screen(tmp_path)
+    assert f"Restore it with: bmupgrade resume {j['run_id']} --state-dir {tmp_path / 's'}" in term
+    r = bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
+    assert "same-version: skipped (step 'packages' has run" in one_line(r.stdout)
     assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
+    assert len(lab.node("bm1").calls(PKG_FAULT)) == 1 and len(lab.node("bm2").calls(PKG_FAULT)) == 2
+    assert journal(tmp_path / "s")["ha"]["state"] == "on"
 
 
 def test_terminal_confirm_no_stops_before_the_change(lab, tmp_path):
@@ -95,17 +103,25 @@ def test_terminal_confirm_no_stops_before_the_change(lab, tmp_path):
     assert journal(tmp_path / "s")["steps"]["ha-off"]["state"] == "pending"
 
 
+def screen(tmp_path) -> str:
+    """What the terminal showed, without escape sequences, whitespace folded (lines wrap)."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r", "", (tmp_path / "terminal.log").read_text())
+    return " ".join(text.split())
+
+
 class Scripted:
     """An injected prompter: answers from a script, records the questions."""
 
     interactive = True
     step_mode = False
 
-    def __init__(self, failure=(), confirm=None, unknown=ASSUME_DONE, rollback=True):
+    def __init__(self, failure=(), confirm=None, unknown=ASSUME_DONE, rollback=True, interrupt="abort", typed=None):
         self.failure = list(failure)
         self.confirm = confirm or {}
         self.unknown = unknown
         self.rollback = rollback
+        self.interrupt = interrupt
+        self.typed = typed
         self.asked: list[tuple] = []
 
     def ack_manual(self, step_id, title, text):
@@ -124,9 +140,25 @@ class Scripted:
         self.asked.append(("unknown", step_id, tuple(nodes)))
         return self.unknown
 
-    def confirm_rollback(self, undo, cannot):
-        self.asked.append(("rollback", tuple(undo), tuple(cannot)))
+    def confirm_rollback(self, undo, cannot, *, default=True):
+        self.asked.append(("rollback", tuple(undo), tuple(cannot), default))
         return self.rollback
+
+    def on_interrupt(self, step_id, title, completed, undo):
+        self.asked.append(("interrupt", step_id, completed))
+        return self.interrupt
+
+    def still_running(self, step_id, title, text):
+        self.asked.append(("still-running", step_id, text))
+        return "abort"
+
+    def confirm_typed(self, message, expected):
+        self.asked.append(("typed", expected))
+        return self.typed == expected
+
+    def confirm_no_fencing(self, step_id, title, why):
+        self.asked.append(("no-fencing", step_id, why))
+        return False
 
 
 def in_process(lab, tmp_path, prompter, **kw):
@@ -147,18 +179,31 @@ def test_scripted_skip(lab, tmp_path):
     assert "versions-at-target" in s.message
 
 
-def test_scripted_rollback_lists_what_cannot_be_undone(lab, tmp_path):
+def test_scripted_rollback_after_a_failed_post_install_keeps_the_packages(lab, tmp_path):
+    """post-install is the point of no return, also when it failed (it may have migrated part of
+    the data): Rollback from the failure menu only turns HA back on; the packages are not
+    downgraded and the plan says the back-out is a restore from the backup."""
     lab.fault("fail", node="bm2", command="bm-cli setup", exit_code=1)  # bm2 never runs it: no effect
     lab.fault("fail", node="bm1", command="bm-cli setup", exit_code=1)
     pr = Scripted(failure=[ROLLBACK])
     s = in_process(lab, tmp_path, pr)
-    undo, cannot = next(a for a in pr.asked if a[0] == "rollback")[1:]
-    assert [u.split(" on ")[0] for u in undo] == ["packages", "ha-off"]
-    assert [c.split(" ")[0] for c in cannot] == ["post-install"]  # refresh/prefetch/passive-stopped: rollback: []
+    undo, cannot, default = next(a for a in pr.asked if a[0] == "rollback")[1:]
+    assert default is True  # the run failed: rolling back is the expected answer
+    assert undo == ("ha-off on bm1: crm_attribute --type crm_config --name maintenance-mode --update false",)
+    assert len(cannot) == 1 and cannot[0].startswith("everything up to and including 'post-install'")
+    assert "but turning HA back on: it is the point of no return" in cannot[0]
+    assert "restore from the backup, not a downgrade" in cannot[0]
     assert s.exit_code == 1 and s.status == "rolled-back"
-    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.2"
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"  # not downgraded under migrated data
+    assert not [l for n in ("bm1", "bm2") for l in ledger(lab, n) if "--allow-downgrades" in l]
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1 and not count(lab, "bm2", "bm-cli setup upgrade")
     assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
-    assert s.cannot_undo and not s.ha_off_open
+    assert len(s.cannot_undo) == 1 and "point of no return" in s.cannot_undo[0] and not s.ha_off_open
+    j = journal(tmp_path / "state")
+    assert j["ha"]["state"] == "on" and j["direction"] == "rollback"
+    assert j["steps"]["ha-off"]["state"] == "rolled-back" and j["steps"]["packages"]["state"] == "done"
+    assert j["steps"]["post-install"]["state"] == "failed"
+    assert not (lab.node("bm1").state_dir / "ha-off").exists()
 
 
 def test_unattended_rollback_policy(lab, tmp_path):
@@ -176,20 +221,24 @@ def test_unattended_rollback_policy(lab, tmp_path):
 def test_unattended_abort_leaves_ha_debt_visible(lab, tmp_path):
     lab.fault("fail", node="bm2", command=PKG_FAULT, exit_code=100)
     r = run_upgrade(lab, tmp_path / "s")
-    assert r.returncode == 1
+    assert r.returncode == 5, r.stdout + r.stderr  # failed with HA handling left off
     assert "HA handling is OFF" in r.stdout and "maintenance-mode --update false" in r.stdout
     run_id = journal(tmp_path / "s")["run_id"]
+    assert f"Restore it with: bmupgrade resume {run_id} --state-dir {tmp_path / 's'}" in one_line(r.stdout)
     st = bmupgrade("status", state=tmp_path / "s", check_rc=0)
     assert "HA handling OFF" in st.stdout
     # a colleague without the journal asks the nodes
-    st = bmupgrade("status", "--cluster", PACEMAKER, "-i", str(lab.inventory_path), state=tmp_path / "x", check_rc=0)
+    st = bmupgrade("status", "--cluster", PACEMAKER, "-i", str(lab.inventory_path), state=tmp_path / "x",
+                   check_rc=5)  # exit 5: HA is off on the nodes
     assert "HA handling OFF" in st.stdout and run_id in st.stdout and "--update false" in st.stdout
     # a colleague on another machine: their preflight sees the marker on the nodes
     lab.clear_faults()
     other = run_upgrade(lab, tmp_path / "colleague")
     assert other.returncode == 3 and f"turned off by run {run_id}" in other.stdout
+    assert not [l for l in ledger(lab, "bm1") + ledger(lab, "bm2") if "bm-cli" in l]  # refused before anything
     assert bmupgrade("resume", "--yes", state=tmp_path / "s").returncode == 0
-    assert version(lab, "bm2") == "4.9.3"
+    assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
+    assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
 
 
 def _fast_runbook(tmp_path, packages_timeout="60s"):
@@ -204,18 +253,30 @@ def _fast_runbook(tmp_path, packages_timeout="60s"):
 
 @pytest.mark.parametrize("policy", ["stop", "rollback"])
 def test_deadline_stops_before_a_step_that_cannot_fit(lab, tmp_path, policy):
+    """The steps before HA goes off fit (refresh: 45 s worst case), but the HA-off window
+    ('ha-off' … 'ha-on', 2m40s worst case from the timeouts) does not fit in 150 s: the run
+    stops before turning HA off (exit 4), with HA on and nothing half-done, whatever the policy."""
     lab.fault("slow-apt", install=2)
-    r = run_upgrade(lab, tmp_path / "s", "--deadline", "+30s", "--on-deadline", policy,
+    r = run_upgrade(lab, tmp_path / "s", "--deadline", "+150s", "--on-deadline", policy,
                     runbook=_fast_runbook(tmp_path))
     assert r.returncode == 4, r.stdout + r.stderr
-    assert "step 'packages' may take 1m" in r.stdout
-    assert not lab.node("bm1").calls(PKG_FAULT) and not lab.node("bm2").calls(PKG_FAULT)  # nothing half-done
-    assert journal(tmp_path / "s")["steps"]["packages"]["state"] == "pending"
-    maint = lab.cluster_state()["properties"].get("maintenance-mode")
-    if policy == "rollback":
-        assert maint == "false" and "HA handling is OFF" not in r.stdout
-    else:
-        assert maint == "true" and "HA handling is OFF" in r.stdout
+    out = one_line(r.stdout)
+    assert "Deadline: the HA-off window ('ha-off' … 'ha-on') may take 2m40s (worst case from the timeouts)" in out
+    assert "stopped before it with HA on, nothing half-done." in out
+    assert ("Nothing to roll back." in out) == (policy == "rollback")  # refresh/prefetch: nothing to undo
+    assert "HA handling is OFF" not in out and "HA handling is still OFF" not in out
+    for n in ("bm1", "bm2"):
+        assert lab.node(n).calls("apt-get install --download-only")  # the steps before the window ran
+        assert not lab.node(n).calls(PKG_FAULT) and not lab.node(n).calls("crm_attribute --update")
+        assert list(lab.node(n).state_dir.iterdir()) == []  # no HA-off marker, lock released
+    assert "maintenance-mode" not in lab.cluster_state()["properties"]
+    j = journal(tmp_path / "s")
+    assert j["status"] == "deadline" and j["ha"]["off_since"] is None and j.get("direction") is None
+    assert [s for s, e in j["steps"].items() if e["state"] == "done"] == ["backup", "prepare", "refresh", "prefetch"]
+    assert j["steps"]["ha-off"]["state"] == "pending" and j["steps"]["packages"]["state"] == "pending"
+    if policy == "stop":  # HA was never off: a resume without a deadline completes the upgrade
+        bmupgrade("resume", "--yes", state=tmp_path / "s", check_rc=0)
+        assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
 
 
 def _popen_run(lab, state, runbook=PACEMAKER):
@@ -226,9 +287,12 @@ def _popen_run(lab, state, runbook=PACEMAKER):
 
 
 def _wait_started(lab, node, command, timeout=30):
+    """Until `command` (a lab stand-in: bin/COMMAND ...) runs in THIS lab (the machine is shared:
+    other labs run the same stand-ins)."""
+    needle = f"{lab.dir}/bin/{command}"
     t = time.time() + timeout
     while time.time() < t:
-        hits = [p for p in _procs() if command in p]
+        hits = [p for p in _procs() if needle in p]
         if hits:
             return
         time.sleep(0.05)
@@ -252,39 +316,80 @@ def test_ctrl_c_once_finishes_the_command_then_stops(lab, tmp_path):
     _wait_started(lab, "bm1", "bm-cli setup")
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
-    assert p.returncode == 130, out
-    assert "waiting for the running command to finish" in out
+    assert p.returncode == 130, out  # interrupted (130 wins over 5: HA is off, and said so)
+    flat = one_line(out)
+    assert "Ctrl-C: the running command is let finish, then the run stops at a safe point" in flat
+    assert "Stopped by Ctrl-C at a safe point (after 'post-install')" in flat
+    assert "HA handling is still OFF" in flat and "Restore it with: bmupgrade resume" in flat
     j = journal(tmp_path / "s")
     assert j["steps"]["post-install"]["state"] == "done"  # it finished, and it is recorded
+    assert j["steps"]["post-install"]["nodes"]["bm1"]["exit_code"] == 0
     assert j["steps"]["config-sync"]["state"] == "pending" and j["status"] == "interrupted"
+    assert j["ha"]["state"] == "off" and not lab.node("bm1").calls("rsync")
+    for n in ("bm1", "bm2"):  # the cluster lock is released; the HA-off marker stays until HA is back on
+        assert sorted(f.name for f in lab.node(n).state_dir.iterdir()) == ["ha-off"]
     assert bmupgrade("resume", "--yes", state=tmp_path / "s").returncode == 0
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
 
 
-def test_ctrl_c_twice_exits_at_once_with_step_started(lab, tmp_path):
-    lab.fault("hang", node="bm1", command="bm-cli setup", seconds=8)
-    p = _popen_run(lab, tmp_path / "s")
+def test_ctrl_c_twice_exits_at_once_with_step_unknown(lab, tmp_path):
+    """Second Ctrl-C: the CLI exits at once (130) while bm-cli still runs on bm1; the step is
+    `unknown` and the cluster lock stays. Resume never decides while it runs, and after it
+    ended never re-sends it blindly: the printed --assume-done command settles it."""
+    lab.fault("hang", node="bm1", command="bm-cli setup", seconds=15)
+    state = tmp_path / "s"
+    p = _popen_run(lab, state)
     _wait_started(lab, "bm1", "bm-cli setup")
-    t0 = time.time()
     p.send_signal(signal.SIGINT)
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=30)
+    out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
-    assert time.time() - t0 < 4  # did not wait for the 8 s command
-    j = journal(tmp_path / "s")
-    assert j["steps"]["post-install"]["nodes"]["bm1"]["state"] == "started"
-    assert "may still be running" in out
-    time.sleep(8.5)  # the remote command ran to its end meanwhile
-    r = bmupgrade("resume", "--yes", state=tmp_path / "s")
-    assert r.returncode == 1 and "outcome is unknown" in r.stdout  # resume asks, never re-runs blindly
-    r = bmupgrade("resume", "--yes", "--assume-done", "post-install", state=tmp_path / "s", check_rc=0)
+    assert _running(lab, "bm-cli setup")  # the CLI did not wait for the command
+    flat = one_line(out)
+    assert "Interrupted while 'post-install' on bm1 ran: it may still be running on the node" in flat
+    assert "The cluster lock stays on the nodes while that command may run" in flat
+    j = journal(state)
+    bm1 = j["steps"]["post-install"]["nodes"]["bm1"]
+    assert bm1["state"] == "unknown" and bm1["outcome"].startswith("interrupted (second Ctrl-C")
+    assert j["status"] == "interrupted" and j["ha"]["state"] == "off"
+    assert (lab.node("bm1").state_dir / "lock").exists() and (lab.node("bm1").state_dir / "ha-off").exists()
+
+    r = bmupgrade("resume", "--yes", state=state)  # at once: bm-cli still runs on bm1
+    assert r.returncode == 5, r.stdout + r.stderr  # stopped, HA still off
+    assert "Step 'post-install': bm1: still running (pid" in one_line(r.stdout)
+    _wait_gone(lab, "bm-cli setup")
+    r = bmupgrade("resume", "--yes", state=state)  # it ended: no verify command, so a person decides
+    assert r.returncode == 5, r.stdout + r.stderr
+    flat = one_line(r.stdout)
+    assert "Step 'post-install' was sent to bm1 and its outcome is unknown" in flat
+    done = find_hint(r.stdout, "resume", j["run_id"], "--yes --assume-done post-install", f"--state-dir {state}")
+    find_hint(r.stdout, "resume", j["run_id"], "--yes --rerun post-install", f"--state-dir {state}")
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1  # never re-sent
+    r = run_printed(done)
+    assert r.returncode == 0, r.stdout + r.stderr  # the hint works as printed
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+    j = journal(state)
+    assert j["status"] == "succeeded" and j["steps"]["post-install"]["nodes"]["bm1"]["state"] == "done"
+    assert j["steps"]["post-install"]["nodes"]["bm1"]["by"]["how"] == "--assume-done flag"
 
 
-def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path):
-    """Through a real pty: Ctrl-C while bm-cli runs -> it finishes and is recorded, then the
-    menu asks what to do (here: Abort); nothing after it was sent."""
+def _running(lab, command) -> bool:
+    return any(f"{lab.dir}/bin/{command}" in p for p in _procs())
+
+
+def _wait_gone(lab, command, timeout=120):
+    t = time.time() + timeout
+    while time.time() < t and _running(lab, command):
+        time.sleep(0.2)
+    assert not _running(lab, command), f"{command} still runs"
+
+
+@pytest.mark.parametrize("choice", ["abort", "continue"])
+def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path, choice):
+    """Through a real pty: Ctrl-C while bm-cli runs -> it finishes and is recorded done, then the
+    menu says the step completed and offers Continue as the default. Abort: exit 130, nothing
+    after it sent; Continue (Enter): the run goes on to the end."""
     lab.fault("hang", node="bm1", command="bm-cli setup", seconds=2)
     p = spawn("run", PACEMAKER, "-i", str(lab.inventory_path), "--state-dir", str(tmp_path / "s"), cwd=tmp_path)
     for prompt in ("Is this done", "Is this done", "Proceed", "Proceed"):  # backup, prepare, ha-off, post-install
@@ -292,17 +397,30 @@ def test_terminal_ctrl_c_once_lets_the_command_finish_then_asks(lab, tmp_path):
         p.send(ENTER)
     _wait_started(lab, "bm1", "bm-cli setup")
     p.sendintr()
-    p.expect("waiting for the running command to finish")
-    p.expect("Interrupted by Ctrl-C")
+    p.expect("the running command is let finish, then the run stops at a safe point")
+    p.expect(r"Interrupted\S* \(the step completed\)")
     p.expect("What now")
-    p.send(DOWN * 3 + ENTER)  # Abort
+    p.expect("Continue the run")
+    if choice == "abort":
+        p.send(DOWN + ENTER)  # Stop here
+    else:
+        p.send(ENTER)  # the default: Continue
+        p.expect("Proceed")  # ha-on's confirmation
+        p.send(ENTER)
     p.expect(pexpect.EOF)
     p.close()
-    assert p.exitstatus == 130  # interrupted, at a safe point, by the operator's choice
     j = journal(tmp_path / "s")
-    assert j["steps"]["post-install"]["state"] == "done" and j["steps"]["config-sync"]["state"] == "pending"
-    assert j["status"] == "interrupted"
-    assert count(lab, "bm1", "bm-cli setup upgrade") == 1 and not lab.node("bm1").calls("rsync")
+    assert j["steps"]["post-install"]["state"] == "done"
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+    if choice == "abort":
+        assert p.exitstatus == 130  # interrupted, at a safe point, by the operator's choice (HA off: said so)
+        assert j["status"] == "interrupted" and j["steps"]["config-sync"]["state"] == "pending"
+        assert not lab.node("bm1").calls("rsync") and j["ha"]["state"] == "off"
+        assert "HA handling is still OFF" in screen(tmp_path)
+    else:
+        assert p.exitstatus == 0
+        assert j["status"] == "succeeded" and j["ha"]["state"] == "on"
+        assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
 
 
 def test_no_tty_without_yes_is_refused(lab, tmp_path):
@@ -323,9 +441,22 @@ def test_unattended_lists_missing_answers_before_anything(lab, tmp_path):
 
 
 def test_rollback_command_after_a_finished_run(lab, tmp_path):
+    """`rollback --yes` of a succeeded run: post-install (the point of no return) was done, so only
+    what follows it could be undone — and that would only turn HA off and on again. Nothing is
+    sent, nothing is downgraded, the run stays `succeeded`, and the output says the back-out is a
+    restore."""
     run_upgrade(lab, tmp_path / "s", check_rc=0)
+    before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
+    j0 = journal(tmp_path / "s")
     r = bmupgrade("rollback", "--yes", state=tmp_path / "s")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.2"
-    assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
-    assert "Cannot be undone automatically" in r.stdout and "post-install" in r.stdout
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = one_line(r.stdout + r.stderr)
+    assert "Nothing to roll back automatically" in out and "point of no return" in out
+    assert "restore from the backup" in out and "Nothing was changed." in out
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"  # no downgrade under migrated data
+    assert {n: len(ledger(lab, n)) for n in ("bm1", "bm2")} == before  # nothing sent
+    assert lab.cluster_state()["properties"].get("maintenance-mode") in (None, "false")
+    j = journal(tmp_path / "s")
+    assert j["status"] == "succeeded" and j["steps"] == j0["steps"] and j["ha"]["state"] == "on"
+    r = bmupgrade("resume", j["run_id"], "--yes", state=tmp_path / "s")
+    assert r.returncode == 2 and "is succeeded: nothing to resume" in r.stderr

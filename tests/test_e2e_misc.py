@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.e2e import PACEMAKER, bmupgrade, journal, run_upgrade
+from tests.e2e import PACEMAKER, bmupgrade, count, journal, one_line, run_upgrade
 
 pytestmark = pytest.mark.lab
 
@@ -23,7 +23,9 @@ def test_resume_shows_what_changed_while_stopped(lab, tmp_path):
     assert "Changed since the run stopped" in r.stdout
     assert "vip_holders: ['bm1'] → ['bm2']" in r.stdout
     j = journal(state)
-    assert j["resumes"][0]["changes"] and j["facts"][0]["at"] == "start"
+    assert j["resumes"][0]["mode"] == "resume" and j["facts"][0]["at"] == "start"
+    assert "vip_holders: ['bm1'] → ['bm2']" in j["changes"][0]["changes"]
+    assert [f["at"] for f in j["facts"]] == ["start", "resume"]  # SIGKILL: no "stop" facts
     # post-install followed the VIP to its new holder
     assert [e for e in lab.node("bm2").calls("bm-cli setup")] and not lab.node("bm1").calls("bm-cli setup")
 
@@ -36,8 +38,15 @@ def test_resume_refuses_a_changed_runbook_unless_forced(lab, tmp_path):
     assert r.returncode == -signal.SIGKILL
     rb.write_text(rb.read_text().replace("timeout: 45m", "timeout: 50m"))
     r = bmupgrade("resume", "--yes", state=state)
-    assert r.returncode == 2 and "changed since run" in r.stderr and "--force" in r.stderr
+    err = one_line(r.stderr)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"would not be the same run: {rb} (or its inventory) changed since the run started" in err
+    assert "add --force" in err and "Nothing was changed" in err
+    assert not lab.node("bm1").calls("apt-get install !--download-only")  # nothing sent
     bmupgrade("resume", "--yes", "--force", state=state, check_rc=0)
+    j = journal(state)
+    assert j["forced"][0]["changes"] == [f"{rb} (or its inventory) changed since the run started"]
+    assert j["status"] == "succeeded" and count(lab, "bm1", "bm-cli setup upgrade") == 1
 
 
 def test_status_and_runs(lab, tmp_path):

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.e2e import KEEPALIVED, PACEMAKER, bmupgrade, count, journal, ledger, run_upgrade, version
+from tests.e2e import (KEEPALIVED, PACEMAKER, bmupgrade, count, is_change, journal, ledger, one_line, run_upgrade,
+                       version)
 
 pytestmark = pytest.mark.lab
 
@@ -79,19 +80,30 @@ def test_vip_moves_mid_run_and_the_reprobe_follows(lab, tmp_path):
 
 @pytest.mark.parametrize("fault", ["split-brain", "no-vip"])
 def test_no_single_vip_holder_stops_before_the_step(lab, tmp_path, fault):
-    # the package step fails on bm2 (abort); meanwhile the VIP breaks; resume must not send anything
+    # the package step fails on bm2 (abort, HA left off: exit 5); meanwhile the VIP breaks;
+    # resume re-runs the preflight, which refuses: nothing is sent, HA is still off (exit 5)
     lab.fault("fail", node="bm2", command="apt-get install !--download-only", exit_code=100, times=1)
     state = tmp_path / "state"
     first = run_upgrade(lab, state)
-    assert first.returncode == 1
+    assert first.returncode == 5, first.stdout + first.stderr
     lab.fault(fault)
     before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
     r = bmupgrade("resume", "--yes", state=state)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "Nothing was sent" in r.stdout
-    assert "bm1:" in r.stdout and "bm2:" in r.stdout
+    assert r.returncode == 5, r.stdout + r.stderr
+    out = one_line(r.stdout)
+    assert "Preflight refused" in out and "one-vip-holder (public IP 192.0.2.10: " in out
+    assert "Nothing was changed" in out and "HA handling is still OFF" in out
+    why = "bm1: holds it" if fault == "split-brain" else "bm1: does not hold it"
+    assert why in out and why.replace("bm1", "bm2") in out
+    assert "stonith-enabled (not run: public IP 192.0.2.10" in out  # a primary check cannot pick its node
+    assert "same-version: skipped (step 'packages' has run" in out  # a half-done packages step makes it false
     for n in ("bm1", "bm2"):
-        assert not any("bm-cli" in l for l in ledger(lab, n)[before[n]:])
+        sent = ledger(lab, n)[before[n]:]
+        assert sent and not [l for l in sent if is_change(l)], sent
+    j = journal(state)
+    assert j["status"] == "failed" and j["preflight"] == "failed" and j["ha"]["state"] == "off"
+    assert {n: e["state"] for n, e in j["steps"]["packages"]["nodes"].items()} == {"bm1": "done", "bm2": "failed"}
+    assert j["steps"]["post-install"]["state"] == "pending"
 
 
 @pytest.mark.parametrize("fault,check", [
@@ -150,15 +162,24 @@ def test_sigkill_at_every_boundary_then_resume(lab, tmp_path, state_name, step):
     assert journal(state)["status"] == "succeeded"
 
 
-def test_ssh_session_dropped_mid_step_then_resume(lab, tmp_path):
+def test_ssh_session_dropped_mid_step_verify_settles_it(lab, tmp_path):
+    """The session to bm2 drops after apt-get was sent: its outcome is unknown, never re-sent
+    blindly; the step's verify finds bm-full at the target, so it is recorded done and the run
+    goes on (exit 0) with apt-get sent once on bm2."""
     state = tmp_path / "state"
-    lab.fault("drop", node="bm2", command="apt-get install !--download-only", when="after")
+    pkg = "apt-get install !--download-only"
+    lab.fault("drop", node="bm2", command=pkg, when="after")
     r = run_upgrade(lab, state)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "connection lost" in r.stdout.lower()
-    j = journal(state)
-    assert j["steps"]["packages"]["nodes"]["bm2"]["state"] == "failed"
-    bmupgrade("resume", "--yes", state=state, check_rc=0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = one_line(r.stdout)
+    assert "✗ bm2: connection lost" in out and "(outcome unknown)" in out
+    assert "packages on bm2: outcome was unknown; verify says it is done" in out
+    assert [c.get("dropped") for c in lab.node("bm2").calls(pkg)] == [True]  # sent once, the session dropped
+    assert len(lab.node("bm1").calls(pkg)) == 1
+    bm2 = journal(state)["steps"]["packages"]["nodes"]["bm2"]
+    assert bm2["state"] == "done" and bm2["attempts"] == 1 and bm2["exit_code"] is None and bm2["sent"] is True
+    assert bm2["note"] == "outcome unknown; verify passed" and "connection lost" in bm2["outcome"]
+    assert journal(state)["status"] == "succeeded"
     assert_upgraded(lab, "bm1")
 
 

@@ -90,3 +90,39 @@ def test_symlinked_journal_and_open_state_dir_are_refused(tmp_path):
     with pytest.raises(UsageError, match="writable by others"):
         private_dir(open_dir)
     assert oct((tmp_path / "state").stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_a_full_disk_is_an_exit_path_like_the_others(tmp_path):
+    """The state dir fills up mid-run (a chatty step): non-zero exit, HA banner, locks released."""
+    import re
+    import subprocess
+
+    from bmupgrade.runner import Session, start_run
+    from bmupgrade.engine import RunOptions
+    from bmupgrade.prompts import PolicyPrompter
+    from bmupgrade.transport.memory import ANY, MemoryTransport, Reply
+    from bmupgrade.ui.report import ConsoleReporter
+    from tests.runbook_samples import MINIMAL
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        rb = tmp_path / "rb.yaml"
+        rb.write_text(MINIMAL)
+        t = MemoryTransport()
+        t.state["vip"] = "bm1"
+        t.on(ANY, re.compile(r"^ip -o addr"), lambda c: "inet 192.0.2.10/32" if c.node == "bm1" else "")
+        t.on(ANY, re.compile(r"dpkg-query"), lambda c: "4.9.2")
+        t.on(ANY, re.compile(r"stonith-enabled"), lambda c: "true")
+        t.on(ANY, re.compile(r"^apt-get install"), Reply(stdout="x" * 4000 + "\n" * 1 + ("y" * 70 + "\n") * 2000))
+        session = Session(small / "state", ConsoleReporter(show_output=False), PolicyPrompter(), lambda r: t,
+                          RunOptions())
+        s = start_run(rb, session)
+        assert s.exit_code == 5 and s.ha_off_open, (s.exit_code, s.message)  # HA was off: 5 + restore hint
+        assert "bmupgrade resume" in s.ha_restore_hint
+        assert "disk full" in s.message or "No space left" in s.message
+        assert not any(p.endswith("/lock") for node in t.files.values() for p in node)  # remote locks released
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -10,7 +10,6 @@ terminal or to Fabric directly: it asks a Prompter and tells a Reporter.
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -155,28 +154,38 @@ class Engine:
 
         nodes, self.locked = self.locked, []
         self.on_each(nodes, lambda n: self.send(n, remote.unlock(self.rb.node(n).state_dir, self.journal.run_id),
-                                                timeout=15, key="unlock", quiet=True))
+                                                timeout=15, key="unlock", quiet=True, must_audit=False))
 
     # ================================================================== sending (every command goes here)
     def send(self, node: str, command: str, *, timeout: float | None, key: str, capture: bool = False,
-             quiet: bool = False, tag: str | None = None) -> CommandResult:
+             quiet: bool = False, tag: str | None = None, must_audit: bool = True) -> CommandResult:
+        """Every command goes here: audited before it is sent (a command that cannot be audited,
+        e.g. on a full disk, is not sent — except the cleanup on the way out: `must_audit=False`)."""
         shown = self.redact(command)
-        if self.audit:
-            self.audit.begin(node, key, shown)
+        self._audit("begin", must_audit, node, key, shown)
 
         def sink(n: str, stream: str, text: str) -> None:
-            if self.audit:
-                self.audit.output(n, key, text)
+            self._audit("output", False, n, key, text)
             if not quiet:
                 self.reporter.output(n, stream, self.redact(text))
 
         kwargs = {"tag": tag} if tag else {}
         r = self.transport.run(node, command, timeout=timeout, capture=capture, on_output=sink, **kwargs)
-        if self.audit:
-            self.audit.record(node=node, key=key, command=shown, exit_code=r.exit_code,
-                              duration=round(r.duration, 4), timed_out=r.timed_out, sent=r.sent,
-                              connection_lost=r.connection_lost, error=r.error, output_tail=r.output_tail)
+        self._audit("record", False, node=node, key=key, command=shown, exit_code=r.exit_code,
+                    duration=round(r.duration, 4), timed_out=r.timed_out, sent=r.sent,
+                    connection_lost=r.connection_lost, error=r.error, output_tail=r.output_tail)
         return r
+
+    def _audit(self, what: str, required: bool, *args, **kwargs) -> None:
+        if not self.audit:
+            return
+        try:
+            getattr(self.audit, what)(*args, **kwargs)
+        except OSError as exc:
+            if required:
+                raise BmError(f"cannot write the audit log ({exc.strerror}; disk full?): nothing more is sent") \
+                    from None
+            log.debug("audit write failed", exc_info=True)
 
     def on_each(self, nodes: list[str], fn, *, parallel: bool = True) -> dict[str, Any]:
         return on_each(nodes, fn, parallel=parallel)
@@ -219,15 +228,10 @@ class Engine:
         return " ".join(p for p in parts if p)
 
     def ssh_hint(self, node: str) -> str:
-        addr = self.rb.node(node)
-        if self.rb.cluster.ssh_config:
-            ssh = f"ssh -F {shlex.quote(self.rb.cluster.ssh_config)} {shlex.quote(node)}"
-        else:
-            ssh = "ssh " + (f"-p {addr.port} " if addr.port else "") + (f"-i {shlex.quote(addr.identity_file)} "
-                                                                        if addr.identity_file else "")
-            ssh += "".join(f"-o UserKnownHostsFile={shlex.quote(k)} " for k in self.rb.cluster.known_hosts[:1])
-            ssh += (f"{addr.user}@" if addr.user else "") + addr.host
-        return f"{ssh}    # then look at the step's output in the audit log"
+        """How to reach the node by hand: the ssh config, key and known_hosts bmupgrade used."""
+        from bmupgrade.hints import ssh_command
+
+        return f"{ssh_command(self.rb, node)}    # then look at the step's output in the audit log"
 
     def deadline_text(self) -> str:
         from bmupgrade.timeparse import show_local

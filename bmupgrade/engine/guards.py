@@ -104,10 +104,12 @@ def check_deadline(eng: "Engine", step: Step) -> None:
     msg += "; stopped before it with HA on, nothing half-done."
     if eng.options.on_deadline == "rollback":
         eng.reporter.warn(msg)
-        from bmupgrade.engine.rollback import roll_back
+        from bmupgrade.engine.rollback import preview, roll_back
 
-        roll_back(eng, ask=False)
-        raise Stop(EXIT_DEADLINE, DEADLINE, msg + " Rolled back.")
+        undo = preview(eng)[0]
+        done = roll_back(eng, ask=False)
+        raise Stop(EXIT_DEADLINE, DEADLINE, msg + (" Nothing to roll back." if not undo else " Rolled back."
+                                                   if done else " Rollback incomplete — see above."))
     raise Stop(EXIT_DEADLINE, DEADLINE, msg)
 
 
@@ -134,7 +136,7 @@ class HaDebt:
             return
         info = {"run_id": eng.journal.run_id, **whoami(), "since": now(), "step": step.id, "why": why,
                 "expected_end": eng.deadline_text() if eng.options.deadline else None,
-                "restore": self.restore_hint(node)}
+                "restore": self._restore_for_the_marker(node)}
         results = eng.on_each(eng.rb.node_names, lambda n: eng.send(
             n, remote.write_marker(eng.rb.node(n).state_dir, info), timeout=15, key="ha-marker", quiet=True))
         bad = {n: r for n, r in results.items() if not r.ok}
@@ -155,10 +157,17 @@ class HaDebt:
                                "on_t": at or time.time()})
         for node, r in eng.on_each(eng.rb.node_names, lambda n: eng.send(
                 n, remote.remove_marker(eng.rb.node(n).state_dir), timeout=15, key="ha-marker",
-                quiet=True)).items():
+                quiet=True, must_audit=False)).items():
             if not r.ok:
                 eng.reporter.warn(f"{node}: could not remove the HA-off marker ({r.error or r.exit_code}); "
                                   f"remove {eng.rb.node(node).state_dir}/ha-off by hand")
+
+    def _restore_for_the_marker(self, node: str) -> str:
+        """For a colleague reading the marker: the command with this run's state dir."""
+        from bmupgrade.hints import Context, qualify
+
+        state_dir = self.eng.journal.path.parent.parent
+        return qualify(Context.of(str(state_dir)), self.restore_hint(node)) if state_dir.name else self.restore_hint(node)
 
     def restore_hint(self, node: str | None = None) -> str:
         """The exact command that brings HA back (and the manual fallback)."""

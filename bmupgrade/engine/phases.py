@@ -54,7 +54,10 @@ def confirm_rollback(eng: "Engine") -> None:
             eng.journal.run_id):
         raise Stop(EXIT_FAILED, None, "Not confirmed (the run id must be typed, at a terminal): nothing was changed.")
     succeeded = eng.journal.status == "succeeded"
-    if undo and not eng.prompter.confirm_rollback(undo, cannot, default=not succeeded):
+    if not undo:
+        raise Stop(EXIT_FAILED, None, "Nothing to roll back automatically" + (": " + "; ".join(cannot) if cannot
+                                                                                else ".") + " Nothing was changed.")
+    if not eng.prompter.confirm_rollback(undo, cannot, default=not succeeded):
         raise Stop(EXIT_FAILED, None, "Rollback declined: nothing was changed.")
     eng.rollback_confirmed = True
 
@@ -211,8 +214,9 @@ def _one_check(eng: "Engine", a, probe) -> checks_mod.CheckResult:
         return res
     try:
         nodes = eng.resolve(a.target, probe=probe)
-    except Stop as stop:
-        return checks_mod.CheckResult(a.id, a.title, False, a.severity, problems=[stop.message], why=a.why)
+    except Stop as stop:  # no single VIP holder: not run (the VIP check above says why)
+        return checks_mod.CheckResult(a.id, a.title, False, a.severity, why=a.why,
+                                      problems=["not run: " + stop.message.split(" Nothing was sent")[0]])
     cmds = {n: a.commands[n].run[0] for n in nodes}
     outs = eng.on_each(nodes, lambda n: eng.send(n, cmds[n], timeout=a.timeout, key=a.id, capture=True, quiet=True))
     return checks_mod.evaluate(a, outs)
@@ -253,12 +257,17 @@ def steps(eng: "Engine") -> None:
 
 def rollback(eng: "Engine") -> None:
     from bmupgrade.engine.core import Stop
-    from bmupgrade.engine.rollback import roll_back
+    from bmupgrade.engine.rollback import barrier, roll_back
 
     assert eng.safety_passed and eng.rollback_confirmed
     done = roll_back(eng, ask=False)
     if not done:
         raise Stop(EXIT_FAILED, "failed", "Rollback incomplete: see above; `" + eng.hint("rollback") + "` goes on.")
+    stop = None if eng.options.force_past_no_return else barrier(eng)
+    if stop is not None:  # not a plain "Rolled back.": the upgrade itself stays
+        raise Stop(EXIT_OK, "rolled-back", f"Rolled back as far as the point of no return '{stop.id}'"
+                   + ("" if eng.ha.is_off() else ", HA handling on") + ": nothing up to it was undone (no "
+                   "downgrade under migrated data); the back-out for the rest is a restore from the backup.")
 
 
 def postflight(eng: "Engine") -> None:

@@ -43,6 +43,10 @@ def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
         past = past or (stop_at is not None and s.id == stop_at.id)
         if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable"):
             out.append(s)
+    enable = eng.rb.ha_step("enable")
+    ha_on = enable is not None and eng.journal.step(enable.id)["state"] == DONE and not eng.ha.is_off()
+    if ha_on and {s.ha for s in out} - {None} == {"enable", "disable"} and all(s.ha or not s.rollback for s in out):
+        return []  # it would only turn HA off and on again, with nothing undone in between
     return out
 
 

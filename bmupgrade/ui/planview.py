@@ -80,7 +80,7 @@ def render_text(plan: Plan, console) -> None:
         actions = [a for a in plan.actions if a.phase == phase]
         if not actions:
             continue
-        table = Table(title=title, title_justify="left", show_lines=True, expand=True)
+        table = Table(title=title, title_justify="left", show_lines=True, expand=console.is_terminal)
         table.add_column("#", justify="right", no_wrap=True)
         table.add_column("on", no_wrap=True)
         table.add_column("step and commands", ratio=1)

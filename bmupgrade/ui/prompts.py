@@ -85,14 +85,15 @@ class InteractivePrompter:
         ], default=ABORT)
 
     def still_running(self, step_id, title, text) -> str:
-        self.console.print(f"\n[bold yellow]Still running:[/bold yellow] {_esc(title)} [{_esc(step_id)}]: {_esc(text)}")
+        self.console.print(f"\n[bold yellow]Still running:[/bold yellow] {_esc(title)} {_esc(f'[{step_id}]')}: "
+                           f"{_esc(text)}")
         return self._select("A second copy is never started. What now?", [
             (WAIT, "Wait for it to finish (check again in a few seconds)"),
             (ABORT, "Stop here (resume later)")], default=WAIT)
 
     def on_interrupt(self, step_id, title, completed, undo) -> str:
         what = {True: "the step completed", False: "the step failed", None: "at a safe point"}[completed]
-        self.console.print(f"\n[bold yellow]Interrupted[/bold yellow] ({what}): {_esc(title)} [{_esc(step_id)}]")
+        self.console.print(f"\n[bold yellow]Interrupted[/bold yellow] ({what}): {_esc(title)} {_esc(f'[{step_id}]')}")
         return self._select("What now?", [
             (CONTINUE, "Continue the run"),
             (ABORT, "Stop here (`bmupgrade resume` continues later)"),

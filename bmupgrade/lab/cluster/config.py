@@ -17,7 +17,7 @@ from pathlib import Path
 NODE_NAMES = ("bm1", "bm2")
 DEFAULT_NAME = "bmlab"
 DEFAULT_SUBNET = "198.51.100.0/24"  # TEST-NET-2: the host may already use TEST-NET-1
-MARKER = "cluster.json"
+MARKER = "cluster-lab.json"  # not cluster.json: the stand-in lab already has one
 HA_KINDS = ("pacemaker", "keepalived")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")  # interface names are limited to 15 bytes
 

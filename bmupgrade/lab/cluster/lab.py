@@ -68,7 +68,7 @@ class ClusterLab:
     def __init__(self, dir: str | os.PathLike, *, name: str | None = None, subnet: str | None = None,
                  ha: str | None = None):
         path = Path(os.path.abspath(dir))
-        if (path / "cluster.json").is_file():
+        if (path / config.MARKER).is_file():
             self.cfg = ClusterConfig.load(path)
             if (name and name != self.cfg.name) or (subnet and subnet != self.cfg.subnet) or (ha and ha != self.cfg.ha):
                 raise ClusterLabError("%s is the %s cluster lab %s on %s; down it and use another --dir to change "
@@ -106,7 +106,7 @@ class ClusterLab:
         if self.is_up() and not reset:
             self.startup_seconds = time.monotonic() - t0
             return self
-        if self.dir.exists() and any(self.dir.iterdir()) and not (self.dir / "cluster.json").is_file():
+        if self.dir.exists() and any(self.dir.iterdir()) and not (self.dir / config.MARKER).is_file():
             raise ClusterLabError("%s exists and is not a cluster lab; choose another --dir" % self.dir)
         theirs = config.owner(self.cfg)
         if theirs and theirs != str(self.dir):
