@@ -10,6 +10,9 @@ loads it*, through one finder on `sys.meta_path`; nothing else changes:
   check. `PYDANTIC_DISABLE_PLUGINS=__all__` skips the scan but not the import, so the loader
   module is provided instead: its one function, `get_plugins()`, returns no plugins (pydantic 2
   only; with any other version the real module loads).
+* **invoke's `unittest.mock`.** Fabric's base, `invoke.context`, imports `unittest.mock` (and
+  with it asyncio: ~30 ms idle, ~75 ms under load) at module level for `MockContext`, a test
+  helper; `Mock` is a stand-in there too.
 * **typer's help renderer.** `typer.rich_utils` imports `rich.markdown` (markdown-it, ~30 ms)
   and `rich.traceback` (~15 ms) at module level, for a markup mode and pretty tracebacks that
   bmupgrade does not use (rich markup; `pretty_exceptions_enable=False`): ~40 % of `--help`.
@@ -24,7 +27,12 @@ import types
 
 PYDANTIC_LOADER = "pydantic.plugin._loader"
 TYPER_HELP = "typer.rich_utils"
-DEFERRED = (("rich.markdown", "Markdown"), ("rich.traceback", "Traceback"))
+INVOKE_CONTEXT = "invoke.context"
+# module loaded -> the (module, class) names it imports at module level but rarely uses
+DEFERRED = {
+    TYPER_HELP: (("rich.markdown", "Markdown"), ("rich.traceback", "Traceback")),
+    INVOKE_CONTEXT: (("unittest.mock", "Mock"),),  # only for invoke's MockContext (tests)
+}
 
 
 def install() -> None:
@@ -42,17 +50,17 @@ class _Finder:
 
                 return ModuleSpec(name, _NoPlugins())
             return None
-        if name == TYPER_HELP:
-            return self._typer_help_spec(name)
+        if name in DEFERRED:
+            return self._deferring_spec(name)
         return None
 
-    def _typer_help_spec(self, name):
+    def _deferring_spec(self, name):
         from importlib.machinery import PathFinder
 
-        parent = sys.modules.get("typer")
+        parent = sys.modules.get(name.rpartition(".")[0])
         spec = PathFinder.find_spec(name, getattr(parent, "__path__", None))
         if spec is not None and spec.loader is not None:
-            spec.loader = _DeferRich(spec.loader)
+            spec.loader = _Deferring(spec.loader, DEFERRED[name])
         return spec
 
 
@@ -79,16 +87,17 @@ def _deferred_class(modname: str, clsname: str) -> type:
     })
 
 
-class _DeferRich:
-    def __init__(self, real):
+class _Deferring:
+    def __init__(self, real, deferred):
         self.real = real
+        self.deferred = deferred
 
     def create_module(self, spec):
         return self.real.create_module(spec)
 
     def exec_module(self, module):
         stubs = {}
-        for modname, clsname in DEFERRED:
+        for modname, clsname in self.deferred:
             if modname not in sys.modules:
                 stub = types.ModuleType(modname)
                 setattr(stub, clsname, _deferred_class(modname, clsname))

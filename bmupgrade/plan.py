@@ -42,12 +42,20 @@ class Renderer:
         self.placeholders = (
             {name: f"<{name}>" for name in captured_names(rb) if name not in self.values} if display else {}
         )
+        self._secrets = rb.secret_vars
+        self._contexts: dict[str | None, dict[str, Any]] = {}  # per node: built once, not per template
 
     def __call__(self, text: str, node: Node | None) -> str:
+        if "{{" not in text:  # no template: templating.render would return it as is
+            return text
+        key = node.name if node is not None else None
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = template_context(self.rb, node, self.values)
         return templating.render(
             text,
-            template_context(self.rb, node, self.values),
-            secrets=self.rb.secret_vars,
+            ctx,
+            secrets=self._secrets,
             redact=self.display,
             placeholders=self.placeholders,
         )

@@ -18,6 +18,7 @@ whose error is the one reported: the same message at the same place with or with
 from __future__ import annotations
 
 import gc
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -151,6 +152,8 @@ class _Builder:
 
     def _scalar_value(self, node: yaml.Node) -> Any:
         if node.tag == "tag:yaml.org,2002:str":  # most values: what construct_object returns
+            if self.from_libyaml and node.value == "" and not node.style:
+                raise _Reparse()  # `key: !` (empty, bare tag): null to PyYAML, "" to libyaml
             return node.value
         try:
             value = self._scalar.construct_object(node, deep=True)
@@ -178,14 +181,18 @@ def _check_flow_pairs(node: yaml.MappingNode) -> None:
                 raise _Reparse()
 
 
+# `key: >#...`: a block scalar header touching a comment, accepted by libyaml only
+_BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
+
+
 def _compose(text: str, fast: bool) -> tuple[list, bool]:
     """The documents' node trees, and whether libyaml made them. libyaml first (if `fast`);
-    anything it refuses goes to the pure-Python loader, which words the error. Texts with a tab
-    or a '?' (libyaml accepts some that PyYAML refuses: `a\tb: 1`, `{a: b?c}`) or a character
-    PyYAML's reader refuses go to the pure-Python loader only (tests/test_yaml_loaders.py
-    fuzzes the two against each other)."""
+    anything it refuses goes to the pure-Python loader, which words the error. Texts with a tab,
+    a '?' or a block header touching a comment (libyaml accepts some that PyYAML refuses:
+    `a\tb: 1`, `{a: b?c}`, `a: >#`) or a character PyYAML's reader refuses go to the pure-Python
+    loader only (tests/test_yaml_loaders.py fuzzes the two against each other)."""
     if fast and C_LOADER is not None and "\t" not in text and "?" not in text \
-            and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+            and not _BLOCK_HEADER_COMMENT.search(text) and not yaml.reader.Reader.NON_PRINTABLE.search(text):
         try:
             return list(yaml.compose_all(text, Loader=C_LOADER)), True
         except (yaml.YAMLError, RecursionError):

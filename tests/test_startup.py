@@ -64,3 +64,17 @@ print(type(m).__module__, type(tb).__module__)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["rich.markdown", "rich.traceback"], r.stderr
+
+
+def test_invoke_mock_context_still_gets_the_real_mock():
+    code = """
+import sys
+import bmupgrade.cli
+import bmupgrade.transport.ssh
+before = "unittest.mock" in sys.modules
+from invoke import MockContext, Result
+mc = MockContext(run={"x": Result("out")})
+print(before, mc.run("x").stdout, type(mc.run).__module__)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "out", "unittest.mock"], r.stderr

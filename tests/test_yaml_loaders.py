@@ -40,6 +40,9 @@ ERROR_CASES = [
     b"a: {b: 1\n",
     b"? [a]\n: 1\n",
     b"{a: , b: 1}\n",
+    b"- !\n- x\n",
+    b"a: !\nb: !!str\nc: ! x\n",
+    b"a: >#\n  x\nb: |-#c\n  y\n",
     b"x: {a: ,\n  b: [c: , d]}\n",
 ]
 

@@ -225,8 +225,30 @@ class ConsoleReporter:
             self._live = None
 
     # ------------------------------------------------------------- the end
+    SUMMARY_TABLE_MAX = 50  # steps; a longer run's summary is plain lines (a table costs ~1 ms a row)
+
+    def _plain_rows(self, s: Summary) -> None:
+        width = max(len(r.id) for r in s.rows)
+        lines = [f"Run {s.run_id}: {s.status}"]
+        for r in s.rows:
+            nodes = ", ".join(f"{n}={st}" for n, st in r.nodes.items()) or "-"
+            outcome = r.state + (f", rollback {r.rollback_state}" if r.rollback_state else "")
+            took = f"  {r.duration:.1f}s" if r.duration is not None else ""
+            lines.append(f"  {r.id:<{width}}  {outcome}  {nodes}{took}")
+        if not self.timestamps:
+            self.console.out("\n".join(lines), highlight=False)
+            return
+        with self._print_lock:  # as _print does, without laying 5000 lines out through rich
+            prefix = stamp() + " "
+            self.console.file.write("".join(prefix + line + "\n" for line in lines))
+            self.console.file.flush()
+
     def final(self, s: Summary) -> None:
         self.step_end()
+        if len(s.rows) > self.SUMMARY_TABLE_MAX:
+            self._plain_rows(s)
+            self._final_tail(s)
+            return
         from rich.table import Table
 
         table = Table(title=f"Run {s.run_id}: {s.status}", title_justify="left")
@@ -239,6 +261,9 @@ class ConsoleReporter:
             outcome = r.state + (f", rollback {r.rollback_state}" if r.rollback_state else "")
             table.add_row(r.id, outcome, nodes, f"{r.duration:.1f}s" if r.duration is not None else "")
         self._print(table)
+        self._final_tail(s)
+
+    def _final_tail(self, s: Summary) -> None:
         if s.ha_window is not None:
             self._print(f"HA-off window: {s.ha_window:.1f}s (HA-off step started → HA-on command returned)")
         for item in s.cannot_undo:
