@@ -326,6 +326,17 @@ def _normalise_vars(data: dict, source: yamlsource.Source, overrides: dict[str, 
     data["vars"] = out
 
 
+def _refuse_the_example_address(inv_source: yamlsource.Source, data: dict) -> None:
+    """An inventory names its cluster's own floating IP: the runbook's is an example, never used."""
+    inv_cluster = inv_source.data.get("cluster") if isinstance(inv_source.data, dict) else None
+    if isinstance(inv_cluster, dict) and "public_ip" not in inv_cluster:
+        pos = inv_source.where(("cluster",), key=True)
+        example = data.get("cluster", {}).get("public_ip") if isinstance(data.get("cluster"), dict) else None
+        raise RunbookError([f"{inv_source.filename}:{pos.line}:{pos.column}: cluster.public_ip missing: give the "
+                            "floating IP of this cluster"
+                            + (f" (the runbook's {example} is an example and is never used)" if example else "")])
+
+
 def _refuse_unknown_overrides(data: dict, overrides: dict[str, str]) -> None:
     """`-e nmae=x` is a typo, never a silent new variable: exit 2 with the closest name."""
     import difflib
@@ -676,13 +687,7 @@ def load_runbook(
             raise RunbookError(exc.problems) from None
         inv = inv_source.data
         inventory_problems(inv_source)
-        inv_cluster = inv_source.data.get("cluster") if isinstance(inv_source.data, dict) else None
-        if isinstance(inv_cluster, dict) and "public_ip" not in inv_cluster:
-            pos = inv_source.where(("cluster",), key=True)
-            example = data.get("cluster", {}).get("public_ip") if isinstance(data.get("cluster"), dict) else None
-            raise RunbookError([f"{inv_source.filename}:{pos.line}:{pos.column}: cluster.public_ip missing: give the "
-                                "floating IP of this cluster"
-                                + (f" (the runbook's {example} is an example and is never used)" if example else "")])
+        _refuse_the_example_address(inv_source, data)
         if isinstance(data.get("cluster"), dict):
             data["cluster"] = {**data["cluster"], **inv["cluster"]}
         if isinstance(inv.get("vars"), dict):
