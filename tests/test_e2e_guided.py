@@ -236,7 +236,7 @@ def test_unattended_abort_leaves_ha_debt_visible(lab, tmp_path):
     lab.clear_faults()
     other = run_upgrade(lab, tmp_path / "colleague")
     assert other.returncode == 3 and f"turned off by run {run_id}" in other.stdout
-    assert not [l for l in ledger(lab, "bm1") + ledger(lab, "bm2") if "bm-cli" in l]  # refused before anything
+    assert not [l for l in ledger(lab, "bm1") + ledger(lab, "bm2") if "bm-cli setup" in l]  # refused before anything
     assert bmupgrade("resume", "--yes", state=tmp_path / "s").returncode == 0
     assert version(lab, "bm2") == "4.9.3" and count(lab, "bm1", "bm-cli setup upgrade") == 1
     assert lab.cluster_state()["properties"].get("maintenance-mode") == "false"
