@@ -27,7 +27,8 @@ def test_resume_shows_what_changed_while_stopped(lab, tmp_path):
     j = journal(state)
     assert j["resumes"][0]["mode"] == "resume" and j["facts"][0]["at"] == "start"
     assert "vip_holders: ['bm1'] → ['bm2']" in j["changes"][0]["changes"]
-    assert [f["at"] for f in j["facts"]] == ["start", "resume"]  # SIGKILL: no "stop" facts
+    # the SIGKILL left no "stop" facts; the resume, stopped by its postflight, did
+    assert [f["at"] for f in j["facts"]] == ["start", "resume", "stop"]
     # post-install followed the VIP to its new holder
     assert [e for e in lab.node("bm2").calls("bm-cli setup")] and not lab.node("bm1").calls("bm-cli setup")
 
@@ -44,7 +45,7 @@ def test_resume_refuses_a_changed_runbook_unless_forced(lab, tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"would not be the same run: {rb} (or its inventory) changed since the run started" in err
     assert "add --force" in err and "Nothing was changed" in err
-    assert not lab.node("bm1").calls("apt-get install !--download-only")  # nothing sent
+    assert not lab.node("bm1").calls("apt-get install -y !--download-only")  # nothing sent
     bmupgrade("resume", "--yes", "--force", state=state, check_rc=0)
     j = journal(state)
     assert j["forced"][0]["changes"] == [f"{rb} (or its inventory) changed since the run started"]
