@@ -18,6 +18,8 @@ def is_change(line: str) -> bool:
     """A ledger line (argv joined) that changes a node: `crm_attribute ... --update` has options
     between its words, so words are matched in order, not as one substring."""
     words = line.split()
+    if words[:1] == ["apt-get"] and ("-s" in words or "--simulate" in words or "--download-only" in words):
+        return False  # a simulation, or a download into apt's cache: the node's packages do not change
     for c in CHANGE_COMMANDS:
         want = c.split()
         if words and words[0] == want[0] and all(w in words[1:] for w in want[1:]):
