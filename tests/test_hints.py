@@ -16,7 +16,7 @@ from bmupgrade.runbook import load_runbook
 from tests.e2e import PACEMAKER, ROOT, version
 
 ENTER, DOWN = "\r", "\x1b[B"
-PKG_FAULT = "apt-get install !--download-only"
+PKG_FAULT = "apt-get install -y !--download-only"  # the packages step (not the simulation, not prefetch)
 RID = "20261129-134000-ab12"
 
 
