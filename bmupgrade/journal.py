@@ -25,7 +25,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from bmupgrade.engine.states import NodeState, RunState, aggregate, check_node, check_run
 from bmupgrade.errors import BmError, UsageError
@@ -476,7 +476,3 @@ class LocalLock:
             finally:
                 os.close(self._fd)
                 self._fd = None
-
-
-def iter_open(store: RunStore) -> Iterator[RunInfo]:
-    return (r for r in store.all() if r.status in OPEN_STATUSES)
