@@ -218,7 +218,8 @@ def plan(
     inventory: Optional[Path] = InventoryOpt,
     extra: List[str] = ExtraOpt,
     probe: bool = typer.Option(False, "--probe", help="Ask the nodes (read-only) which one holds the "
-                               "public IP now, to show concrete nodes for primary/secondary."),
+                               "public IP now, to show concrete nodes for primary/secondary, and run the "
+                               "runbook's read_only steps (e.g. the apt simulation) to show what they print."),
     deadline: Optional[str] = typer.Option(None, "--deadline", help="Show each step's latest start for a "
                                            "maintenance window ending then (04:00, ISO time, +90m)."),
 ) -> None:
@@ -228,16 +229,16 @@ def plan(
     from bmupgrade.ui.planview import render_json, render_markdown, render_plain, render_text, use_plain
 
     rb = load(runbook, inventory, extra)
-    holders = None
     if probe:
-        from bmupgrade.probes import probe_vip_holders_once
+        from bmupgrade.probes import probe_for_plan
         from bmupgrade.transport.base import TransportError
 
         try:
-            holders = probe_vip_holders_once(rb)
+            p = probe_for_plan(rb)
         except TransportError as exc:
             raise BmError(f"cannot reach {exc}") from None
-    p = build_plan(rb, holders=holders)
+    else:
+        p = build_plan(rb)
     if deadline:
         from bmupgrade.timeparse import parse_deadline
 

@@ -69,6 +69,21 @@ class NodeCommands:
 
 
 @dataclass
+class ProbedOutput:
+    node: str
+    exit_code: int | None  # None: no answer (timeout, connection lost)
+    output: str  # stdout then stderr, secrets masked, at most PROBE_OUTPUT_LINES lines
+
+
+@dataclass
+class StepProbe:
+    """A read-only step sent by `plan --probe`: each node's answer, or why it was not sent."""
+
+    outputs: list[ProbedOutput] = field(default_factory=list)
+    not_sent: str | None = None
+
+
+@dataclass
 class Action:
     seq: int
     phase: str  # preflight | step | postflight
@@ -91,6 +106,8 @@ class Action:
     severity: str = "error"
     why: str | None = None
     undo: str = "impossible"  # commands | nothing (rollback: []) | impossible (no rollback)
+    read_only: bool = False
+    probed: "StepProbe | None" = None  # what a read-only step printed when `plan --probe` ran it
 
     def distinct_commands(self) -> list[tuple[list[str], NodeCommands]]:
         """Group nodes whose rendered commands are identical (for compact display)."""
@@ -138,6 +155,9 @@ class Plan:
         if on is None:
             return None
         proofs = self.runbook.fencing_checks
+        if self.runbook.fencing == "none":
+            return (f"this HA stack has no fencing (fencing: none): step '{on}' turns failover back on only with "
+                    "an explicit acceptance of the split-brain risk (a prompt; unattended: --allow-no-stonith)")
         if proofs:
             return (f"fencing must be proven by preflight check {', '.join(proofs)} (refused otherwise; "
                     f"--allow-no-stonith warns and goes on)")
@@ -215,7 +235,7 @@ def step_action(rb: Runbook, s: Step, seq: int, render: Renderer, holders: list[
         )
     return Action(seq, "step", s.id, s.label, "command", s.on or "all", text, nodes, cmds,
                   confirm=s.confirm, parallel=s.parallel, timeout=s.timeout, retries=s.retries,
-                  ha=s.ha, capture=s.capture,
+                  ha=s.ha, capture=s.capture, read_only=s.read_only,
                   undo="impossible" if s.rollback is None else ("commands" if s.rollback else "nothing"))
 
 
@@ -259,10 +279,19 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "severity": a.severity,
                 "latest_start": _iso(plan.latest_start(a)),
                 "undo": a.undo if a.phase == "step" and a.kind == "command" else None,
+                "read_only": a.read_only,
+                "probed": _probed_json(a.probed),
             }
             for a in plan.actions
         ],
     }
+
+
+def _probed_json(p: StepProbe | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {"not_sent": p.not_sent,
+            "nodes": {o.node: {"exit": o.exit_code, "output": o.output} for o in p.outputs}}
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -94,17 +94,73 @@ def audited_send(engine) -> Send:
                                           quiet=True)
 
 
-def probe_vip_holders_once(rb: Runbook) -> list[str]:
-    """For `plan --probe`: connect, ask each node (read-only), disconnect."""
-    from bmupgrade.plan import Renderer
+def probe_for_plan(rb: Runbook, *, read_only_steps: bool = True):
+    """For `plan --probe`: connect, ask each node who holds the VIP, send the runbook's
+    `read_only` steps (an apt simulation, say) on the nodes they would run on, disconnect.
+    Returns the plan, with the holders and what each read-only step printed."""
+    from bmupgrade.plan import Renderer, build_plan
     from bmupgrade.transport.ssh import SshTransport
 
     transport = SshTransport()
     try:
         transport.connect(node_addresses(rb))
-        return probe_vip(transport, rb, Renderer(rb)).holders
+        plan = build_plan(rb, holders=probe_vip(transport, rb, Renderer(rb)).holders)
+        if read_only_steps:
+            send_read_only_steps(transport, rb, plan)
+        return plan
     finally:
         transport.close()
+
+
+PROBE_OUTPUT_LINES = 60  # per node and step: an apt simulation of BlueMind's ~40 packages fits
+
+
+def send_read_only_steps(transport: Transport, rb: Runbook, plan) -> None:
+    """Run each `read_only: true` step's commands where the plan says it runs, and attach the
+    answers to its action. Steps are sent one after the other (their order may matter to the
+    reader), each step's nodes at once."""
+    from bmupgrade.plan import Renderer, StepProbe
+    from bmupgrade.templating import Redactor, TemplateError
+
+    render = Renderer(rb)  # real values: these commands are sent
+    redact = Redactor([v.value for v in rb.vars.values() if v.secret])
+    for a in plan.actions:
+        if not a.read_only:
+            continue
+        step = rb.step(a.id)
+        if (step.on or "").startswith("where:"):
+            a.probed = StepProbe(not_sent=f"it runs where '{step.on[6:]}' ran, known only during the run")
+            continue
+        try:
+            cmds = {n: [render(c, rb.node(n)) for c in step.run or []] for n in a.nodes}
+        except TemplateError as exc:
+            a.probed = StepProbe(not_sent=f"{exc} (a value captured during the run)")
+            continue
+        answers = on_each(a.nodes, lambda n: _send_all(transport, n, cmds[n], step.timeout))
+        a.probed = StepProbe([_probed(n, r, redact) for n, r in answers.items()])
+
+
+def _send_all(transport: Transport, node: str, commands: list[str], timeout: float) -> CommandResult:
+    """The step's commands in order on one node, stopping at the first that fails."""
+    result = None
+    for cmd in commands:
+        result = transport.run(node, cmd, timeout=timeout)
+        if not result.ok:
+            break
+    return result
+
+
+def _probed(node: str, r: CommandResult, redact):
+    from bmupgrade.plan import ProbedOutput
+    from bmupgrade.sanitize import for_terminal
+
+    lines = for_terminal(redact(r.output_tail)).rstrip("\n").splitlines()
+    if len(lines) > PROBE_OUTPUT_LINES:
+        cut = len(lines) - PROBE_OUTPUT_LINES
+        lines = [f"... ({cut} earlier lines not shown)"] + lines[cut:]
+    if r.exit_code is None:
+        lines.append(f"(no answer: {r.error or 'connection lost'})")
+    return ProbedOutput(node, r.exit_code, "\n".join(lines))
 
 
 def node_addresses(rb: Runbook):

@@ -240,6 +240,13 @@ class Step(Strict):
     point_of_no_return: bool = Field(
         False, description="Once done, the steps before it are never undone (e.g. BlueMind's post-install "
         "migrated the data): rollback only undoes later steps and the back-out is a restore from backup.")
+    requires: list[Annotated[str, Field(pattern=ID_RE)]] = Field(
+        default_factory=list, description="Earlier steps (with a `verify`) whose effect must still hold when this "
+        "step starts, e.g. a runtime mask a reboot clears: before each attempt their verify runs where they are "
+        "done; one that no longer holds is re-applied if idempotent, else the run stops before this step.")
+    read_only: bool = Field(
+        False, description="Changes nothing on the nodes (a simulation, a query): `plan --probe` runs it and "
+        "shows what it prints, and it may be re-sent like an idempotent step. Takes no rollback commands.")
 
     @model_validator(mode="after")
     def _shape(self) -> "Step":
@@ -252,7 +259,19 @@ class Step(Strict):
             raise ValueError("a step needs 'run' (commands) or 'manual' (text the admin acknowledges)")
         if self.on is None:
             raise ValueError("a step needs 'on': primary | secondary | all | a node name")
+        if self.read_only:
+            self._read_only_shape()
         return self
+
+    def _read_only_shape(self) -> None:
+        """A read-only step is what `plan --probe` may send: nothing that changes a node or the run."""
+        clash = [k for k in ("ha", "point_of_no_return", "always_undo", "confirm") if getattr(self, k)]
+        if self.rollback:
+            clash.append("rollback commands")
+        if clash:
+            raise ValueError(f"a read_only step changes nothing, so it takes no {', '.join(clash)} "
+                             "(use rollback: [] and drop the rest, or drop read_only)")
+        object.__setattr__(self, "idempotent", True)  # sending a read-only command twice is harmless
 
     @property
     def label(self) -> str:
@@ -269,6 +288,10 @@ class Runbook(Strict):
     preflight: list[Check] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
     postflight: list[Check] = Field(default_factory=list)
+    fencing: Literal["checked", "none"] = Field(
+        "checked", description="`none`: this HA stack has no fencing at all (keepalived/VRRP): the STONITH guard "
+        "then says so and asks to accept the split-brain risk instead of telling the admin to fix fencing. "
+        "`checked` (default): preflight checks marked `fencing: true` must prove it.")
 
     # filled by the loader, not part of the file
     source_path: str = Field("", exclude=True)
@@ -445,6 +468,7 @@ def _semantic_problems(data: dict, source: yamlsource.Source) -> list[str]:
     names = _node_problems(cluster, source, problems)
     _id_and_target_problems(data, source, names, problems)
     _placement_problems(data, source, problems)
+    _requires_problems(data, source, problems)
     captures = _capture_problems(data, source, names, problems)
     _template_problems(data, source, cluster, captures, problems)
     return problems
@@ -531,6 +555,31 @@ def _placement_problems(data: dict, source: yamlsource.Source, problems: list[st
             problems.append(_located(source, ("postflight", i, "fencing"),
                                      "fencing: true belongs on a preflight check (the STONITH guard is decided "
                                      "before anything changes); move the check to preflight"))
+    if data.get("fencing") == "none":
+        for i, item in _items(data, "preflight"):
+            if item.get("fencing") is True:
+                problems.append(_located(source, ("preflight", i, "fencing"),
+                                         "the runbook says `fencing: none`, so no check can prove fencing; drop "
+                                         "one of the two"))
+
+
+def _requires_problems(data: dict, source: yamlsource.Source, problems: list[str]) -> None:
+    """`requires:` names an earlier step that has a `verify` (how else tell that it still holds?)."""
+    earlier: dict[str, dict] = {}
+    for i, item in _items(data, "steps"):
+        reqs = item.get("requires")
+        for j, rid in enumerate(reqs if isinstance(reqs, list) else []):
+            if not isinstance(rid, str):
+                continue
+            where = ("steps", i, "requires", j)
+            if rid not in earlier:
+                problems.append(_located(source, where, f"'{rid}' is no earlier step; a step can require only steps "
+                                         f"before it: {', '.join(earlier) or '(none)'}"))
+            elif not isinstance(earlier[rid].get("verify"), str):
+                problems.append(_located(source, where, f"step '{rid}' has no verify, so nothing can tell whether it "
+                                         "still holds; give it a verify or drop it from requires"))
+        if isinstance(item.get("id"), str):
+            earlier[item["id"]] = item
 
 
 def _capture_problems(data: dict, source: yamlsource.Source, names: list[str], problems: list[str]) -> set[str]:

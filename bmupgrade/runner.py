@@ -59,7 +59,7 @@ def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | No
     why = fencing_gap(rb, data.get("fencing"), preflight_ran=data.get("preflight") == "passed")
     if why is None:
         return None
-    hint = "" if rb.fencing_checks else " (mark a preflight check `fencing: true`)"
+    hint = "" if rb.fencing_checks or rb.fencing == "none" else " (mark a preflight check `fencing: true`)"
     return (f"unattended run: step '{enable.id}' turns automatic failover back on, but {why}{hint}. Without "
             "fencing a failover can split-brain and corrupt the shared storage. To accept that risk, add "
             f"--allow-no-stonith. Nothing was {nothing}.")

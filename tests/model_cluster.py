@@ -47,6 +47,7 @@ steps:
   - id: post-install
     on: primary
     point_of_no_return: true
+    requires: [ha-off]
     run: bm-cli setup upgrade
     timeout: 1h
   - id: ha-on

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.e2e import PACEMAKER, bmupgrade, count, journal, one_line, run_upgrade
+from tests.e2e import PACEMAKER, argv, bmupgrade, count, journal, one_line, run_upgrade
 
 pytestmark = pytest.mark.lab
 
@@ -72,6 +73,36 @@ def test_plan_probe_shows_concrete_nodes_read_only(lab, tmp_path):
     post = next(a for a in json.loads(r.stdout)["actions"] if a["id"] == "post-install")
     assert list(post["nodes"]) == ["bm2"]
     assert not any("--update" in " ".join(e["argv"]) for n in ("bm1", "bm2") for e in lab.node(n).calls())
+
+
+def test_plan_probe_shows_the_apt_simulation_and_changes_nothing(lab, tmp_path):
+    """The `read_only` simulate step is sent by `plan --probe`: the ticket shows what apt would do
+    on each node, as the nodes are now (lists not refreshed yet: apt says so), and nothing else
+    is sent but the VIP probe and that simulation."""
+    def plan(*args):
+        r = subprocess.run([sys.executable, "-m", "bmupgrade", "plan", PACEMAKER, "-i", str(lab.inventory_path),
+                            "--probe", *args], capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    stale = json.loads(plan("-f", "json"))
+    sim = next(a for a in stale["actions"] if a["id"] == "simulate")
+    assert sim["read_only"] is True
+    assert {n: v["exit"] for n, v in sim["probed"]["nodes"].items()} == {"bm1": 100, "bm2": 100}
+    assert "Version '4.9.3' for" in sim["probed"]["nodes"]["bm1"]["output"]
+    for n in ("bm1", "bm2"):  # the admin refreshes the lists: now apt knows the target
+        assert lab.node(n).ssh("apt-get update -q").returncode == 0
+    before = {n: len(lab.node(n).calls()) for n in ("bm1", "bm2")}
+    md = plan("-f", "markdown")
+    item = md[md.index("(`simulate`)"):md.index("(`prefetch`)")]
+    assert "Probed when this plan was made (read-only, before the steps above ran), on `bm1`: exit 0" in item
+    assert "Inst bm-core [4.9.2] (4.9.3" in item and "on `bm2`: exit 0" in item
+    assert "REFUSED" not in item.split("```text", 1)[1]
+    sent = [argv(e) for n in ("bm1", "bm2") for e in lab.node(n).calls()[before[n]:]]
+    assert sent and all(a.startswith(("ip ", "dpkg-query ", "apt-get -s ")) for a in sent), sent
+    text = plan()  # plain text on a pipe: the same answers under the step
+    assert "probed now on bm2 (read-only, before the steps above ran): exit 0" in text
+    assert lab.node("bm1").state()["installed"]["bm-full"] == "4.9.2"
 
 
 def test_stale_remote_lock_is_reported_and_broken_only_explicitly(lab, tmp_path):

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from bmupgrade.errors import UsageError
+from bmupgrade.errors import RunbookError, UsageError
+from bmupgrade.runbook import load_runbook
 from bmupgrade.journal import Journal, RunStore
 from bmupgrade.prompts import PolicyPrompter
 from bmupgrade.ui.report import ConsoleReporter
@@ -390,6 +391,31 @@ def test_interactive_operator_must_accept_failover_without_fencing(tmp_path, acc
         assert j["steps"]["ha-on"]["state"] == "pending"
 
 
+def test_a_stack_without_fencing_is_named_as_such_not_told_to_fix_fencing(tmp_path):
+    """`fencing: none` (keepalived): the guard says the stack has no fencing, and the stop tells
+    the admin to check the link and how to accept the risk, with a command that works as printed."""
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(NO_FENCING_CHECK.replace("steps:\n", "fencing: none\nsteps:\n", 1))
+    pr = _Guarded(False)
+    s = start_run(rb, session(tmp_path, sim("bm1"), pr))
+    assert "this HA stack has no fencing (the runbook says `fencing: none`)" in pr.asked[0][1]
+    assert s.exit_code == 5 and "Check fencing" not in s.message and "Make sure the nodes see each other" in s.message
+    printed = re.search(r"accept the risk: `([^`]+)`", s.message).group(1)
+    assert printed.startswith("bmupgrade resume") and printed.endswith("--allow-no-stonith")
+    t2 = sim("bm1")
+    t2.state["maint"] = "true"
+    assert resume_run(session(tmp_path, t2, allow_no_stonith=True), None).exit_code == 0
+    assert journal(tmp_path)["fencing_accepted"]["how"] == "--allow-no-stonith"
+
+
+def test_fencing_none_and_a_fencing_check_contradict(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(MINIMAL.replace("steps:\n", "fencing: none\nsteps:\n", 1))
+    with pytest.raises(RunbookError) as e:
+        load_runbook(rb)
+    assert any("the runbook says `fencing: none`, so no check can prove fencing" in p for p in e.value.problems)
+
+
 def test_fencing_proven_asks_nothing(tmp_path, rb_path):
     pr = _Guarded(False)
     assert start_run(rb_path, session(tmp_path, sim("bm1"), pr)).exit_code == 0
@@ -506,3 +532,47 @@ def test_rollback_force_past_the_point_of_no_return_needs_the_typed_confirmation
     s = rollback(session(tmp_path, t3, _Rollbacker(yes=True, typed=True)), None, force=True)
     assert s.exit_code == 0, s.message
     assert t3.state["version"] == {"bm1": "4.9.2", "bm2": "4.9.2"}  # forced: downgraded
+
+
+# ------------------------------------------------------------------ requires: an earlier step must still hold
+MASK_STEP = ("  - id: mask\n    on: bm2\n    idempotent: IDEMPOTENT\n    run: systemctl mask --runtime bluemind.target\n"
+             "    verify: is-masked\n    rollback: systemctl unmask --runtime bluemind.target\n")
+MASKED = MINIMAL.replace("  - id: ha-off\n", MASK_STEP + "  - id: ha-off\n").replace(
+    "  - id: packages\n", "  - id: packages\n    requires: [mask]\n")
+
+
+def masked_sim():
+    """bm2 'reboots' (its runtime mask is gone) while ha-off runs on bm1, after the mask."""
+    t = sim("bm1")
+    t.state["masked"] = False
+    t.on(ANY, re.compile(r"^systemctl mask --runtime"), lambda c: c.transport.state.update(masked=True))
+    t.on("bm2", re.compile(r"^is-masked$"),
+         lambda c: "masked-runtime" if c.transport.state["masked"] else Reply(exit_code=1, stdout="enabled"))
+    t.on("bm1", re.compile(r"^crm_attribute .*--update true$"),
+         lambda c: c.transport.state.update(maint="true", masked=False))
+    return t
+
+
+@pytest.mark.parametrize("idempotent", ["true", "false"])
+def test_a_required_step_undone_by_a_reboot_is_reapplied_or_stops(tmp_path, idempotent):
+    """The mask is done, then bm2 'reboots' (the mask is gone) before packages: an idempotent mask
+    is re-applied and recorded before any package moves; a non-idempotent one stops the run
+    before packages, without sending it a second time."""
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(MASKED.replace("IDEMPOTENT", idempotent))
+    t = masked_sim()
+    s = start_run(rb, session(tmp_path, t))
+    sent = [(n, c) for n, c in t.calls if c.startswith(("systemctl mask", "apt-get install", "is-masked"))]
+    j = journal(tmp_path)
+    if idempotent == "true":
+        assert s.exit_code == 0, s.message
+        first_install = sent.index(("bm1", "apt-get install -y bm-full=4.9.3"))
+        assert sent[:first_install] == [("bm2", "systemctl mask --runtime bluemind.target"), ("bm2", "is-masked"),
+                                        ("bm2", "is-masked"),  # before packages: no longer holds
+                                        ("bm2", "systemctl mask --runtime bluemind.target"), ("bm2", "is-masked")]
+        assert [(r["step"], r["nodes"], r["before"]) for r in j["reapplied"]] == [("mask", ["bm2"], "packages")]
+    else:
+        assert s.exit_code == 5 and "'mask', done earlier, no longer holds on bm2" in s.message
+        assert "restore it by hand" in s.message and s.ha_off_open
+        assert [c for n, c in sent if c.startswith("systemctl mask")] == ["systemctl mask --runtime bluemind.target"]
+        assert not [c for n, c in sent if c.startswith("apt-get")] and j["steps"]["packages"]["state"] == "pending"

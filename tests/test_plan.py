@@ -49,11 +49,11 @@ def test_keepalived_freezes_on_backup_only():
     assert steps["ha-off"].target == "secondary"
     assert steps["ha-off"].commands["bm1"].run == ["systemctl stop keepalived"]
     assert steps["post-install"].target == "primary"
-    assert plan.stonith_guard == ("no check proves fencing (the HA handling may have none, as keepalived): step "
-                                  "'ha-on' turns failover back on and needs an explicit acceptance of the "
-                                  "split-brain risk (unattended: --allow-no-stonith)")
+    assert plan.stonith_guard == ("this HA stack has no fencing (fencing: none): step 'ha-on' turns failover back "
+                                  "on only with an explicit acceptance of the split-brain risk (a prompt; "
+                                  "unattended: --allow-no-stonith)")
     from bmupgrade.ui.planview import render_markdown
-    assert "| STONITH guard | no check proves fencing" in render_markdown(plan)
+    assert "| STONITH guard | this HA stack has no fencing" in render_markdown(plan)
 
 
 def test_primary_is_symbolic_until_probed():

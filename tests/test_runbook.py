@@ -193,3 +193,25 @@ def test_fencing_marker_only_on_preflight_checks(tmp_path):
     assert [p for p in found if "fencing" in p] == [
         f"{path}:{line}:{col}: postflight.1.fencing: fencing: true belongs on a preflight check (the STONITH guard is "
         "decided before anything changes); move the check to preflight"], found
+
+
+def test_a_read_only_step_takes_nothing_that_changes_and_may_be_resent(tmp_path):
+    """`read_only` steps are what `plan --probe` sends: no rollback commands, no HA, no point of
+    no return; and, changing nothing, they are re-sendable like idempotent ones."""
+    sim = "  - {id: sim, on: all, read_only: true, run: 'apt-get -s upgrade', rollback: []}\n"
+    rb = load_runbook(write(tmp_path, MINIMAL.replace("steps:\n", "steps:\n" + sim)))
+    assert rb.step("sim").read_only and rb.step("sim").idempotent
+    bad = sim.replace("rollback: []", "rollback: 'true', point_of_no_return: true")
+    found, path = problems(tmp_path, MINIMAL.replace("steps:\n", "steps:\n" + bad))
+    assert any("a read_only step changes nothing, so it takes no point_of_no_return, rollback commands" in p
+               and p.startswith(path + ":") for p in found), found
+
+
+def test_requires_names_an_earlier_step_with_a_verify(tmp_path):
+    text = MINIMAL.replace("  - id: post-install\n", "  - id: post-install\n    requires: [ha-off, ha-on, nope]\n")
+    found, path = problems(tmp_path, text)
+    line = text[:text.index("requires:")].count("\n") + 1
+    assert [p.split(": ", 1)[0] for p in found if "requires" in p] == [f"{path}:{line}:{c}" for c in (16, 24, 31)], found
+    assert "step 'ha-off' has no verify, so nothing can tell whether it still holds" in " ".join(found)
+    assert "'ha-on' is no earlier step; a step can require only steps before it: ha-off, packages" in " ".join(found)
+    assert "'nope' is no earlier step" in " ".join(found)

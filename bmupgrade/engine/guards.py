@@ -27,6 +27,9 @@ def fencing_gap(rb: Runbook, fencing: str | None, *, preflight_ran: bool) -> str
     runbook with fencing checks leaves the verdict to it."""
     if fencing == "enabled" or (not preflight_ran and rb.fencing_checks):
         return None
+    if rb.fencing == "none":
+        return ("this HA stack has no fencing (the runbook says `fencing: none`): nothing powers off a node that "
+                "loses sight of the other, so both can take the public IP")
     if fencing == "disabled":
         return "fencing (STONITH) is NOT enabled"
     return "no preflight check of this runbook proves that fencing (STONITH) is enabled"
@@ -47,6 +50,11 @@ def stonith_guard(eng: "Engine", step: Step) -> None:
         eng.journal.set("fencing_accepted", {**whoami(), "at": now(), "step": step.id, "how": how, "why": why})
         eng.fencing_accepted = True  # once per session (a retry does not ask again; a resume does)
         return
+    if eng.rb.fencing == "none":
+        raise Stop(EXIT_FAILED, ABORTED,
+                   f"Stopped before '{step.id}': {why}; turning automatic failover back on risks a split brain. "
+                   "Make sure the nodes see each other (the link between them; keepalived logs each VRRP state "
+                   f"change), then accept the risk: `{eng.hint('resume', '--allow-no-stonith')}`.")
     raise Stop(EXIT_FAILED, ABORTED,
                f"Stopped before '{step.id}': {why}, and turning automatic failover back on without it risks a "
                f"split brain. Check fencing, then `{eng.hint('resume')}` (with --allow-no-stonith to accept "

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from bmupgrade.engine.guards import check_deadline, stonith_guard
+from bmupgrade.engine.requires import ensure_requirements
 from bmupgrade.errors import EXIT_FAILED
 from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, SKIPPED, STARTED, UNKNOWN, whoami
 from bmupgrade.outcome import RETRY, ROLLBACK, SKIP, FailureContext
@@ -67,6 +68,11 @@ class StepRunner:
             todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
             if not todo:
                 return self._finish(step, nodes)
+            if step.requires:  # a reboot may have undone an earlier step
+                ensure_requirements(eng, step)
+                if step.on in ("primary", "secondary"):  # the VIP re-probe stays the last look before sending
+                    nodes = self._targets(step)
+                    todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
             if first:
                 first = False
                 todo = self._before_first_attempt(seq, total, step, todo)

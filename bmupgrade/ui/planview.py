@@ -37,6 +37,8 @@ def _flags(a: Action, plan: Plan | None = None) -> str:
         flags.append(f"captures {a.capture}")
     if a.same_on_all_nodes:
         flags.append("same on all nodes")
+    if a.read_only:
+        flags.append("read-only")
     if a.severity == "warning":
         flags.append("warning only")
     return ", ".join(flags)
@@ -60,6 +62,21 @@ def _expect_text(a: Action) -> str:
     if a.same_on_all_nodes:
         parts.append("identical on all nodes")
     return ", ".join(parts) or "exit 0"
+
+
+def _probe_lines(a: Action) -> list[str]:
+    """What a read-only step printed when `plan --probe` sent it (empty if it was not)."""
+    p = a.probed
+    if p is None:
+        return []
+    if p.not_sent:
+        return [f"probe: not sent: {p.not_sent}"]
+    out = []
+    for o in p.outputs:
+        status = "no answer" if o.exit_code is None else f"exit {o.exit_code}"
+        out.append(f"probed now on {o.node} (read-only, before the steps above ran): {status}")
+        out.extend(f"  | {line}" for line in o.output.splitlines())
+    return out
 
 
 def render_text(plan: Plan, console) -> None:
@@ -112,6 +129,8 @@ def render_text(plan: Plan, console) -> None:
                 body.append("\n  rollback: cannot be undone automatically", style="yellow")
             elif a.undo == "nothing":
                 body.append("\n  rollback: nothing to undo", style="dim")
+            for line in _probe_lines(a):
+                body.append("\n  " + line, style="blue")
             target = a.target if a.kind != "builtin" else "all"
             if plan.probed_holders is not None and a.target in ("primary", "secondary"):
                 target += "\n= " + (", ".join(a.nodes) or "?")
@@ -255,6 +274,25 @@ def _md_item(plan: Plan, a: Action, number: int, total: int) -> list[str]:
         out += [f"{pad}Rollback: nothing to undo.", ""]
     if a.phase != "step":
         out += [f"{pad}Expect: {_md(_expect_text(a))}" + (f". {_md(a.why)}" if a.why else ""), ""]
+    return out + _md_probe(a, pad)
+
+
+def _md_probe(a: Action, pad: str) -> list[str]:
+    """A read-only step's answers at planning time (`plan --probe`), as evidence in the ticket."""
+    p = a.probed
+    if p is None:
+        return []
+    if p.not_sent:
+        return [f"{pad}Probe: not sent: {_md(p.not_sent)}", ""]
+    out = []
+    for o in p.outputs:
+        status = "no answer" if o.exit_code is None else f"exit {o.exit_code}"
+        out += [f"{pad}Probed when this plan was made (read-only, before the steps above ran), on `{o.node}`: "
+                f"{status}", ""]
+        fence = "```"
+        while fence in o.output:
+            fence += "`"
+        out += [pad + ln for ln in [f"{fence}text", *o.output.splitlines(), fence]] + [""]
     return out
 
 
@@ -323,6 +361,7 @@ def _plain_action(a: Action, plan: Plan, out: list[str]) -> None:
         out.append(f"{pad}  rollback: cannot be undone automatically")
     elif a.undo == "nothing":
         out.append(f"{pad}  rollback: nothing to undo")
+    out.extend(f"{pad}  {line}" for line in _probe_lines(a))
 
 
 def _plain_footer(plan: Plan) -> list[str]:

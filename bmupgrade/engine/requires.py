@@ -1,0 +1,72 @@
+"""Earlier steps whose effect must still hold when a step starts (`requires:`).
+
+A done step stays done in the journal, but its effect can vanish behind the run's back: a
+reboot clears a runtime mask (`systemctl mask --runtime`) and starts an enabled keepalived
+again; someone may leave maintenance mode by hand. Before each attempt of a step that
+`requires` them, the engine runs each required step's `verify` where it is done. One that no
+longer holds is re-applied if it is idempotent (its commands, then its verify, recorded in the
+journal as `reapplied`); otherwise the run stops before the step, with HA as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from bmupgrade.errors import EXIT_FAILED
+from bmupgrade.journal import DONE, FAILED_RUN
+from bmupgrade.runbook import Step
+
+if TYPE_CHECKING:
+    from bmupgrade.engine.core import Engine
+
+
+def ensure_requirements(eng: "Engine", step: Step) -> None:
+    """Every step `step` requires holds where it is done, re-applied if it no longer does."""
+    for rid in step.requires:
+        required = eng.rb.step(rid)
+        nodes = eng.journal.nodes_in(rid, DONE)
+        if not nodes:
+            continue  # skipped, or not run on any node: nothing that should hold
+        checks = eng.on_each(nodes, lambda n: _verify(eng, required, n, step.id))
+        lost = [n for n, r in checks.items() if not r.ok]
+        if lost:
+            _reapply(eng, step, required, lost, checks)
+
+
+def _verify(eng: "Engine", required: Step, node: str, for_step: str):
+    return eng.send(node, eng.render(required.verify or "true", node), timeout=required.timeout,
+                    key=f"{required.id}:still-holds", quiet=True)
+
+
+def _reapply(eng: "Engine", step: Step, required: Step, lost: list[str], checks: dict) -> None:
+    from bmupgrade.engine.core import Stop
+
+    where = ", ".join(lost)
+    why = "; ".join(f"{n}: verify exit {checks[n].exit_code}" if checks[n].exit_code is not None
+                    else f"{n}: {checks[n].error or 'no answer'}" for n in lost)
+    if not required.idempotent:
+        raise Stop(EXIT_FAILED, FAILED_RUN,
+                   f"Stopped before '{step.id}': '{required.id}', done earlier, no longer holds on {where} ({why}). "
+                   f"It is not idempotent, so bmupgrade does not send it again: restore it by hand, then "
+                   f"`{eng.hint('resume')}`.")
+    eng.reporter.warn(f"'{required.id}' no longer holds on {where} ({why}): a reboot or a person undid it. "
+                      f"Re-applying it before '{step.id}' (it is idempotent).")
+    eng.journal.add("reapplied", {"step": required.id, "nodes": lost, "before": step.id, "why": why,
+                                  "at": time.time()})
+    results = eng.on_each(lost, lambda n: _apply(eng, required, n))
+    failed = {n: r for n, r in results.items() if not r.ok}
+    if failed:
+        raise Stop(EXIT_FAILED, FAILED_RUN,
+                   f"Stopped before '{step.id}': '{required.id}' no longer held on {where} and re-applying it "
+                   f"failed on {', '.join(failed)} (exit {next(iter(failed.values())).exit_code}). Check the node, "
+                   f"then `{eng.hint('resume')}`.")
+
+
+def _apply(eng: "Engine", required: Step, node: str):
+    result = None
+    for cmd in [*(required.run or []), *([required.verify] if required.verify else [])]:
+        result = eng.send(node, eng.render(cmd, node), timeout=required.timeout, key=f"{required.id}:reapply")
+        if not result.ok:
+            break
+    return result
