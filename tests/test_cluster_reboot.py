@@ -1,0 +1,84 @@
+"""A real reboot of the passive node inside the HA-off window (real cluster lab, issue 12's
+`reboot` fault): /run is a fresh tmpfs after it, so `systemctl mask --runtime` is gone. Its own
+lab (name and subnet), so it runs beside tests/test_cluster_lab.py's."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e import cluster_upgrade, journal
+from tests.test_cluster_lab import crmmon_maintenance, eventually, placement, require_cluster, versions
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require_cluster()
+    from bmupgrade.lab.cluster.lab import ClusterLab
+
+    lab = ClusterLab(tmp_path_factory.mktemp("reboot") / "lab", name="bmreboot", subnet="10.213.16.0/24")
+    try:
+        lab.up()
+        yield lab
+    finally:
+        left = lab.down()
+    assert left == [], left
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def test_passive_node_rebooted_in_the_window_is_masked_again_before_packages(cluster, state):
+    """The run dies right after masking bluemind.target on bm2 (HA off); then bm2 really reboots
+    (power cycle through the supervisor: /run is a fresh tmpfs, the runtime mask is gone).
+    `resume` re-checks what the packages step requires, re-applies the mask before any package
+    moves, and bm-conf's postinst on bm2 could not start BlueMind on the passive node."""
+    from bmupgrade.lab.cluster import faults
+    r = cluster_upgrade(cluster, state, env={"BMUPGRADE_CRASH_AT": "done:mask-passive"}, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    assert crmmon_maintenance(cluster.crm_mon())
+    assert cluster.run("bm2", "systemctl is-enabled bluemind.target").stdout.strip().startswith("masked")
+    faults.reboot(cluster, "bm2")
+    cluster.wait_ready()
+    # the rejoined node is "pending" a moment: the preflight's health check would refuse (exit 5,
+    # nothing sent) until it is a full member again, as an admin would see; wait for that first
+    def rejoined():
+        xml = cluster.run("bm1", "crm_mon -1 --output-as=xml").stdout
+        return bool(re.search(r'<node name="bm2"[^>]*online="true"[^>]*pending="false"', xml))
+    assert eventually(rejoined, True, 60)
+    # in maintenance mode Pacemaker starts nothing: bm1's fence device, which ran on bm2, stays stopped
+    def fence_bm1():
+        xml = cluster.run("bm1", "crm_mon -1 --output-as=xml").stdout
+        return re.search(r'<resource id="fence-bm1"[^>]*role="(\w+)"', xml).group(1)
+    assert eventually(fence_bm1, "Stopped", 30) == "Stopped"
+    assert not cluster.run("bm2", "systemctl is-enabled bluemind.target").stdout.strip().startswith("masked")
+    r = subprocess.run([sys.executable, "-m", "bmupgrade", "resume", "--yes", "--ack", "backup,prepare",
+                        "--state-dir", str(state)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 0, out
+    assert "'mask-passive' no longer holds on bm2" in out and "Re-applying it before 'packages'" in out
+    j = journal(state)
+    assert [(x["step"], x["nodes"], x["before"]) for x in j["reapplied"]] == [("mask-passive", ["bm2"], "packages")]
+    # bm2's call log (on its disk: it survives the reboot): masked, rebooted, masked again, then
+    # bm-conf's postinst tried to start BlueMind (refused: masked), and nothing had to stop it
+    log = [line.split(" ", 1)[1] for line in cluster.run("bm2", "cat /var/log/bmlab/calls.log").stdout.splitlines()]
+    masks = [i for i, line in enumerate(log) if line == "systemctl mask --runtime bluemind.target"]
+    assert len(masks) == 2, log
+    later = log[masks[1]:]
+    assert "systemctl start bluemind.target" in later and "bmctl stop" not in later, later
+    assert cluster.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
+    assert all(set(v.values()) == {"4.9.3"} for v in versions(cluster).values())
+    assert not crmmon_maintenance(cluster.crm_mon()) and placement(cluster)["vip"] == ["bm1"]
+    # reattached: the fence device runs again (the postflight's cluster-healthy-after said so too)
+    assert 'role="Stopped"' not in cluster.run("bm1", "crm_mon -1 --output-as=xml").stdout
+    assert "resources-started: skipped (step 'ha-off' has run" in out
