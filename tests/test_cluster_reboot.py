@@ -82,3 +82,62 @@ def test_passive_node_rebooted_in_the_window_is_masked_again_before_packages(clu
     # reattached: the fence device runs again (the postflight's cluster-healthy-after said so too)
     assert 'role="Stopped"' not in cluster.run("bm1", "crm_mon -1 --output-as=xml").stdout
     assert "resources-started: skipped (step 'ha-off' has run" in out
+
+
+@pytest.fixture(scope="module")
+def ka(tmp_path_factory):
+    import shutil
+
+    from tests.conftest import _missing
+
+    require_cluster()
+    if not shutil.which("keepalived"):
+        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
+    from bmupgrade.lab.cluster.lab import ClusterLab
+
+    lab = ClusterLab(tmp_path_factory.mktemp("kareboot") / "lab", name="bmkarbt", subnet="10.213.17.0/24",
+                     ha="keepalived")
+    try:
+        lab.up()
+        yield lab
+    finally:
+        left = lab.down()
+    assert left == [], left
+
+
+def test_keepalived_backup_rebooted_in_the_window_is_frozen_again(ka, state):
+    """keepalived: failover is frozen by stopping keepalived on the backup (bm2). bm2 reboots
+    inside the window: its enabled keepalived starts again at boot (failover live again) and the
+    runtime mask is gone. `resume` stops keepalived there again and re-masks, before packages."""
+    from bmupgrade.lab.cluster import faults
+    from tests.e2e import KEEPALIVED
+
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    r = cluster_upgrade(ka, state, "--allow-no-stonith", runbook=KEEPALIVED,
+                        env={"BMUPGRADE_CRASH_AT": "done:mask-passive"}, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    assert ka.run("bm2", "systemctl is-active keepalived").stdout.strip() == "inactive"
+    faults.reboot(ka, "bm2")
+    ka.wait_ready()
+    assert ka.run("bm2", "systemctl is-active keepalived").stdout.strip() == "active"  # HA live again
+    r = subprocess.run([sys.executable, "-m", "bmupgrade", "resume", "--yes", "--ack", "backup,prepare",
+                        "--allow-no-stonith", "--state-dir", str(state)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 0, out
+    j = journal(state)
+    assert [(x["step"], x["nodes"]) for x in j["reapplied"]] == [("ha-off", ["bm2"]), ("mask-passive", ["bm2"])]
+    # bm2's log after the reboot: keepalived stopped and bluemind.target masked before bm-conf's
+    # postinst tried to start it; keepalived started again by ha-on at the end
+    log = [line.split(" ", 1)[1] for line in ka.run("bm2", "cat /var/log/bmlab/calls.log").stdout.splitlines()]
+    masks = [i for i, line in enumerate(log) if line == "systemctl mask --runtime bluemind.target"]
+    assert len(masks) == 2, log
+    restart = max(i for i, line in enumerate(log) if line == "systemctl start keepalived")  # ha-on
+    window = log[masks[1]:restart]  # (keepalived's notify stops BlueMind when bm2 becomes BACKUP again)
+    assert "systemctl start bluemind.target" in window and "bmctl stop" not in window, window
+    stops = [i for i, line in enumerate(log) if line == "systemctl stop keepalived"]
+    assert len(stops) == 2 and stops[1] < masks[1], log
+    assert ka.vip_holders() == ["bm1"]
+    for n in ("bm1", "bm2"):
+        assert ka.run(n, "systemctl is-active keepalived").stdout.strip() == "active"
+    assert all(set(v.values()) == {"4.9.3"} for v in versions(ka).values())
