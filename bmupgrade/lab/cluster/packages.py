@@ -11,6 +11,7 @@ remove it. The stand-in commands (bm-cli, bmctl) are shipped by these packages; 
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ FILES = Path(__file__).with_name("files")
 BM_PACKAGES = ("bm-core", "bm-conf", "bm-client-access", "bm-core-upgraders", "bm-plugin-cli-setup",
                "bm-plugin-filehosting")
 FAIL_ONCE = "/var/lib/bmlab/faults/postinst-fail-once"  # the "postinst fails once" fault's switch
+STAMP = "bmlab-packages.sha256"  # in the repository: the fingerprint() it was built from
 
 # name -> (depends template, files {path in package: source file in files/}, postinst body)
 SPECS = {
@@ -66,13 +68,27 @@ def _stage(root: Path, name: str, version: str) -> Path:
     return tree
 
 
+def fingerprint() -> str:
+    """What the packages are made of: a repository built from other SPECS or files is rebuilt
+    (an older lab's `lab up --reset` then installs today's packages)."""
+    h = hashlib.sha256(repr((VERSIONS, SPECS)).encode())
+    for src in sorted({src for _, files, _ in SPECS.values() for src in files.values()}):
+        h.update(src.encode() + b"\0" + (FILES / src).read_bytes())
+    return h.hexdigest()
+
+
 def build_repo(repo: Path) -> Path:
     """Build every package in both versions into `repo` (a flat apt repository); idempotent."""
-    if (repo / "Release").is_file():
-        return repo
+    stamp = fingerprint()
+    try:
+        if (repo / "Release").is_file() and (repo / STAMP).read_text().strip() == stamp:
+            return repo
+    except FileNotFoundError:
+        pass
     stage = repo.with_name(repo.name + ".stage")
-    repo.mkdir(parents=True, exist_ok=True)
-    stage.mkdir(exist_ok=True)
+    subprocess.run(["rm", "-rf", str(repo), str(stage)], check=True)
+    repo.mkdir(parents=True)
+    stage.mkdir()
     procs = []
     for version in VERSIONS:
         for name in SPECS:
@@ -87,6 +103,7 @@ def build_repo(repo: Path) -> Path:
             raise RuntimeError("dpkg-deb failed: %s" % err.decode(errors="replace").strip())
     subprocess.run(["rm", "-rf", str(stage)], check=True)
     _index(repo)
+    (repo / STAMP).write_text(stamp + "\n")
     return repo
 
 
