@@ -68,19 +68,46 @@ def provision() -> None:
     if r.returncode:
         raise SystemExit("init: provisioning failed (see /var/log/bmlab/provision.log)")
     open(PROVISIONED, "w").close()
+    stop_daemons("/run/bmlab-units")
     subprocess.run(["rm", "-rf", "/run/bmlab-units"])
     os.makedirs("/run/bmlab-units")
 
 
-def start_enabled_units() -> None:
-    """What systemd would do at boot: start the enabled units (bluemind.target is Pacemaker's)."""
+def stop_daemons(run: str) -> None:
+    """SIGTERM the daemons the postinsts started (bm-nginx), and wait: forgetting their pid files
+    would leave them holding their ports when the enabled units start."""
+    pids = []
+    for f in os.listdir(run):
+        if f.endswith(".pid"):
+            try:
+                with open(os.path.join(run, f)) as fh:
+                    pid = int(fh.read().split()[0])
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
+            except (OSError, ValueError, IndexError):
+                pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists("/proc/%d" % p) and _reap(p) for p in pids):
+        time.sleep(0.02)
+
+
+def _reap(pid: int) -> bool:
+    """Still running? (a dead child of ours, now a zombie, is reaped: PID 1 adopts the daemons)"""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return True  # not our child: /proc says whether it lives
+
+
+def start_enabled_units() -> list[subprocess.Popen]:
+    """What systemd would do at boot: start the enabled units (bluemind.target is Pacemaker's),
+    alongside the cluster daemons; main() waits for them before the node says it is ready."""
     try:
         units = [u for u in os.listdir("/etc/bmlab-units") if not u.endswith((".masked", ".exec"))]
     except FileNotFoundError:
-        return
-    for u in units:
-        if u != "bluemind.target":
-            subprocess.run(["/usr/bin/systemctl", "start", u], env=ENV)
+        return []
+    return [subprocess.Popen(["/usr/bin/systemctl", "start", u], env=ENV, stdin=subprocess.DEVNULL)
+            for u in units if u != "bluemind.target"]
 
 
 def wait_corosync(timeout: float = 15.0) -> None:
@@ -145,8 +172,10 @@ def main(argv: list[str]) -> int:
     sh("hostname", node)
     log("boot generation %s" % gen)
     provision()
-    start_enabled_units()
+    units = start_enabled_units()
     procs = daemons()
+    for p in units:
+        p.wait()
     with open("/run/bmlab-ready", "w") as f:
         f.write("%.3f\n" % time.time())
     log("daemons started: %s" % ", ".join("%s=%d" % (n, p) for p, n in procs.items()))

@@ -21,14 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-from bmupgrade.lab.cluster import config, crmmon, netns, node, packages, rootfs
+from bmupgrade.lab.cluster import bluemind, config, crmmon, netns, node, packages, rootfs
 from bmupgrade.lab.cluster.config import ClusterConfig, ClusterLabError
 
 TOOLS = {  # command -> Debian package
     "corosync": "corosync", "pacemakerd": "pacemaker", "crm_mon": "pacemaker-cli-utils",
     "/usr/lib/ocf/resource.d/heartbeat/IPaddr2": "resource-agents", "/usr/sbin/sshd": "openssh-server",
     "ssh-keygen": "openssh-client", "ip": "iproute2", "unshare": "util-linux", "nsenter": "util-linux",
-    "dpkg-deb": "dpkg", "apt-ftparchive": "apt-utils", "rsync": "rsync", "fuser": "psmisc",
+    "dpkg-deb": "dpkg", "apt-ftparchive": "apt-utils", "rsync": "rsync", "fuser": "psmisc", "openssl": "openssl",
+    "curl": "curl",
 }
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 READY_TIMEOUT = 90.0  # the first boot installs bm-full 4.9.2 in both nodes
@@ -134,9 +135,11 @@ class ClusterLab:
         self.cfg.save()
         os.chmod(self.dir, 0o700)
         keys = self._keys()
+        secrets = bluemind.secrets(self.dir / "keys")
         packages.build_repo(self.cfg.repo)
         for n in self.cfg.nodes:
             rootfs.prepare(self.cfg, n.name, keys)
+            bluemind.prepare(self.cfg, n.name, secrets)
         self._write_client_files(keys)
 
     def _keys(self) -> dict[str, Path]:

@@ -22,10 +22,9 @@ from bmupgrade.lab.cluster.config import ClusterConfig
 LAYERS = ("etc", "usr", "var", "root")
 FILES = Path(__file__).with_name("files")
 REPO_IN_NODE = "/run/bmlab/repo"
-SYNC_FILES = {  # BlueMind's HA guide: identical on both nodes (the runbook's sync_files)
+SYNC_FILES = {  # BlueMind's HA guide: identical on both nodes (more in bluemind.py: /etc/bm, the certificate)
     "etc/aliases": "postmaster: root\n",
     "etc/aliases.db": "bmlab aliases db\n",
-    "etc/ssl/certs/bm_cert.pem": "-----BEGIN CERTIFICATE-----\nbmlab\n-----END CERTIFICATE-----\n",
     "var/lib/bm-ca/ca-cert.pem": "-----BEGIN CERTIFICATE-----\nbmlab-ca\n-----END CERTIFICATE-----\n",
     "usr/share/bm-elasticsearch/config/elasticsearch.yml": "cluster.name: bluemind\n",
 }
