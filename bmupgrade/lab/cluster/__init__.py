@@ -3,7 +3,7 @@ Pacemaker, real apt/dpkg with BlueMind-shaped packages, a fence agent that pulls
 
 One concept per module: config (names, addresses), netns (bridge, veths, namespaces),
 packages (the apt repository), cib (corosync.conf and the CIB), rootfs (a node's overlay
-layers), bluemind (its API key, certificate, /etc/bm), init (a node's PID 1),
+layers), bluemind (its API key, certificate, /etc/bm, csync2 set), init (a node's PID 1),
 supervisor (the nodes' parent and power switch), node (commands inside a node), crmmon
 (crm_mon XML), faults, lab (ClusterLab, the facade).
 Needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN; the stand-in lab (bmupgrade.lab) does not.

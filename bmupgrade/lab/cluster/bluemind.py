@@ -1,9 +1,11 @@
-"""The BlueMind configuration of a node: API key, TLS certificate, /etc/bm.
+"""The BlueMind configuration of a node: API key, TLS certificate, /etc/bm, the csync2 set.
 
 The runbooks ask BlueMind's REST API (bm-nginx, shipped by bm-client-access) with the key of
 /etc/bm/bm-core.tok, over HTTPS with BlueMind's /etc/ssl/certs/bm_cert.pem (certificate and
 key in one file). The HA guide wants those identical on both nodes, so both are made once per
-lab (in DIR/keys) and written to both nodes, as after a sync.
+lab (in DIR/keys) and written to both nodes, as after a sync. /etc/csync2.cfg names what the
+site's sync pushes (the runbooks' sync_paths); /usr/sbin/csync2 is a stand-in that pushes it
+with real rsync over ssh, from the node it runs on to the other one.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import subprocess
 from pathlib import Path
 
 from bmupgrade.lab.cluster.config import ClusterConfig, ClusterLabError
-from bmupgrade.lab.cluster.rootfs import put, upper
+from bmupgrade.lab.cluster.rootfs import FILES, put, upper
 
+SYNC_PATHS = ("/etc/aliases", "/etc/aliases.db", "/etc/sysctl.conf", "/etc/ssl/certs/bm_cert.pem",
+              "/var/lib/bm-ca/ca-cert.pem", "/usr/share/bm-elasticsearch/config/elasticsearch.yml",
+              "/etc/apt/sources.list.d/bm.list", "/etc/bm", "/etc/nginx")  # the runbooks' sync_paths
 TOKEN, CERT = "bm-core.tok", "bm_cert.pem"
 
 
@@ -48,10 +53,18 @@ def _make_cert(path: Path) -> None:
     key.unlink()
 
 
+def csync2_cfg(cfg: ClusterConfig) -> str:
+    return "\n".join(
+        ["# bmupgrade cluster lab %s: what csync2 keeps identical on both nodes (BlueMind's HA guide)." % cfg.name,
+         "# The lab's csync2 (a stand-in) pushes it from the node it runs on to the other host.",
+         "group bluemind", "{", "  host %s;" % " ".join(n.name for n in cfg.nodes)]
+        + ["  include %s;" % p for p in SYNC_PATHS] + ["}", ""])
+
+
 def prepare(cfg: ClusterConfig, node: str, sec: dict[str, Path]) -> None:
     """Write the node's BlueMind files. The token, bm.ini and the certificate only where missing
     (a node keeps its own changes across down/up; a placeholder certificate of an older lab,
-    without a key, is replaced)."""
+    without a key, is replaced); csync2 and its configuration are the lab's own: rewritten."""
     up = upper(cfg, node)
     if not (up / "etc/bm/bm-core.tok").exists():
         put(cfg, node, "etc/bm/bm-core.tok", sec["token"].read_bytes(), 0o600)
@@ -60,3 +73,5 @@ def prepare(cfg: ClusterConfig, node: str, sec: dict[str, Path]) -> None:
     cert = up / "etc/ssl/certs/bm_cert.pem"
     if not cert.exists() or b"PRIVATE KEY" not in cert.read_bytes():
         put(cfg, node, "etc/ssl/certs/bm_cert.pem", sec["cert"].read_bytes(), 0o600)
+    put(cfg, node, "etc/csync2.cfg", csync2_cfg(cfg))
+    put(cfg, node, "usr/sbin/csync2", (FILES / "csync2").read_bytes(), 0o755)

@@ -158,7 +158,7 @@ def _keepalived(cfg: ClusterConfig, node: str) -> None:
 
 def _ssh(cfg: ClusterConfig, node: str, keys: dict[str, Path]) -> None:
     """sshd's config and host key; root's authorized key, and a key + known_hosts to reach the
-    peer (the runbook's config-sync step runs rsync from one node to the other)."""
+    peer by its name (the runbook's config-sync step, csync2 -x, runs rsync to the other node)."""
     me = cfg.node(node)
     put(cfg, node, "etc/ssh/bmlab_host_ed25519_key", keys[node].read_bytes(), 0o600)
     put(cfg, node, "etc/ssh/bmlab_host_ed25519_key.pub", Path(str(keys[node]) + ".pub").read_bytes())
@@ -186,7 +186,8 @@ def _ssh(cfg: ClusterConfig, node: str, keys: dict[str, Path]) -> None:
     put(cfg, node, "root/.ssh/id_ed25519", keys["client"].read_bytes(), 0o600)
     put(cfg, node, "root/.ssh/id_ed25519.pub", client_pub)
     put(cfg, node, "root/.ssh/known_hosts", known_hosts(cfg, keys))
-    put(cfg, node, "root/.ssh/config", "Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n")
+    put(cfg, node, "root/.ssh/config", "".join("Host %s\n  HostName %s\n" % (n.name, n.address) for n in cfg.nodes)
+        + "Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n")
     os.chmod(upper(cfg, node) / "root/.ssh", 0o700)
 
 
