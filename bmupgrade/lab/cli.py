@@ -178,7 +178,8 @@ def fault(
     """Switch a fault on, on one node (--node) or all; `clear` switches them all off. Each option
     says which faults take it, e.g. `lab fault fail --node bm2 -c 'apt-get install'`. A cluster lab
     (--cluster) has real faults: power-off | power-on | reboot | cut-link | restore-link |
-    vip-move | resource-failure | dpkg-lock | held-package | postinst-fail-once | disk-full | clear."""
+    vip-move | resource-failure | dpkg-lock | held-package | postinst-fail-once | disk-full |
+    backup-running | clear."""
     if _is_cluster(dir):
         return _cluster_fault(name, dir, node, to, package)
     lab = _lab(dir)

@@ -9,6 +9,7 @@ dpkg-lock           a real process holding /var/lib/dpkg/lock-frontend (fcntl, a
 held-package        a real `apt-mark hold`
 postinst-fail-once  bm-conf's next postinst fails: the package stays half-configured
 disk-full           /var/cache/apt/archives on a nearly full 32 MB tmpfs
+backup-running      a DataProtect backup in progress, as BlueMind's REST API (bm-nginx) reports it
 clear               undo them all (power on, links up, unhold, unlock, unmount, cleanup)
 """
 
@@ -26,6 +27,7 @@ LOCK_HOLDER = ("exec python3 -c 'import fcntl,os,time\n"
                "f=open(\"/var/lib/dpkg/lock-frontend\",\"w\")\nfcntl.lockf(f,fcntl.LOCK_EX)\n"
                "open(\"/run/bmlab-lock-holder\",\"w\").write(str(os.getpid()))\ntime.sleep(86400)'")
 ARCHIVES = "/var/cache/apt/archives"
+BACKUP_RUNNING = "/var/lib/bmlab/faults/backup-running"  # read by bm-nginx (files/bm-nginx)
 
 
 def supervisor(lab, request: dict, timeout: float = 30) -> dict:
@@ -127,6 +129,12 @@ def disk_full(lab, name: str) -> None:
                   "fallocate -l 31m %s/.bmlab-filler; }" % (ARCHIVES, ARCHIVES, ARCHIVES, ARCHIVES), check=True)
 
 
+def backup_running(lab, name: str, on: bool = True) -> None:
+    """The node's API lists a DataProtect execution IN_PROGRESS (or, on=False, none again)."""
+    lab.run(name, ("mkdir -p $(dirname %s) && touch %s" if on else "rm -f %s %s")
+            % (BACKUP_RUNNING, BACKUP_RUNNING), check=True)
+
+
 def clear(lab) -> None:
     """Undo every fault; the cluster is then healthy again (both online, failures cleaned)."""
     for n in lab.cfg.nodes:
@@ -137,8 +145,8 @@ def clear(lab) -> None:
     for n in lab.cfg.nodes:
         lab.run(n.name, "[ -s /run/bmlab-lock-holder ] && kill $(cat /run/bmlab-lock-holder); rm -f /run/bmlab-lock-holder; "
                         "apt-mark showhold | xargs -r apt-mark unhold >/dev/null; "
-                        "rm -f /var/lib/bmlab/faults/postinst-fail-once; "
-                        "mountpoint -q %s && umount %s; true" % (ARCHIVES, ARCHIVES))
+                        "rm -f /var/lib/bmlab/faults/postinst-fail-once %s; "
+                        "mountpoint -q %s && umount %s; true" % (BACKUP_RUNNING, ARCHIVES, ARCHIVES))
     lab.wait_ready()
     if lab.cfg.ha == "pacemaker":
         lab.run(lab.cfg.nodes[0].name, "crm_resource --cleanup >/dev/null && crm_resource --wait --timeout=30",
@@ -151,5 +159,5 @@ FAULTS = {  # name -> (function, takes a node)
     "cut-link": (cut_link, True), "restore-link": (restore_link, True), "vip-move": (vip_move, False),
     "resource-failure": (resource_failure, False), "dpkg-lock": (dpkg_lock, True),
     "held-package": (held_package, True), "postinst-fail-once": (postinst_fail_once, True),
-    "disk-full": (disk_full, True),
+    "disk-full": (disk_full, True), "backup-running": (backup_running, True),
 }
