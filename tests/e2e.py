@@ -111,35 +111,7 @@ def version(lab, node: str) -> str:
     return lab.node(node).state()["installed"]["bm-full"]
 
 
-# The cluster lab's nodes have no BlueMind REST API (no bm-core answering /api): in a copy of a
-# bundled runbook, its three API commands (DataProtect executions, installation state, installation
-# version) become what the node can tell: bluemind.target's state, /var/lib/bm-setup/version.
-API_FREE = (  # (bundled runbook text, what the cluster lab's node can answer instead)
-    ("tok=$(cat {{ bm_token_file }}) || exit 1", "tok=cluster-lab-has-no-bluemind-api"),
-    ("""printf 'X-BM-ApiKey: %s\\n' "$tok" | curl -fsS -k -H @- -H 'Content-Type: application/json' -d '{"jobId": """
-     """"DataProtect", "active": true}' {{ bm_api }}/scheduledjobs/_searchExecution""",
-     """echo '{"total":0,"values":[]}'"""),
-    ("""printf 'X-BM-ApiKey: %s\\n' "$tok" | curl -fsS -k -H @- {{ bm_api }}/system/installation/state | grep -E """
-     """'CORE_STATE_(RUNNING|UPGRADE|MAINTENANCE)'""",
-     "systemctl is-active --quiet bluemind.target && echo CORE_STATE_RUNNING"),
-    ("""v=$(printf 'X-BM-ApiKey: %s\\n' "$tok" | curl -fsS -k -H @- {{ bm_api }}/system/installation/version) || exit 1""",
-     """v=$(if [ "$(cat /var/lib/bm-setup/version 2>/dev/null)" = "$(dpkg-query -W -f='${Version}' bm-core)" ]; """
-     """then echo '{"needsUpgrade":false}'; else echo '{"needsUpgrade":true}'; fi)"""),
-)
-
-
-def api_free_runbook(path: str, directory) -> str:
-    """A copy of a bundled runbook for the cluster lab (see API_FREE)."""
-    text = open(path).read()
-    for old, new in API_FREE:
-        assert old in text, old
-        text = text.replace(old, new)
-    out = Path(directory) / ("cluster-lab-" + Path(path).name)
-    out.write_text(text)
-    return str(out)
-
-
 def cluster_upgrade(lab, state: Path, *extra: str, runbook: str = PACEMAKER, **kw) -> subprocess.CompletedProcess:
-    """The bundled runbook on a cluster lab: API-free copy, the site's sync command a no-op."""
-    rb = api_free_runbook(runbook, Path(state).parent)
-    return run_upgrade(lab, state, "-e", "config_sync_command=true", *extra, runbook=rb, **kw)
+    """A bundled runbook, as shipped, on a cluster lab (its nodes answer BlueMind's REST API and
+    run csync2 like a site would)."""
+    return run_upgrade(lab, state, *extra, runbook=runbook, **kw)

@@ -224,22 +224,25 @@ def _refused(cluster, state, check_id):
     return r
 
 
-def test_dpkg_lock_apt_mark_hold_and_full_disk_refuse(cluster, state):
-    """Three real faults (one run, to keep the file short): a process holding the dpkg lock on
+def test_dpkg_lock_apt_mark_hold_full_disk_and_backup_refuse(cluster, state):
+    """Four real faults (one run, to keep the file short): a process holding the dpkg lock on
     bm2 (fcntl, as apt does), `apt-mark hold bm-core` on bm1, a nearly full
-    /var/cache/apt/archives on bm2. The preflight refuses (exit 3), lists all three, and
-    nothing changed on the cluster."""
+    /var/cache/apt/archives on bm2, a DataProtect backup in BlueMind's API on bm1. The
+    preflight refuses (exit 3), lists all four, and nothing changed on the cluster."""
     from bmupgrade.lab.cluster import faults
     faults.dpkg_lock(cluster, "bm2")
     faults.held_package(cluster, "bm1", "bm-core")
     faults.disk_full(cluster, "bm2")
+    faults.backup_running(cluster, "bm1")
     assert cluster.run("bm2", "fuser /var/lib/dpkg/lock-frontend").returncode == 0
     r = _refused(cluster, state, "dpkg-lock-free")
-    assert "no-held-bm-packages" in r.stdout + r.stderr and "free-disk" in r.stdout + r.stderr
+    for check in ("no-held-bm-packages", "free-disk", "no-backup-running"):
+        assert check in r.stdout + r.stderr, check
     faults.clear(cluster)
     assert cluster.run("bm2", "fuser /var/lib/dpkg/lock-frontend").returncode == 1
     assert cluster.run("bm1", "apt-mark showhold").stdout == ""
     assert cluster.run("bm2", "mountpoint -q /var/cache/apt/archives").returncode == 32  # not a mountpoint
+    assert cluster.run("bm1", "test -e /var/lib/bmlab/faults/backup-running").returncode == 1
 
 
 def test_resource_failure_refuses_until_cleaned_up(cluster, state):

@@ -1,22 +1,25 @@
-"""The bundled Pacemaker runbook on the REAL cluster lab (issue 13 on top of issue 12): real
+"""The bundled runbooks, as shipped, on the REAL cluster lab (issue 13 on top of issue 12): real
 Corosync/Pacemaker (crm_resource --refresh/--cleanup/--wait, cibadmin, crm_simulate, crm_mon XML),
 real apt/dpkg with BlueMind-shaped packages (bm-conf's postinst starts bluemind.target,
-bm-plugin-filehosting depends on exactly bm-core (= version)).
-
-The cluster lab's nodes have no BlueMind REST API (no bm-core answering /api), so the three
-API commands of the runbook (DataProtect executions, installation state, installation version)
-are replaced, in a copy of the runbook, by what the node can tell: bluemind.target's state and
-/var/lib/bm-setup/version against bm-core's version. Everything else is the bundled runbook.
+bm-plugin-filehosting depends on exactly bm-core (= version)), BlueMind's REST API on each node
+(bm-nginx on 443: the installation state and version from dpkg and `bm-cli setup upgrade`,
+DataProtect executions) and csync2 pushing the synchronized files with rsync over ssh.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from tests.e2e import API_FREE, PACEMAKER, bmupgrade
+from tests.e2e import KEEPALIVED, PACEMAKER, bmupgrade
 from tests.test_cluster_lab import require_cluster, versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -37,20 +40,9 @@ def cluster(tmp_path_factory):
     assert left == [], left
 
 
-@pytest.fixture(scope="module")
-def runbook(tmp_path_factory):
-    text = open(PACEMAKER).read()
-    for old, new in API_FREE:
-        assert old in text, old
-        text = text.replace(old, new)
-    p = tmp_path_factory.mktemp("rb13") / "pacemaker-cluster-lab.yaml"
-    p.write_text(text)
-    return str(p)
-
-
-def run(cluster, runbook, state):
+def run(cluster, state, runbook=PACEMAKER, *extra):
     return bmupgrade("run", runbook, "-i", str(cluster.inventory_path), "--yes", "--ack", "backup,prepare",
-                     "-e", "config_sync_command=true", state=state, timeout=600)
+                     *extra, state=state, timeout=600)
 
 
 def calls(cluster, node):
@@ -64,7 +56,27 @@ def sent(state, node):
     return [e["command"] for e in map(json.loads, audit.read_text().splitlines()) if e.get("node") == node]
 
 
-def test_the_package_simulation_refuses_a_removal_on_real_apt(cluster, runbook, tmp_path):
+def api(cluster, node, path, *curl_opts, token=None):
+    """(HTTP status, body) of BlueMind's API on the node, asked as the runbooks ask it: curl -k,
+    the key X-BM-ApiKey read from stdin (the node's /etc/bm/bm-core.tok unless `token`)."""
+    tok = '"$(cat /etc/bm/bm-core.tok)"' if token is None else shlex.quote(token)
+    r = cluster.run(node, "printf 'X-BM-ApiKey: %%s\\n' %s | curl -sS -k -H @- -w '\\n%%{http_code}' %s "
+                          "https://localhost/api%s" % (tok, " ".join(curl_opts), path))
+    assert r.returncode == 0, r.stderr
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code), body
+
+
+SEARCH = ("-H 'Content-Type: application/json'", """-d '{"jobId": "DataProtect", "active": true}'""")
+
+
+def api_log(cluster, node):
+    """bm-nginx's request lines on the node: (method, path, status, body)."""
+    out = cluster.run(node, "cat /var/log/bmlab/bm-nginx.log 2>/dev/null").stdout
+    return [tuple(m.groups()) for m in re.finditer(r"(?m)^\S+ \S+ (GET|POST|PUT|DELETE) (\S+) (\d+) (.*)$", out)]
+
+
+def test_the_package_simulation_refuses_a_removal_on_real_apt(cluster, tmp_path):
     # a connector that depends on exactly bm-core (= 4.9.2) and has no 4.9.3: real apt would remove it
     pkg = "/tmp/bluemind-connector-legacy"
     r = cluster.run("bm2", "rm -rf %s && mkdir -p %s/DEBIAN && printf '%%s\\n' 'Package: bluemind-connector-legacy' "
@@ -74,7 +86,7 @@ def test_the_package_simulation_refuses_a_removal_on_real_apt(cluster, runbook, 
     assert r.returncode == 0, r.stdout + r.stderr
     before = versions(cluster)
     try:
-        res = run(cluster, runbook, tmp_path / "s")
+        res = run(cluster, tmp_path / "s")
         assert res.returncode == 1, res.stdout + res.stderr
         assert "Remv bluemind-connector-legacy" in res.stdout and "REFUSED" in res.stdout
         assert versions(cluster) == before  # nothing installed
@@ -85,11 +97,111 @@ def test_the_package_simulation_refuses_a_removal_on_real_apt(cluster, runbook, 
         cluster.run("bm2", "dpkg -r bluemind-connector-legacy >/dev/null")
 
 
-def test_pacemaker_runbook_on_the_real_cluster(cluster, runbook, tmp_path):
+# --------------------------------------------------------------------------- BlueMind's API, csync2
+def test_bluemind_api_answers_from_the_node_state(cluster):
+    """bm-nginx, a real HTTPS daemon on both nodes (bm-client-access's postinst enables it), asked
+    with curl: the core's answers on the VIP holder, 401 without the key, 502 on the passive
+    node (BlueMind stopped behind nginx), DataProtect executions follow the fault."""
+    from bmupgrade.lab.cluster import faults
+    for n in ("bm1", "bm2"):
+        r = cluster.run(n, "systemctl is-active bm-nginx && "
+                           "tr '\\0' ' ' < /proc/$(cat /run/bmlab-units/bm-nginx.service.pid)/cmdline")
+        assert r.stdout.startswith("active\n") and "/usr/sbin/bm-nginx" in r.stdout, (n, r.stdout, r.stderr)
+    assert api(cluster, "bm1", "/system/installation/state") == (200, '"CORE_STATE_RUNNING"')
+    code, body = api(cluster, "bm1", "/system/installation/version")
+    assert (code, json.loads(body)) == (200, {"softwareVersion": "4.9.2", "databaseVersion": "4.9.2",
+                                              "needsUpgrade": False})
+    assert api(cluster, "bm1", "/system/installation/state", token="wrong")[0] == 401
+    assert api(cluster, "bm1", "/system/installation/state", token="")[0] == 401
+    assert api(cluster, "bm2", "/system/installation/state")[0] == 502
+    assert api(cluster, "bm1", *("/scheduledjobs/_searchExecution",) + SEARCH) == (200, '{"total":0,"values":[]}')
+    r = subprocess.run([sys.executable, "-m", "bmupgrade", "lab", "fault", "backup-running", "--node", "bm1",
+                        "--dir", str(cluster.dir)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "fault backup-running on bm1", r.stdout + r.stderr
+    try:
+        code, body = api(cluster, "bm1", *("/scheduledjobs/_searchExecution",) + SEARCH)
+    finally:
+        faults.backup_running(cluster, "bm1", on=False)
+    found = json.loads(body)
+    assert code == 200 and found["total"] == 1
+    assert [(v["jobId"], v["status"]) for v in found["values"]] == [("DataProtect", "IN_PROGRESS")]
+    assert api(cluster, "bm1", "/scheduledjobs/_searchExecution", "-d '{not json'")[0] == 400
+    assert api(cluster, "bm1", "/system/nosuch")[0] == 404
+    # a real certificate for localhost (the lab's, on both nodes), and the node's address from the host
+    r = cluster.run("bm1", "curl -sS --cacert /etc/ssl/certs/bm_cert.pem -o /dev/null -w '%{http_code}' "
+                           "https://localhost/api/system/installation/state")
+    assert r.stdout == "401", r.stderr
+    r = subprocess.run(["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}",
+                        "https://%s/api/system/installation/state" % cluster.cfg.node("bm2").address],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout == "502", r.stderr
+
+
+def test_csync2_pushes_from_the_node_it_runs_on_only(cluster):
+    """`csync2 -x` on bm1: bm1's new /etc/bm file reaches bm2 with real rsync over ssh; a file only
+    bm2 has stays on bm2 and is not copied back. Anything but -x is a usage error."""
+    try:
+        cluster.run("bm1", "echo from-bm1 > /etc/bm/lab-test.conf", check=True)
+        cluster.run("bm2", "echo from-bm2 > /etc/nginx/bm-local.d/lab-test.conf", check=True)
+        r = cluster.run("bm1", "csync2 -x")
+        assert r.returncode == 0, r.stderr
+        assert cluster.run("bm2", "cat /etc/bm/lab-test.conf").stdout == "from-bm1\n"
+        assert cluster.run("bm1", "test -e /etc/nginx/bm-local.d/lab-test.conf").returncode == 1
+        assert "bm1 -> bm2: " in cluster.run("bm1", "cat /var/log/bmlab/csync2.log").stdout
+        assert cluster.run("bm2", "test -e /var/log/bmlab/csync2.log").returncode == 1
+        r = cluster.run("bm1", "csync2 -T")
+        assert r.returncode == 1 and "usage: csync2 -x" in r.stderr
+    finally:
+        for n in ("bm1", "bm2"):
+            cluster.run(n, "rm -f /etc/bm/lab-test.conf /etc/nginx/bm-local.d/lab-test.conf")
+
+
+# --------------------------------------------------------------------------- the window, end to end
+def maintenance_in_cib(cluster):
+    """maintenance-mode as the CIB itself stores it (unset: the default, false)."""
+    cib = cluster.run("bm1", "cibadmin --query --scope crm_config", check=True).stdout
+    m = re.search(r'name="maintenance-mode" value="([^"]*)"', cib)
+    return m.group(1) if m else "unset"
+
+
+def node_state(cluster):
+    """What a refused run must not change: packages, HA, dpkg runs (the dpkg hook's snapshots)."""
+    dpkg_runs = {n: cluster.run(n, "ls /var/log/bmlab/dpkg 2>/dev/null | wc -l").stdout.strip() for n in ("bm1", "bm2")}
+    return {"versions": versions(cluster), "maintenance": maintenance_in_cib(cluster), "dpkg runs": dpkg_runs}
+
+
+@pytest.fixture(scope="module")
+def window(cluster, tmp_path_factory):
+    """A DataProtect backup runs on the VIP holder: the first run is refused; once the backup has
+    ended, the second run upgrades. The tests below assert what each run did."""
+    from bmupgrade.lab.cluster import faults
+    d = tmp_path_factory.mktemp("window")
     cluster.run("bm1", "crm_resource --cleanup >/dev/null")
-    state = tmp_path / "s"
-    seen = len(calls(cluster, "bm2"))  # the node's boot and first install came before
-    r = run(cluster, runbook, state)
+    before = node_state(cluster)
+    faults.backup_running(cluster, "bm1")
+    try:
+        refused = run(cluster, d / "refused")
+        after_refusal = node_state(cluster)
+    finally:
+        faults.backup_running(cluster, "bm1", on=False)
+    seen = {n: (len(calls(cluster, n)), len(api_log(cluster, n))) for n in ("bm1", "bm2")}
+    upgraded = run(cluster, d / "upgraded")
+    return SimpleNamespace(before=before, refused=refused, after_refusal=after_refusal, seen=seen,
+                           upgraded=upgraded, state=d / "upgraded", refused_state=d / "refused")
+
+
+def test_a_running_backup_refuses_the_window(cluster, window):
+    r = window.refused
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "no-backup-running" in r.stdout
+    assert window.after_refusal == window.before and window.before["maintenance"] != "true"
+    for n in ("bm1", "bm2"):  # only the preflight's reads went out
+        assert not [c for c in sent(window.refused_state, n)
+                    if "apt-get install" in c or "--update" in c or "csync2" in c or "bm-cli" in c], n
+
+
+def test_once_the_backup_ended_the_pacemaker_runbook_upgrades_the_real_cluster(cluster, window):
+    r, state, seen = window.upgraded, window.state, window.seen["bm2"][0]
     assert r.returncode == 0, r.stdout + r.stderr
     # real apt: every bm-* package at 4.9.3 on both nodes, plugins included, none removed
     for n, v in versions(cluster).items():
@@ -133,6 +245,47 @@ def test_pacemaker_runbook_on_the_real_cluster(cluster, runbook, tmp_path):
     assert os.path.exists(state)
 
 
+def test_the_api_answered_honestly_through_the_run(cluster, window):
+    """What bm-nginx answered on the VIP holder during the run: the core in UPGRADE once the
+    packages were in (core-ready), no upgrade pending after post-install (upgrade-complete);
+    the passive node's API was never asked."""
+    assert window.upgraded.returncode == 0
+    asked = api_log(cluster, "bm1")[window.seen["bm1"][1]:]
+    search, state, version = ([a for a in asked if a[1] == p] for p in (
+        "/api/scheduledjobs/_searchExecution", "/api/system/installation/state", "/api/system/installation/version"))
+    assert [(m, st, body) for m, _, st, body in search] == [("POST", "200", '{"total":0,"values":[]}')]
+    assert [(st, body) for _, _, st, body in state] == [("200", '"CORE_STATE_UPGRADE"')]
+    [(_, _, st, body)] = version
+    assert st == "200" and json.loads(body) == {"softwareVersion": "4.9.3", "databaseVersion": "4.9.3",
+                                                "needsUpgrade": False}
+    assert asked.index(state[0]) < asked.index(version[0])
+    assert api_log(cluster, "bm2")[window.seen["bm2"][1]:] == []
+    # and what it says now, on the node
+    code, body = api(cluster, "bm1", "/system/installation/version")
+    assert code == 200 and json.loads(body)["needsUpgrade"] is False and json.loads(body)["softwareVersion"] == "4.9.3"
+    assert api(cluster, "bm1", "/system/installation/state") == (200, '"CORE_STATE_RUNNING"')
+    output = next((window.state / "runs").glob("*.output.log")).read_text()
+    assert '"CORE_STATE_UPGRADE"' in output and '"needsUpgrade":false' in output
+
+
+def test_config_sync_pushed_from_the_vip_holder_only(cluster, window):
+    """config-sync ran the shipped `csync2 -x` on the VIP holder, once; the peer never pushed;
+    afterwards the synchronized set is identical (the postflight compared it too)."""
+    assert window.upgraded.returncode == 0
+    new = {n: calls(cluster, n)[window.seen[n][0]:] for n in ("bm1", "bm2")}
+    assert [c for c in new["bm1"] if c.startswith("csync2")] == ["csync2 -x"]
+    assert not [c for c in new["bm2"] if c.startswith("csync2")]
+    assert "config-in-sync-after" in window.upgraded.stdout
+    paths = yaml.safe_load(open(PACEMAKER))["vars"]["sync_paths"].split()
+    cfg = cluster.run("bm1", "cat /etc/csync2.cfg").stdout
+    assert re.findall(r"(?m)^\s*include (\S+);", cfg) == paths  # csync2 pushes what the runbook compares
+    sums = {n: cluster.run(n, "find %s -type f | LC_ALL=C sort | xargs -r sha256sum" % " ".join(paths)).stdout
+            for n in ("bm1", "bm2")}
+    assert sums["bm1"] == sums["bm2"] and "/etc/bm/bm-core.tok" in sums["bm1"]
+    vhost = cluster.run("bm2", "cat /etc/nginx/sites-available/bm-client-access").stdout
+    assert vhost.startswith("# generated by bm-client-access 4.9.3")
+
+
 # --------------------------------------------------------------------------- keepalived (real VRRP)
 @pytest.fixture(scope="module")
 def ka(tmp_path_factory):
@@ -154,27 +307,13 @@ def ka(tmp_path_factory):
     assert left == [], left
 
 
-@pytest.fixture(scope="module")
-def ka_runbook(tmp_path_factory):
-    from tests.e2e import KEEPALIVED
-
-    text = open(KEEPALIVED).read()
-    for old, new in API_FREE:
-        assert old in text, old
-        text = text.replace(old, new)
-    p = tmp_path_factory.mktemp("ka13rb") / "keepalived-cluster-lab.yaml"
-    p.write_text(text)
-    return str(p)
-
-
-def test_keepalived_runbook_on_real_vrrp(ka, ka_runbook, tmp_path):
+def test_keepalived_runbook_on_real_vrrp(ka, tmp_path):
     from tests.test_cluster_lab import eventually
 
     assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
     seen = {n: len(calls(ka, n)) for n in ("bm1", "bm2")}
     state = tmp_path / "s"
-    r = bmupgrade("run", ka_runbook, "-i", str(ka.inventory_path), "--yes", "--ack", "backup,prepare",
-                  "--allow-no-stonith", "-e", "config_sync_command=true", state=state, timeout=600)
+    r = run(ka, state, KEEPALIVED, "--allow-no-stonith")
     assert r.returncode == 0, r.stdout + r.stderr
     assert all(set(v.values()) == {"4.9.3"} for v in versions(ka).values())
     new = {n: calls(ka, n)[seen[n]:] for n in ("bm1", "bm2")}
