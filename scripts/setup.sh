@@ -17,7 +17,7 @@ fi
 
 # --cluster: also the stack of the real cluster lab (`bmupgrade lab up --cluster`), root only.
 # Not by default: it installs the Corosync/Pacemaker daemons, which do not belong on a laptop.
-CLUSTER_PKGS="pacemaker pacemaker-cli-utils corosync resource-agents keepalived openssh-server openssh-client iproute2 util-linux dpkg-dev apt-utils rsync psmisc"
+CLUSTER_PKGS="pacemaker pacemaker-cli-utils corosync resource-agents keepalived openssh-server openssh-client iproute2 util-linux dpkg-dev apt-utils rsync psmisc openssl curl"
 if [ "${1:-}" = "--cluster" ]; then
   missing=$(for p in $CLUSTER_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"; done)
   if [ -n "$missing" ]; then
