@@ -1,6 +1,8 @@
-"""A real reboot of the passive node inside the HA-off window (real cluster lab, issue 12's
-`reboot` fault): /run is a fresh tmpfs after it, so `systemctl mask --runtime` is gone. Its own
-lab (name and subnet), so it runs beside tests/test_cluster_lab.py's."""
+"""Real faults around the HA-off window, each with a run through it (real cluster labs): the
+passive node rebooted inside the window (/run is a fresh tmpfs after it, so `systemctl mask
+--runtime` is gone; keepalived's backup starts keepalived again at boot), and the VIP moved by
+an admin just before the run. Their own labs (names and subnets), so they run beside
+tests/test_cluster_lab.py's."""
 
 from __future__ import annotations
 
@@ -82,6 +84,25 @@ def test_passive_node_rebooted_in_the_window_is_masked_again_before_packages(clu
     # reattached: the fence device runs again (the postflight's cluster-healthy-after said so too)
     assert 'role="Stopped"' not in cluster.run("bm1", "crm_mon -1 --output-as=xml").stdout
     assert "resources-started: skipped (step 'ha-off' has run" in out
+
+
+def test_vip_moved_just_before_the_run_post_install_follows_it(cluster, state):
+    """`crm_resource --move` puts the VIP and BlueMind on bm2 (then `--clear`); the next run's
+    post-install runs on bm2, the new holder, and nowhere else; HA back on, nothing moved back."""
+    from bmupgrade.lab.cluster import faults
+    cluster.up(reset=True)  # a fresh 4.9.2 cluster (the test above upgraded this one)
+    assert faults.vip_move(cluster, "bm2") == "bm2"
+    seen = {n: len(cluster.run(n, "cat /var/log/bmlab/calls.log").stdout.splitlines()) for n in ("bm1", "bm2")}
+    r = cluster_upgrade(cluster, state, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = {n: [line.split(" ", 1)[1] for line in cluster.run(n, "cat /var/log/bmlab/calls.log").stdout.splitlines()[seen[n]:]]
+           for n in ("bm1", "bm2")}
+    assert new["bm2"].count("bm-cli setup upgrade") == 1 and "bm-cli setup upgrade" not in new["bm1"]
+    assert "systemctl mask --runtime bluemind.target" in new["bm1"]  # bm1 is the passive node now
+    assert cluster.run("bm2", "cat /var/lib/bm-setup/version").stdout.strip() == "4.9.3"
+    assert placement(cluster) == {"vip": ["bm2"], "bluemind": ["bm2"]} and cluster.vip_holders() == ["bm2"]
+    assert not crmmon_maintenance(cluster.crm_mon())
+    assert cluster.run("bm1", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
 
 
 @pytest.fixture(scope="module")
