@@ -576,3 +576,23 @@ def test_a_required_step_undone_by_a_reboot_is_reapplied_or_stops(tmp_path, idem
         assert "restore it by hand" in s.message and s.ha_off_open
         assert [c for n, c in sent if c.startswith("systemctl mask")] == ["systemctl mask --runtime bluemind.target"]
         assert not [c for n, c in sent if c.startswith("apt-get")] and j["steps"]["packages"]["state"] == "pending"
+
+
+def test_a_required_step_that_cannot_be_reapplied_stops_before_the_step(tmp_path):
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(MASKED.replace("IDEMPOTENT", "true"))
+    t = masked_sim()
+    sent = []
+
+    def mask(c):
+        sent.append(c.node)
+        if len(sent) > 1:  # the re-apply: the node refuses
+            return Reply(exit_code=1, stderr="Failed to mask unit: Access denied")
+        c.transport.state.update(masked=True)
+
+    t.on(ANY, re.compile(r"^systemctl mask --runtime"), mask)
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 5 and s.ha_off_open
+    assert "'mask' no longer held on bm2 and re-applying it failed (bm2: exit 1)" in s.message
+    assert sent == ["bm2", "bm2"] and not [c for _, c in t.calls if c.startswith("apt-get")]
+    assert journal(tmp_path)["steps"]["packages"]["state"] == "pending"

@@ -57,10 +57,11 @@ def _reapply(eng: "Engine", step: Step, required: Step, lost: list[str], checks:
     results = eng.on_each(lost, lambda n: _apply(eng, required, n))
     failed = {n: r for n, r in results.items() if not r.ok}
     if failed:
+        how = "; ".join(f"{n}: " + (f"exit {r.exit_code}" if r.exit_code is not None else r.error or "no answer")
+                        for n, r in failed.items())
         raise Stop(EXIT_FAILED, FAILED_RUN,
                    f"Stopped before '{step.id}': '{required.id}' no longer held on {where} and re-applying it "
-                   f"failed on {', '.join(failed)} (exit {next(iter(failed.values())).exit_code}). Check the node, "
-                   f"then `{eng.hint('resume')}`.")
+                   f"failed ({how}). Check the node, then `{eng.hint('resume')}`.")
 
 
 def _apply(eng: "Engine", required: Step, node: str):
