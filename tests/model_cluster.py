@@ -89,7 +89,7 @@ class Fault:
     """What happens to the next command matching `step` (once)."""
 
     step: str
-    kind: str  # fail | lost-after-send | lost-still-running | timeout | vip-moves
+    kind: str  # fail | lost-after-send | lost-still-running | timeout | vip-moves | maint-cleared
     node: str | None = None
 
 
@@ -182,6 +182,8 @@ class ModelCluster:
             return Reply(exit_code=1, stderr="simulated failure\n")
         if fault and fault.kind == "vip-moves":
             m.vip = {n for n in ("bm1", "bm2") if n not in m.vip} or {"bm1"}
+        if fault and fault.kind == "maint-cleared":
+            m.maint = False
         effect_applied = not (fault and fault.kind == "lost-before-effect")
         if effect_applied:
             self._apply(call)

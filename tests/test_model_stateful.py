@@ -303,8 +303,13 @@ class OperatorStories(RuleBasedStateMachine):
     def vip_moves_during_packages(self):
         self.cluster.m.faults.append(Fault("packages", "vip-moves"))
 
+    @rule()
+    def maintenance_cleared_during_packages(self):
+        """Someone leaves maintenance mode by hand while the packages install (`requires`)."""
+        self.cluster.m.faults.append(Fault("packages", "maint-cleared"))
+
     @rule(what=st.sampled_from(["split-brain", "no-vip", "vip-to-bm2", "vip-to-bm1", "stonith-off",
-                                "unhealthy", "repair"]))
+                                "unhealthy", "maint-off-by-hand", "repair"]))
     def cluster_changes(self, what):
         m = self.cluster.m
         if what == "split-brain":
@@ -317,6 +322,8 @@ class OperatorStories(RuleBasedStateMachine):
             m.stonith = False
         elif what == "unhealthy":
             m.healthy = False
+        elif what == "maint-off-by-hand":  # someone leaves maintenance mode behind the run's back
+            m.maint = False
         else:
             m.vip, m.stonith, m.healthy, m.faults = {"bm1"}, True, True, []
             self.cluster.finish_running()
