@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+# Two worker processes (pytest-xdist), one test file per worker so that each file's
+# module-scoped lab boots once; the cluster labs have their own names and subnets.
+# `scripts/test.sh -n 0` runs in one process (e.g. with -s or pdb).
+exec .venv/bin/python -m pytest -n "${BMUPGRADE_TEST_WORKERS:-2}" --dist loadfile "$@"

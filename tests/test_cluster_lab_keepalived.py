@@ -28,7 +28,7 @@ def ka(tmp_path_factory):
         _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
     from bmupgrade.lab.cluster.lab import ClusterLab
     before = host_dpkg()
-    lab = ClusterLab(tmp_path_factory.mktemp("ka") / "lab", name="bmka", ha="keepalived")
+    lab = ClusterLab(tmp_path_factory.mktemp("ka") / "lab", name="bmka", subnet="10.213.18.0/24", ha="keepalived")
     try:
         lab.up()
         yield lab
