@@ -28,23 +28,24 @@ def ensure_requirements(eng: "Engine", step: Step) -> None:
         nodes = eng.journal.nodes_in(rid, DONE)
         if not nodes:
             continue  # skipped, or not run on any node: nothing that should hold
-        checks = eng.on_each(nodes, lambda n: _verify(eng, required, n, step.id))
+        checks = eng.on_each(nodes, lambda n: eng.send(n, eng.render(required.verify, n), timeout=required.timeout,
+                                                       key=f"{required.id}:still-holds", quiet=True))
         lost = [n for n, r in checks.items() if not r.ok]
         if lost:
             _reapply(eng, step, required, lost, checks)
 
 
-def _verify(eng: "Engine", required: Step, node: str, for_step: str):
-    return eng.send(node, eng.render(required.verify or "true", node), timeout=required.timeout,
-                    key=f"{required.id}:still-holds", quiet=True)
+def _said(results: dict, what: str = "exit") -> str:
+    """Each node's answer in a few words: its exit code, or why it did not answer."""
+    return "; ".join(f"{n}: " + (f"{what} {r.exit_code}" if r.exit_code is not None else r.error or "no answer")
+                     for n, r in results.items())
 
 
 def _reapply(eng: "Engine", step: Step, required: Step, lost: list[str], checks: dict) -> None:
     from bmupgrade.engine.core import Stop
 
     where = ", ".join(lost)
-    why = "; ".join(f"{n}: verify exit {checks[n].exit_code}" if checks[n].exit_code is not None
-                    else f"{n}: {checks[n].error or 'no answer'}" for n in lost)
+    why = _said({n: checks[n] for n in lost}, "verify exit")
     if not required.idempotent:
         raise Stop(EXIT_FAILED, FAILED_RUN,
                    f"Stopped before '{step.id}': '{required.id}', done earlier, no longer holds on {where} ({why}). "
@@ -57,16 +58,15 @@ def _reapply(eng: "Engine", step: Step, required: Step, lost: list[str], checks:
     results = eng.on_each(lost, lambda n: _apply(eng, required, n))
     failed = {n: r for n, r in results.items() if not r.ok}
     if failed:
-        how = "; ".join(f"{n}: " + (f"exit {r.exit_code}" if r.exit_code is not None else r.error or "no answer")
-                        for n, r in failed.items())
         raise Stop(EXIT_FAILED, FAILED_RUN,
                    f"Stopped before '{step.id}': '{required.id}' no longer held on {where} and re-applying it "
-                   f"failed ({how}). Check the node, then `{eng.hint('resume')}`.")
+                   f"failed ({_said(failed)}). Check the node, then `{eng.hint('resume')}`.")
 
 
 def _apply(eng: "Engine", required: Step, node: str):
+    """The required step's commands, then its verify (`requires` only names steps with one)."""
     result = None
-    for cmd in [*(required.run or []), *([required.verify] if required.verify else [])]:
+    for cmd in [*(required.run or []), required.verify]:
         result = eng.send(node, eng.render(cmd, node), timeout=required.timeout, key=f"{required.id}:reapply")
         if not result.ok:
             break

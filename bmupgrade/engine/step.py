@@ -65,14 +65,14 @@ class StepRunner:
         attempt, first = 0, True
         while True:
             nodes = self._targets(step)
-            todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
+            todo = self._pending(step, nodes)
             if not todo:
                 return self._finish(step, nodes)
             if step.requires:  # a reboot may have undone an earlier step
                 ensure_requirements(eng, step)
                 if step.on in ("primary", "secondary"):  # the VIP re-probe stays the last look before sending
                     nodes = self._targets(step)
-                    todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
+                    todo = self._pending(step, nodes)
             if first:
                 first = False
                 todo = self._before_first_attempt(seq, total, step, todo)
@@ -128,6 +128,10 @@ class StepRunner:
                            f"then `{eng.hint('resume')}` (or `{eng.hint('rollback')}`).")
         return nodes
 
+    def _pending(self, step: Step, nodes: list[str]) -> list[str]:
+        """The nodes where the step is neither done nor skipped."""
+        return [n for n in nodes if self.eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
+
     def _where(self, step: Step, todo: list[str]) -> str:
         return ", ".join(todo) + (f" (holds {self.eng.rb.cluster.public_ip})" if step.on == "primary" else "")
 
@@ -153,12 +157,12 @@ class StepRunner:
             eng.checkpoint(step, completed=None)
             if step.on in ("primary", "secondary") and (eng.prompter.interactive or waited > REPROBE_AFTER):
                 nodes = self._targets(step)  # a person may have sat on the prompt while the VIP moved
-                todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
+                todo = self._pending(step, nodes)
         if step.ha == "disable" and not eng.ha.is_off():
             eng.ha.going_off(step, todo[0], why=step.label)
             if step.on in ("primary", "secondary"):  # the marker writes took a round trip: ask again
                 nodes = self._targets(step)
-                todo = [n for n in nodes if eng.journal.node_state(step.id, n) not in (DONE, SKIPPED)]
+                todo = self._pending(step, nodes)
         return todo
 
     # ------------------------------------------------------------------ sending
