@@ -10,11 +10,13 @@ cluster stack: FAILS when CI=true and something is missing, skips otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +42,24 @@ def require_cluster() -> None:
         _missing("the cluster lab needs: apt-get install --no-install-recommends %s" % " ".join(missing))
 
 
+@contextlib.contextmanager
+def booted(tmp_path_factory, dirname: str, **kw):
+    """A cluster lab (ClusterLab(**kw)) up for a module's tests; down after, nothing left behind.
+    `ha="keepalived"` also needs the keepalived binary."""
+    require_cluster()
+    if kw.get("ha") == "keepalived" and not shutil.which("keepalived"):
+        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
+    from bmupgrade.lab.cluster.lab import ClusterLab
+
+    lab = ClusterLab(tmp_path_factory.mktemp(dirname) / "lab", **kw)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        left = lab.down()
+    assert left == [], left
+
+
 def host_dpkg() -> str:
     """The host's own dpkg database: the lab must never change it."""
     h = hashlib.sha256(open("/var/lib/dpkg/status", "rb").read())
@@ -60,16 +80,9 @@ class SshNode:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require_cluster()
-    from bmupgrade.lab.cluster.lab import ClusterLab
     before = host_dpkg()
-    lab = ClusterLab(tmp_path_factory.mktemp("cluster") / "lab", name="bmtest")
-    try:
-        lab.up()
+    with booted(tmp_path_factory, "cluster", name="bmtest") as lab:
         yield lab
-    finally:
-        left = lab.down()
-    assert left == [], left
     assert host_dpkg() == before, "the cluster lab changed the host's /var/lib/dpkg"
 
 

@@ -10,31 +10,20 @@ from __future__ import annotations
 
 import glob
 import json
-import shutil
 
 import pytest
 
 from tests.e2e import KEEPALIVED, cluster_upgrade
-from tests.test_cluster_lab import calls, eventually, host_dpkg, require_cluster, versions
-from tests.conftest import _missing
+from tests.test_cluster_lab import booted, calls, eventually, host_dpkg, versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def ka(tmp_path_factory):
-    require_cluster()
-    if not shutil.which("keepalived"):
-        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
-    from bmupgrade.lab.cluster.lab import ClusterLab
     before = host_dpkg()
-    lab = ClusterLab(tmp_path_factory.mktemp("ka") / "lab", name="bmka", subnet="10.213.18.0/24", ha="keepalived")
-    try:
-        lab.up()
+    with booted(tmp_path_factory, "ka", name="bmka", subnet="10.213.18.0/24", ha="keepalived") as lab:
         yield lab
-    finally:
-        left = lab.down()
-    assert left == [], left
     assert host_dpkg() == before
 
 

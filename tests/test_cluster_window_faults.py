@@ -15,23 +15,15 @@ import sys
 import pytest
 
 from tests.e2e import cluster_upgrade, journal
-from tests.test_cluster_lab import crmmon_maintenance, eventually, placement, require_cluster, versions
+from tests.test_cluster_lab import booted, crmmon_maintenance, eventually, placement, versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require_cluster()
-    from bmupgrade.lab.cluster.lab import ClusterLab
-
-    lab = ClusterLab(tmp_path_factory.mktemp("reboot") / "lab", name="bmreboot", subnet="10.213.16.0/24")
-    try:
-        lab.up()
+    with booted(tmp_path_factory, "reboot", name="bmreboot", subnet="10.213.16.0/24") as lab:
         yield lab
-    finally:
-        left = lab.down()
-    assert left == [], left
 
 
 @pytest.fixture
@@ -107,23 +99,8 @@ def test_vip_moved_just_before_the_run_post_install_follows_it(cluster, state):
 
 @pytest.fixture(scope="module")
 def ka(tmp_path_factory):
-    import shutil
-
-    from tests.conftest import _missing
-
-    require_cluster()
-    if not shutil.which("keepalived"):
-        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
-    from bmupgrade.lab.cluster.lab import ClusterLab
-
-    lab = ClusterLab(tmp_path_factory.mktemp("kareboot") / "lab", name="bmkarbt", subnet="10.213.17.0/24",
-                     ha="keepalived")
-    try:
-        lab.up()
+    with booted(tmp_path_factory, "kareboot", name="bmkarbt", subnet="10.213.17.0/24", ha="keepalived") as lab:
         yield lab
-    finally:
-        left = lab.down()
-    assert left == [], left
 
 
 def test_keepalived_backup_rebooted_in_the_window_is_frozen_again(ka, state):

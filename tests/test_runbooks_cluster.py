@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.e2e import KEEPALIVED, PACEMAKER, bmupgrade
-from tests.test_cluster_lab import require_cluster, versions
+from tests.test_cluster_lab import booted, versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -28,16 +28,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require_cluster()
-    from bmupgrade.lab.cluster.lab import ClusterLab
-
-    lab = ClusterLab(tmp_path_factory.mktemp("cluster13") / "lab", name="bmi13", subnet="10.213.13.0/24")
-    try:
-        lab.up()
+    with booted(tmp_path_factory, "cluster13", name="bmi13", subnet="10.213.13.0/24") as lab:
         yield lab
-    finally:
-        left = lab.down()
-    assert left == [], left
 
 
 def run(cluster, state, runbook=PACEMAKER, *extra):
@@ -289,22 +281,8 @@ def test_config_sync_pushed_from_the_vip_holder_only(cluster, window):
 # --------------------------------------------------------------------------- keepalived (real VRRP)
 @pytest.fixture(scope="module")
 def ka(tmp_path_factory):
-    import shutil
-
-    from tests.conftest import _missing
-
-    require_cluster()
-    if not shutil.which("keepalived"):
-        _missing("the keepalived cluster lab needs: apt-get install --no-install-recommends keepalived")
-    from bmupgrade.lab.cluster.lab import ClusterLab
-
-    lab = ClusterLab(tmp_path_factory.mktemp("ka13") / "lab", name="bmka13", subnet="10.213.14.0/24", ha="keepalived")
-    try:
-        lab.up()
+    with booted(tmp_path_factory, "ka13", name="bmka13", subnet="10.213.14.0/24", ha="keepalived") as lab:
         yield lab
-    finally:
-        left = lab.down()
-    assert left == [], left
 
 
 def test_keepalived_runbook_on_real_vrrp(ka, tmp_path):
