@@ -116,6 +116,7 @@ class _Builder:
             result: dict[Any, Any] = {}
             if self.from_libyaml and node.flow_style:
                 _check_flow_pairs(node)
+                _check_flow_question_marks(n for pair in node.value for n in pair)
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     p = _pos(key_node.start_mark)
@@ -146,6 +147,8 @@ class _Builder:
                 result[key] = self.build(value_node, path + (key,), depth + 1)
             return result
         if isinstance(node, yaml.SequenceNode):
+            if self.from_libyaml and node.flow_style:
+                _check_flow_question_marks(node.value)
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         self.raw[path] = node.value
         return self._scalar_value(node)
@@ -181,6 +184,18 @@ def _check_flow_pairs(node: yaml.MappingNode) -> None:
                 raise _Reparse()
 
 
+def _check_flow_question_marks(nodes) -> None:
+    """A plain scalar with a '?' inside a flow collection (`{a: b?c}`): libyaml reads one
+    scalar, PyYAML ends the scalar at the '?'. Quoted scalars (`{m: "(?i)x"}`) are the same."""
+    for n in nodes:
+        if isinstance(n, yaml.ScalarNode) and not n.style and "?" in n.value:
+            raise _Reparse()
+
+
+# a '?' that may be YAML's complex-key indicator (after a blank or at a line start, before a
+# blank or the end of a line); a '?' inside a word (`rc=$?`, "masked?") is left to libyaml
+_KEY_INDICATOR = re.compile(r"(?:^|\s)\?(?:\s|$)", re.M)
+
 # `key: >#...`: a block scalar header touching a comment, accepted by libyaml only
 _BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
 
@@ -188,10 +203,11 @@ _BLOCK_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
 def _compose(text: str, fast: bool) -> tuple[list, bool]:
     """The documents' node trees, and whether libyaml made them. libyaml first (if `fast`);
     anything it refuses goes to the pure-Python loader, which words the error. Texts with a tab,
-    a '?' or a block header touching a comment (libyaml accepts some that PyYAML refuses:
-    `a\tb: 1`, `{a: b?c}`, `a: >#`) or a character PyYAML's reader refuses go to the pure-Python
-    loader only (tests/test_yaml_loaders.py fuzzes the two against each other)."""
-    if fast and C_LOADER is not None and "\t" not in text and "?" not in text \
+    a '?' that may be a key indicator or a block header touching a comment (libyaml accepts some
+    that PyYAML refuses: `a\tb: 1`, `a: >#`) or a character PyYAML's reader refuses go to the
+    pure-Python loader only; a '?' in a flow collection's plain scalar (`{a: b?c}`) is found
+    while building (tests/test_yaml_loaders.py fuzzes the two against each other)."""
+    if fast and C_LOADER is not None and "\t" not in text and not _KEY_INDICATOR.search(text) \
             and not _BLOCK_HEADER_COMMENT.search(text) and not yaml.reader.Reader.NON_PRINTABLE.search(text):
         try:
             return list(yaml.compose_all(text, Loader=C_LOADER)), True

@@ -3,6 +3,8 @@ errors (message, line, column) through bmupgrade.yamlsource."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,6 +46,9 @@ ERROR_CASES = [
     b"a: !\nb: !!str\nc: ! x\n",
     b"a: >#\n  x\nb: |-#c\n  y\n",
     b"x: {a: ,\n  b: [c: , d]}\n",
+    b"a: {b: c?d}\n", b"a: [b?c, d]\n", b"a: [?x]\n", b"a: {?x: y}\n", b"a: [b ?c]\n",
+    b"? a\n: b\n", b"a: b ? c\n", b"- ?\n", b"a: {b: \"c?\", d: 'e?f'}\n", b"a: rc=$?\nb: x?\n",
+    b"a: [{b: c?}]\n", b"a: {b: [x?]}\n", b"a: |\n  [x?y]\n",
 ]
 
 
@@ -83,7 +88,7 @@ def test_fast_loader_is_really_used(monkeypatch):
     assert calls
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=int(os.environ.get("BMUPGRADE_YAML_FUZZ_EXAMPLES", "400")), deadline=None)
 @given(st.integers(0, len(MINIMAL) - 1), st.integers(0, 40),
        st.text(alphabet=" :-[]{}#&*!|>'\"\n\tab1{}%@`?,é\x85\u2028", max_size=10))
 def test_mutated_runbooks_agree(pos, cut, insert):
@@ -93,3 +98,22 @@ def test_mutated_runbooks_agree(pos, cut, insert):
         assert load_with(yamlsource.C_LOADER, data, mp) == load_with(None, data, mp)
     finally:
         mp.undo()
+
+
+@pytest.mark.parametrize("name", ["bluemind-ha-pacemaker", "bluemind-ha-keepalived"])
+def test_bundled_runbooks_are_read_by_libyaml(name, monkeypatch):
+    """Their shell snippets (`rc=$?`) and regexes (`"(?i)..."`) hold '?' that is no YAML
+    indicator: the pure-Python parser (10x slower) is not needed for them."""
+    from bmupgrade import bundled
+
+    parsed = []
+    real_parse = yamlsource._parse
+
+    def spy(text, filename, fast):
+        node, from_libyaml = real_parse(text, filename, fast)
+        parsed.append(from_libyaml)
+        return node, from_libyaml
+
+    monkeypatch.setattr(yamlsource, "_parse", spy)
+    src = yamlsource.load_file(bundled.path(name))
+    assert parsed == [True] and src.data["steps"]
