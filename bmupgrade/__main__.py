@@ -1,3 +1,3 @@
-from bmupgrade.cli import main
+from bmupgrade.entry import main
 
 main()

@@ -35,5 +35,5 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
 echo "setup: ok ($(.venv/bin/python --version), $(/usr/sbin/sshd -V 2>&1 | head -1))" >&2
