@@ -18,6 +18,11 @@ loads it*, through one finder on `sys.meta_path`; nothing else changes:
   bmupgrade does not use (rich markup; `pretty_exceptions_enable=False`): ~40 % of `--help`.
   While `typer.rich_utils` executes, those two names are stand-in classes that import and
   return the real class if ever used; any other importer gets the real modules.
+* **paramiko's version.** `paramiko/__init__.py` sets `__version__` with
+  `importlib.metadata.version("paramiko")`: importing importlib.metadata (email, zipfile, csv)
+  and finding the distribution cost ~30-60 ms of every run. While paramiko loads,
+  `importlib.metadata.version` reads the version from the name of the `.dist-info` directory
+  on sys.path (the real function if there is none).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import types
 PYDANTIC_LOADER = "pydantic.plugin._loader"
 TYPER_HELP = "typer.rich_utils"
 INVOKE_CONTEXT = "invoke.context"
-# module loaded -> the (module, class) names it imports at module level but rarely uses
+PARAMIKO = "paramiko"
+# module loaded -> the (module, name) it imports at module level but rarely uses
 DEFERRED = {
     TYPER_HELP: (("rich.markdown", "Markdown"), ("rich.traceback", "Traceback")),
     INVOKE_CONTEXT: (("unittest.mock", "Mock"),),  # only for invoke's MockContext (tests)
+    PARAMIKO: (("importlib.metadata", "version"),),  # only for paramiko.__version__
 }
 
 
@@ -87,6 +94,26 @@ def _deferred_class(modname: str, clsname: str) -> type:
     })
 
 
+def _installed_version(dist: str) -> str:
+    """importlib.metadata.version(dist), read from the name of its `NAME-VERSION.dist-info`."""
+    import os
+
+    prefix = dist.replace("-", "_").lower() + "-"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for n in names:
+            version = n[len(prefix):-len(".dist-info")]
+            if n.endswith(".dist-info") and n.lower().startswith(prefix) and version and "-" not in version:
+                return version
+    sys.modules.pop("importlib.metadata", None)  # the stand-in: let the real module load
+    import importlib.metadata
+
+    return importlib.metadata.version(dist)
+
+
 class _Deferring:
     def __init__(self, real, deferred):
         self.real = real
@@ -100,7 +127,8 @@ class _Deferring:
         for modname, clsname in self.deferred:
             if modname not in sys.modules:
                 stub = types.ModuleType(modname)
-                setattr(stub, clsname, _deferred_class(modname, clsname))
+                setattr(stub, clsname, _installed_version if clsname == "version" else
+                        _deferred_class(modname, clsname))
                 stubs[modname] = sys.modules[modname] = stub
         try:
             self.real.exec_module(module)
