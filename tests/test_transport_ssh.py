@@ -617,3 +617,31 @@ def test_root_is_never_wrapped_in_sudo(lab, bm1, transport):
     transport.connect([bm1.address(sudo=True)])
     r = transport.run("bm1", "id -u", sudo=True, capture=True)
     assert r.ok and r.stdout == "0\n" and not lab.node("bm1").calls("sudo")
+
+
+# --------------------------------------------------------------------------- several commands, one round trip
+
+
+def test_commands_joined_in_one_round_trip_come_back_as_if_sent_alone(bm1, transport):
+    from bmupgrade.transport import together
+
+    transport.connect([bm1.address()])
+    cmds = ["echo one; echo warn >&2; exit 3", "printf 'no newline'", "exit 0", "echo 'a\nb'; echo bad >&2",
+            "cat; echo read-nothing"]
+    joined = together.run(transport, "bm1", cmds, timeout=30)
+    alone = [transport.run("bm1", c, capture=True) for c in cmds[:4]]
+    assert [(r.command, r.exit_code, r.stdout) for r in joined[:4]] == \
+        [(r.command, r.exit_code, r.stdout) for r in alone]
+    assert [r.exit_code for r in joined] == [3, 0, 0, 0, 0]
+    assert joined[0].output_tail.count("warn") == 1 and "bad" in joined[3].output_tail
+    assert "warn" not in joined[3].output_tail and "bmupgrade-" not in "".join(r.output_tail for r in joined)
+    assert joined[4].stdout == "read-nothing\n"  # stdin is /dev/null: `cat` does not wait
+
+
+def test_a_joined_command_cut_short_leaves_the_rest_without_an_exit_status(bm1, transport):
+    from bmupgrade.transport import together
+
+    transport.connect([bm1.address()])
+    r = together.run(transport, "bm1", ["echo first", "kill -9 $PPID; sleep 5", "echo never"], timeout=30)
+    assert (r[0].exit_code, r[0].stdout) == (0, "first\n")
+    assert r[1].exit_code is None and r[2].exit_code is None and r[2].stdout == "" and r[2].error

@@ -24,6 +24,7 @@ from bmupgrade.plan import Renderer
 from bmupgrade.probes import PROBE_TIMEOUT, VipProbe, on_each
 from bmupgrade.runbook import Runbook, Step
 from bmupgrade.templating import Redactor
+from bmupgrade.transport import together
 from bmupgrade.transport.base import CommandResult, Transport
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Engine:
         self.signals = Signals()
         self.ha = HaDebt(self)
         self.locked: list[str] = []
+        self.lock_probe: VipProbe | None = None  # sent with the lock, in its round trip (see phases.lock)
         self.in_flight: dict[str, list[str]] = {}  # step id -> nodes whose command is being sent
         self.run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
         self.fencing_accepted = False
@@ -171,10 +173,25 @@ class Engine:
 
         kwargs = {"tag": tag} if tag else {}
         r = self.transport.run(node, command, timeout=timeout, capture=capture, on_output=sink, **kwargs)
+        self._audit_result(node, key, shown, r)
+        return r
+
+    def send_together(self, node: str, commands: list[tuple[str, str]], *, timeout: float) -> list[CommandResult]:
+        """Read-only (key, command) pairs to one node in one round trip (transport/together.py),
+        each audited as if sent alone; their output is captured, never shown."""
+        shown = [(key, self.redact(c)) for key, c in commands]
+        for key, text in shown:
+            self._audit("begin", True, node, key, text)
+        results = together.run(self.transport, node, [c for _, c in commands], timeout=timeout,
+                               on_output=lambda n, stream, text: self._audit("output", False, n, "together", text))
+        for (key, text), r in zip(shown, results):
+            self._audit_result(node, key, text, r)
+        return results
+
+    def _audit_result(self, node: str, key: str, shown: str, r: CommandResult) -> None:
         self._audit("record", False, node=node, key=key, command=shown, exit_code=r.exit_code,
                     duration=round(r.duration, 4), timed_out=r.timed_out, sent=r.sent,
                     connection_lost=r.connection_lost, error=r.error, output_tail=r.output_tail)
-        return r
 
     def _audit(self, what: str, required: bool, *args, **kwargs) -> None:
         if not self.audit:
@@ -192,9 +209,22 @@ class Engine:
 
     def probe(self) -> VipProbe:
         """Who holds the public IP, asked now (audited: the evidence for safety rule 1)."""
-        cmds = {n: self.render(self.rb.cluster.vip_probe, n) for n in self.rb.node_names}
+        self.lock_probe = None  # superseded
+        cmds = {n: self.probe_command(n) for n in self.rb.node_names}
         return VipProbe(self.on_each(self.rb.node_names, lambda n: self.send(
             n, cmds[n], timeout=PROBE_TIMEOUT, key="vip-probe", capture=True, quiet=True)))
+
+    def probe_command(self, node: str) -> str:
+        return self.render(self.rb.cluster.vip_probe, node)
+
+    def opening_probe(self) -> VipProbe:
+        """The probe that came back with the lock (same round trip, moments ago) if this is the
+        first look of the invocation; a new probe otherwise. Only the read-only checks that
+        follow the lock use it: a step's target is always re-probed (safety rule 1)."""
+        if self.lock_probe is not None:
+            probe, self.lock_probe = self.lock_probe, None
+            return probe
+        return self.probe()
 
     def resolve(self, target: str, *, probe: VipProbe | None = None) -> list[str]:
         """Concrete nodes for a target. primary/secondary re-probe the VIP now (safety rule 1)."""

@@ -88,15 +88,24 @@ def connect(eng: "Engine") -> None:
 
 
 def lock(eng: "Engine") -> None:
-    """One round trip per node: take the cluster lock and read the HA-off markers."""
+    """One round trip per node: take the cluster lock, read the HA-off markers, and ask who holds
+    the public IP (the preflight's first look: see Engine.opening_probe)."""
+    from bmupgrade.engine import remote
+    from bmupgrade.probes import PROBE_TIMEOUT, VipProbe
+
+    me = {"run_id": eng.journal.run_id, **whoami(), "since": now()}
+    answers = eng.on_each(eng.rb.node_names, lambda n: eng.send_together(n, [
+        ("lock", remote.lock_and_markers(eng.rb.node(n).state_dir, me, eng.journal.run_id,
+                                         break_lock=eng.options.break_lock)),
+        ("vip-probe", eng.probe_command(n))], timeout=max(30, PROBE_TIMEOUT)))
+    eng.lock_probe = VipProbe({n: a[1] for n, a in answers.items()})
+    _take_lock(eng, {n: a[0] for n, a in answers.items()})
+
+
+def _take_lock(eng: "Engine", results: dict) -> None:
     from bmupgrade.engine import remote
     from bmupgrade.engine.core import Stop
 
-    me = {"run_id": eng.journal.run_id, **whoami(), "since": now()}
-    results = eng.on_each(eng.rb.node_names, lambda n: eng.send(
-        n, remote.lock_and_markers(eng.rb.node(n).state_dir, me, eng.journal.run_id,
-                                   break_lock=eng.options.break_lock),
-        timeout=30, key="lock", capture=True, quiet=True))
     held, markers = [], {}
     for node, r in results.items():
         acquired, holder, marker = remote.parse_lock_answer(r.stdout)
@@ -120,10 +129,13 @@ def lock(eng: "Engine") -> None:
 
 def markers(eng: "Engine") -> None:
     from bmupgrade.engine import remote
+    from bmupgrade.probes import PROBE_TIMEOUT, VipProbe
 
-    results = eng.on_each(eng.rb.node_names, lambda n: eng.send(
-        n, remote.read_markers(eng.rb.node(n).state_dir), timeout=15, key="ha-marker", capture=True, quiet=True))
-    _refuse_foreign_markers(eng, {n: remote.parse_lock_answer(r.stdout)[2] for n, r in results.items()})
+    answers = eng.on_each(eng.rb.node_names, lambda n: eng.send_together(n, [
+        ("ha-marker", remote.read_markers(eng.rb.node(n).state_dir)), ("vip-probe", eng.probe_command(n))],
+        timeout=max(15, PROBE_TIMEOUT)))
+    eng.lock_probe = VipProbe({n: a[1] for n, a in answers.items()})
+    _refuse_foreign_markers(eng, {n: remote.parse_lock_answer(a[0].stdout)[2] for n, a in answers.items()})
 
 
 def _refuse_foreign_markers(eng: "Engine", found: dict) -> None:
@@ -151,7 +163,7 @@ def preflight(eng: "Engine") -> None:
 
     eng.reporter.phase("Preflight (read-only)")
     skip = {c.id for c in eng.rb.preflight if c.until and eng.step_was_sent(c.until)}
-    results = run_checks(eng, "preflight", skip=skip)
+    results = run_checks(eng, "preflight", skip=skip, probe=eng.opening_probe)
     for cid in sorted(skip):
         eng.reporter.info(f"  - {cid}: skipped (step '{eng.rb_check(cid).until}' has run; it makes this false)")
     fencing_ids = set(eng.rb.fencing_checks)
@@ -182,17 +194,19 @@ def rollback_safety(eng: "Engine") -> None:
     from bmupgrade.engine.core import Stop
 
     try:
-        eng.probe().single_holder(eng.rb.cluster.public_ip)
+        eng.opening_probe().single_holder(eng.rb.cluster.public_ip)
     except BmError as exc:
         raise Stop(EXIT_PREFLIGHT, eng.refused_status(), f"Rollback refused: {exc}") from None
     eng.safety_passed = True
 
 
-def run_checks(eng: "Engine", phase: str, *, skip: set[str] = frozenset()) -> list[checks_mod.CheckResult]:
+def run_checks(eng: "Engine", phase: str, *, skip: set[str] = frozenset(),
+               probe: "Callable[[], object] | None" = None) -> list[checks_mod.CheckResult]:
+    """`probe`: where the VIP answer comes from (default: a new probe)."""
     plan = build_plan(eng.rb, values=eng.journal.data["captured"], display=False, phases={phase})
     actions = [a for a in plan.actions if a.phase == phase and a.id not in skip]
     results = []
-    probe = eng.probe() if actions else None
+    probe = (probe or eng.probe)() if actions else None
     for a in actions:
         res = _one_check(eng, a, probe)
         if res.ok and a.capture and res.captured is not None:

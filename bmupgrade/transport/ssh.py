@@ -485,6 +485,8 @@ class SshTransport(_TrustAndSudo):
     once, at the first command that needs sudo, and the answer stays in memory only.
     """
 
+    joins_commands = True  # several read-only commands may share one round trip (transport/together.py)
+
     def __init__(
         self,
         *,
