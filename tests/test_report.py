@@ -53,3 +53,20 @@ def test_the_last_lines_of_a_flood_are_shown_when_the_command_ends(monkeypatch):
     assert out[-tail - 1:-1] == ["  bm1 │ line %d" % i for i in range(1300 - tail, 1300)]
     assert "  bm1 │ … %d lines not shown here (all in the run's output log)" % (300 - tail) in out
     assert "  bm1 │ E: Sub-process /usr/bin/dpkg returned an error code (1)" in out  # other stream, own budget
+
+
+def test_a_log_line_written_without_rich_layout_is_what_rich_would_write():
+    """The plain path (a file or a pipe) gives the same text as rich's own rendering."""
+    texts = ["[bold]▶ [1/2] Stop [x] :warning: now[/bold] [dim]\\[id][/dim] on bm1", "tab\there",
+             "[bold red]✗[/bold red] failed: \\[exit 3]", "a\nb", "   spaces   "]
+    for markup in (True, False):
+        for t in texts:
+            fast, slow = io.StringIO(), io.StringIO()
+            for out, plain in ((fast, True), (slow, False)):
+                console = Console(file=out, highlight=False, soft_wrap=True, width=report.LOG_WIDTH)
+                rep = ConsoleReporter(console, timestamps=True)
+                if not plain:
+                    rep._plain = lambda objects, kw: None
+                rep._print(t, markup=markup)
+            strip = [ln.split(" ", 1)[1] for ln in fast.getvalue().splitlines()]
+            assert strip == [ln.split(" ", 1)[1] for ln in slow.getvalue().splitlines()], (t, markup)
