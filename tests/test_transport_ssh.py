@@ -645,3 +645,13 @@ def test_a_joined_command_cut_short_leaves_the_rest_without_an_exit_status(bm1, 
     r = together.run(transport, "bm1", ["echo first", "kill -9 $PPID; sleep 5", "echo never"], timeout=30)
     assert (r[0].exit_code, r[0].stdout) == (0, "first\n")
     assert r[1].exit_code is None and r[2].exit_code is None and r[2].stdout == "" and r[2].error
+
+
+def test_joined_answers_cut_by_the_capture_limit_are_asked_again_alone(bm1, transport, monkeypatch):
+    from bmupgrade.transport import ssh, together
+
+    monkeypatch.setattr(ssh, "CAPTURE_BYTES", 1000)
+    transport.connect([bm1.address()])
+    r = together.run(transport, "bm1", ["head -c 1500 /dev/zero | tr '\\0' x", "echo second"], timeout=30)
+    assert r[1].exit_code == 0 and r[1].stdout == "second\n"
+    assert r[0].exit_code == 0 and r[0].stdout_truncated and r[0].stdout == "x" * 1000

@@ -202,13 +202,25 @@ def rollback_safety(eng: "Engine") -> None:
 
 def run_checks(eng: "Engine", phase: str, *, skip: set[str] = frozenset(),
                probe: "Callable[[], object] | None" = None) -> list[checks_mod.CheckResult]:
-    """`probe`: where the VIP answer comes from (default: a new probe)."""
+    """The phase's read-only checks. Each node gets all of its checks in one round trip
+    (transport/together.py: separate answers, each audited); reported in the runbook's order.
+    `probe`: where the VIP answer comes from (default: a new probe)."""
     plan = build_plan(eng.rb, values=eng.journal.data["captured"], display=False, phases={phase})
     actions = [a for a in plan.actions if a.phase == phase and a.id not in skip]
-    results = []
-    probe = (probe or eng.probe)() if actions else None
+    vip = (probe or eng.probe)() if actions else None
+    targets = {a.id: _check_targets(eng, a, vip) for a in actions}
+    todo: dict[str, list] = {}
     for a in actions:
-        res = _one_check(eng, a, probe)
+        for n in targets[a.id] if isinstance(targets[a.id], list) else []:
+            todo.setdefault(n, []).append(a)
+    answers = eng.on_each(list(todo), lambda n: dict(zip(
+        [a.id for a in todo[n]], eng.send_together(n, [(a.id, a.commands[n].run[0]) for a in todo[n]],
+                                                   timeout=sum(a.timeout or 60 for a in todo[n])))))
+    results = []
+    for a in actions:
+        got = targets[a.id]
+        res = got if isinstance(got, checks_mod.CheckResult) else \
+            checks_mod.evaluate(a, {n: answers[n][a.id] for n in got})
         if res.ok and a.capture and res.captured is not None:
             eng.journal.set(["captured", a.capture], res.captured)
         results.append(res)
@@ -216,7 +228,9 @@ def run_checks(eng: "Engine", phase: str, *, skip: set[str] = frozenset(),
     return results
 
 
-def _one_check(eng: "Engine", a, probe) -> checks_mod.CheckResult:
+def _check_targets(eng: "Engine", a, probe) -> "list[str] | checks_mod.CheckResult":
+    """The nodes a check runs on, or its result when it is not sent (the built-in VIP check, or
+    a check on primary/secondary when no single node holds the VIP)."""
     from bmupgrade.engine.core import Stop
 
     if a.kind == "builtin":
@@ -227,13 +241,10 @@ def _one_check(eng: "Engine", a, probe) -> checks_mod.CheckResult:
             res.ok, res.problems = False, [str(exc).split(" Nothing was sent")[0]]
         return res
     try:
-        nodes = eng.resolve(a.target, probe=probe)
+        return eng.resolve(a.target, probe=probe)
     except Stop as stop:  # no single VIP holder: not run (the VIP check above says why)
         return checks_mod.CheckResult(a.id, a.title, False, a.severity, why=a.why,
                                       problems=["not run: " + stop.message.split(" Nothing was sent")[0]])
-    cmds = {n: a.commands[n].run[0] for n in nodes}
-    outs = eng.on_each(nodes, lambda n: eng.send(n, cmds[n], timeout=a.timeout, key=a.id, capture=True, quiet=True))
-    return checks_mod.evaluate(a, outs)
 
 
 def facts(eng: "Engine") -> None:

@@ -1,5 +1,8 @@
 """Several read-only commands to one node in one round trip (issue 15: fixed cost).
 
+Only for commands that may be sent again: an answer lost to the capture limit (the joined
+output is capped like any command's) is asked again alone.
+
 Each command costs a channel open and an exec on SSH: two round trips. The cluster lock and
 the VIP probe that opens every run are both read-only answers wanted at the same moment, so
 they travel as one shell script and come back as separate results, as if sent one by one:
@@ -25,7 +28,12 @@ def run(transport: Transport, node: str, commands: list[str], *, timeout: float 
         return [transport.run(node, c, timeout=timeout, capture=capture, on_output=on_output) for c in commands]
     nonce = secrets.token_hex(8)
     joined = transport.run(node, script(commands, nonce), timeout=timeout, capture=True, on_output=on_output)
-    return split(joined, commands, nonce)
+    results = split(joined, commands, nonce)
+    if joined.exit_code is not None:  # the script ran to its end, yet an answer is missing: its output
+        for i, r in enumerate(results):  # was cut at the capture limit. Read-only: ask again, alone.
+            if r.exit_code is None:
+                results[i] = transport.run(node, commands[i], timeout=timeout, capture=capture, on_output=on_output)
+    return results
 
 
 def script(commands: list[str], nonce: str) -> str:
