@@ -144,26 +144,51 @@ def _kill_points():
     return [(state, s) for s in steps for state in ("started", "done")]
 
 
-@pytest.mark.parametrize("state_name,step", _kill_points())
-def test_sigkill_at_every_boundary_then_resume(lab, tmp_path, state_name, step):
-    state = tmp_path / "state"
-    r = run_upgrade(lab, state, env={"BMUPGRADE_CRASH_AT": f"{state_name}:{step}"})
-    assert r.returncode == -signal.SIGKILL
-    j = journal(state)
-    assert j["steps"][step]["state"] == state_name
-    r2 = bmupgrade("resume", "--yes", state=state)
-    if r2.returncode == 5 and "outcome is unknown" in r2.stdout:  # 5: HA is still off meanwhile
-        # no verify command: the operator decides; the kill came before the command was sent
+def _resume(state, state_name, step, env):
+    """Resume a killed run; a step killed before its command was sent and without a verify
+    needs the operator's word (`--rerun`): exit 5 (HA still off) and "outcome is unknown"."""
+    r = bmupgrade("resume", "--yes", state=state, env=env)
+    if r.returncode == 5 and "outcome is unknown" in r.stdout:
         assert state_name == "started"
-        r2 = bmupgrade("resume", "--yes", "--rerun", step, state=state)
-    assert r2.returncode == 0, r2.stdout + r2.stderr
+        r = bmupgrade("resume", "--yes", "--rerun", step, state=state, env=env)
+    return r
+
+
+def _assert_upgraded_once(lab, state):
     assert_upgraded(lab, "bm1")
-    # non-idempotent commands never twice
-    assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+    assert count(lab, "bm1", "bm-cli setup upgrade") == 1  # non-idempotent commands never twice
     live = toggles(lab, "bm1") + toggles(lab, "bm2")  # not the preview's update on a CIB copy
     assert sum("--update true" in t for t in live) == 1
     assert sum("--update false" in t for t in live) == 1
     assert journal(state)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("state_name,step", [("started", "packages"), ("done", "ha-off"),
+                                             ("started", "post-install"), ("started", "ha-on")])
+def test_sigkill_of_a_first_run_then_resume(lab, tmp_path, state_name, step):
+    state = tmp_path / "state"
+    r = run_upgrade(lab, state, env={"BMUPGRADE_CRASH_AT": f"{state_name}:{step}"})
+    assert r.returncode == -signal.SIGKILL
+    assert journal(state)["steps"][step]["state"] == state_name
+    r2 = _resume(state, state_name, step, env=None)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    _assert_upgraded_once(lab, state)
+
+
+def test_sigkill_at_every_boundary_then_resume(lab, tmp_path):
+    """One upgrade killed at each of the 16 step boundaries in turn (SIGKILL right after the
+    journal record is durable): a run, then a resume killed at the next boundary, and so on;
+    the last resume finishes. Every boundary is crossed exactly once, nothing non-idempotent
+    runs twice."""
+    state = tmp_path / "state"
+    points = _kill_points()
+    r = run_upgrade(lab, state, env={"BMUPGRADE_CRASH_AT": "%s:%s" % points[0]})
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    for (state_name, step), following in zip(points, points[1:] + [None]):
+        assert journal(state)["steps"][step]["state"] == state_name, (state_name, step)
+        r = _resume(state, state_name, step, env={"BMUPGRADE_CRASH_AT": "%s:%s" % following} if following else None)
+        assert r.returncode == (-signal.SIGKILL if following else 0), (following, r.stdout + r.stderr)
+    _assert_upgraded_once(lab, state)
 
 
 def test_ssh_session_dropped_mid_step_verify_settles_it(lab, tmp_path):
