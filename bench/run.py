@@ -584,6 +584,7 @@ def bench_startup(lab: Lab | None, work: Path, reps: int, big_plan: int, history
                 state = work / ("state-su-%s-%d" % (tag, rep))
                 if state_src is not None:
                     shutil.copytree(state_src, state)
+                os.sync()  # the copy's dirty pages would otherwise slow the run's own fsyncs down
                 t = bm_run(one, lab.inventory_path, state)
                 shutil.rmtree(state)
                 return t

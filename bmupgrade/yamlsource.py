@@ -98,10 +98,12 @@ class _Builder:
         self._scalar = yaml.SafeLoader("")  # used only to construct scalars with YAML's rules
 
     def build(self, node: yaml.Node, path: Path_ = (), depth: int = 0) -> Any:
+        """Plain data for `node`, recording positions (the hot loop of a big runbook's load)."""
         self.count += 1
         if self.count > MAX_NODES:
+            p = _pos(node.start_mark)
             raise SourceError(
-                [f"{self.filename}:{_pos(node.start_mark).line}:{_pos(node.start_mark).column}: "
+                [f"{self.filename}:{p.line}:{p.column}: "
                  f"document expands to more than {MAX_NODES} values (alias bomb?); "
                  "a runbook needs far fewer — remove the repeated aliases"]
             )
@@ -111,47 +113,49 @@ class _Builder:
                 [f"{self.filename}:{p.line}:{p.column}: nested deeper than {MAX_DEPTH} levels; "
                  "a runbook is at most a few levels deep — check the indentation"]
             )
-        self.values.setdefault(path, _pos(node.start_mark))
+        if path not in self.values:
+            m = node.start_mark
+            self.values[path] = Pos(m.line + 1, m.column + 1)
+        if type(node) is yaml.ScalarNode:
+            self.raw[path] = node.value
+            if node.tag == "tag:yaml.org,2002:str" and (node.value or node.style or not self.from_libyaml):
+                return node.value  # most values: what construct_object would return
+            return self._scalar_value(node)
         if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            if self.from_libyaml and node.flow_style:
-                _check_flow_pairs(node)
-                _check_flow_question_marks(n for pair in node.value for n in pair)
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    p = _pos(key_node.start_mark)
-                    self.problems.append(
-                        f"{self.filename}:{p.line}:{p.column}: merge keys ('<<') are not supported; "
-                        "write the keys out"
-                    )
-                    continue
-                # Keys are taken as written: YAML 1.1 would read the key `on:` as True.
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                if not isinstance(key, str):
-                    p = _pos(key_node.start_mark)
-                    self.problems.append(
-                        f"{self.filename}:{p.line}:{p.column}: a mapping key must be a plain word, "
-                        "not a list or mapping"
-                    )
-                    continue
-                if key in result:
-                    p = _pos(key_node.start_mark)
-                    first = self.keys.get(path + (key,))
-                    at = f" (first defined at line {first.line})" if first else ""
-                    self.problems.append(
-                        f"{self.filename}:{p.line}:{p.column}: duplicate key '{key}'{at}; "
-                        "remove one of them"
-                    )
-                    continue
-                self.keys[path + (key,)] = _pos(key_node.start_mark)
-                result[key] = self.build(value_node, path + (key,), depth + 1)
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            if self.from_libyaml and node.flow_style:
-                _check_flow_question_marks(node.value)
-            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-        self.raw[path] = node.value
-        return self._scalar_value(node)
+            return self._mapping(node, path, depth)
+        if self.from_libyaml and node.flow_style:
+            _check_flow_question_marks(node.value)
+        return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict:
+        result: dict[Any, Any] = {}
+        if self.from_libyaml and node.flow_style:
+            _check_flow_pairs(node)
+            _check_flow_question_marks(n for pair in node.value for n in pair)
+        for key_node, value_node in node.value:
+            # Keys are taken as written: YAML 1.1 would read the key `on:` as True.
+            key = key_node.value if type(key_node) is yaml.ScalarNode else None
+            problem = self._key_problem(key_node, key, path, result)
+            if problem:
+                p = _pos(key_node.start_mark)
+                self.problems.append(f"{self.filename}:{p.line}:{p.column}: {problem}")
+                continue
+            kp = path + (key,)
+            m = key_node.start_mark
+            self.keys[kp] = Pos(m.line + 1, m.column + 1)
+            result[key] = self.build(value_node, kp, depth + 1)
+        return result
+
+    def _key_problem(self, key_node: yaml.Node, key: Any, path: Path_, seen: dict) -> str | None:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            return "merge keys ('<<') are not supported; write the keys out"
+        if not isinstance(key, str):
+            return "a mapping key must be a plain word, not a list or mapping"
+        if key in seen:
+            first = self.keys.get(path + (key,))
+            at = f" (first defined at line {first.line})" if first else ""
+            return f"duplicate key '{key}'{at}; remove one of them"
+        return None
 
     def _scalar_value(self, node: yaml.Node) -> Any:
         if node.tag == "tag:yaml.org,2002:str":  # most values: what construct_object returns

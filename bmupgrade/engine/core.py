@@ -71,6 +71,7 @@ class Engine:
         self.ha = HaDebt(self)
         self.locked: list[str] = []
         self.lock_probe: VipProbe | None = None  # sent with the lock, in its round trip (see phases.lock)
+        self.preflight_probe: VipProbe | None = None  # what the preflight saw; the start's facts reuse it
         self.in_flight: dict[str, list[str]] = {}  # step id -> nodes whose command is being sent
         self.run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
         self.fencing_accepted = False
@@ -297,14 +298,10 @@ class Engine:
 
     # ================================================================== facts and the summary
     def record_facts(self, label: str) -> None:
+        """At a stop: what a resume compares with (a new VIP probe)."""
         from bmupgrade.engine.facts import record
 
         record(self, label)
-
-    def show_changes_since_stop(self) -> None:
-        from bmupgrade.engine.facts import show_changes
-
-        show_changes(self)
 
     def _ha_off_sent_at(self) -> float:
         """When the HA-off command was sent (its `started` record), not when the marker went out."""

@@ -11,27 +11,33 @@ if TYPE_CHECKING:
     from bmupgrade.engine.core import Engine
 
 
-def collect(eng: "Engine") -> dict[str, Any]:
-    values: dict[str, Any] = {}
+def collect(eng: "Engine", probe=None) -> dict[str, Any]:
+    """Every fact, each node's in one round trip (read-only: transport/together.py), and the
+    VIP holders — from `probe` when the caller has one from moments ago (the preflight's)."""
+    asked: dict[str, list] = {}
     for f in eng.rb.facts:
-        nodes = eng.rb.node_names if f.on == "all" else [f.on]
-        outs = eng.on_each(nodes, lambda n, f=f: eng.send(n, eng.render(f.run, n), timeout=30, key=f"fact:{f.id}",
-                                                           capture=True, quiet=True))
-        values[f.id] = {n: (eng.redact(r.stdout.strip()) if r.exit_code is not None else f"<{r.error or 'no answer'}>")
-                        for n, r in outs.items()}
-    values["vip_holders"] = eng.probe().holders
+        for n in (eng.rb.node_names if f.on == "all" else [f.on]):
+            asked.setdefault(n, []).append(f)
+    answers = eng.on_each(list(asked), lambda n: eng.send_together(
+        n, [(f"fact:{f.id}", eng.render(f.run, n)) for f in asked[n]], timeout=30 * len(asked[n])))
+    values: dict[str, Any] = {}
+    for n, facts in asked.items():
+        for f, r in zip(facts, answers[n]):
+            values.setdefault(f.id, {})[n] = (eng.redact(r.stdout.strip()) if r.exit_code is not None
+                                              else f"<{r.error or 'no answer'}>")
+    values = {f.id: values[f.id] for f in eng.rb.facts}  # the runbook's order
+    values["vip_holders"] = (probe or eng.probe()).holders
     return values
 
 
-def record(eng: "Engine", label: str) -> None:
-    eng.journal.add("facts", {"at": label, "time": now(), "values": collect(eng)})
+def record(eng: "Engine", label: str, values: dict[str, Any] | None = None) -> None:
+    eng.journal.add("facts", {"at": label, "time": now(), "values": values if values is not None else collect(eng)})
 
 
-def show_changes(eng: "Engine") -> None:
+def show_changes(eng: "Engine", current: dict[str, Any]) -> None:
     eng.reporter.phase(f"Resuming run {eng.journal.run_id}")
     facts = eng.journal.data["facts"]
     before = facts[-1]["values"] if facts else {}
-    current = collect(eng)
     changes = [f"{k}: {before.get(k)} → {current.get(k)}" for k in sorted(set(before) | set(current))
                if before.get(k) != current.get(k)]
     if changes:

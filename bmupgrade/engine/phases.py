@@ -208,6 +208,8 @@ def run_checks(eng: "Engine", phase: str, *, skip: set[str] = frozenset(),
     plan = build_plan(eng.rb, values=eng.journal.data["captured"], display=False, phases={phase})
     actions = [a for a in plan.actions if a.phase == phase and a.id not in skip]
     vip = (probe or eng.probe)() if actions else None
+    if phase == "preflight":
+        eng.preflight_probe = vip  # the start's facts record it (Engine.preflight_probe)
     targets = {a.id: _check_targets(eng, a, vip) for a in actions}
     todo: dict[str, list] = {}
     for a in actions:
@@ -248,9 +250,14 @@ def _check_targets(eng: "Engine", a, probe) -> "list[str] | checks_mod.CheckResu
 
 
 def facts(eng: "Engine") -> None:
+    """The facts at the start (or resume), with the VIP holders the preflight saw moments ago;
+    on resume, what changed since the stop."""
+    from bmupgrade.engine import facts as facts_mod
+
+    values = facts_mod.collect(eng, probe=eng.preflight_probe or eng.opening_probe())
     if eng.mode == M.RESUME:
-        eng.show_changes_since_stop()
-    eng.record_facts("resume" if eng.mode == M.RESUME else "start")
+        facts_mod.show_changes(eng, values)
+    facts_mod.record(eng, "resume" if eng.mode == M.RESUME else "start", values)
 
 
 def steps(eng: "Engine") -> None:
