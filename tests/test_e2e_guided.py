@@ -27,7 +27,9 @@ PKG_FAULT = "apt-get install -y !--download-only"
 def spawn(*args: str, cwd) -> pexpect.spawn:
     env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "NO_COLOR": "1", "COLUMNS": "120", "TERM": "xterm"}
     env.pop("CI", None)
-    p = pexpect.spawn(sys.executable, ["-m", "bmupgrade", *args], env=env, encoding="utf-8", timeout=60,
+    # codec_errors: the tty echoes ^C where it arrives, possibly inside a multi-byte character
+    p = pexpect.spawn(sys.executable, ["-m", "bmupgrade", *args], env=env, encoding="utf-8", codec_errors="replace",
+                      timeout=60,
                       dimensions=(50, 120), cwd=str(ROOT))
     p.logfile_read = open(cwd / "terminal.log", "w")
     return p

@@ -508,7 +508,12 @@ def test_node_down_then_up(lab, bm1, transport):
     transport.connect([bm1.address()])
     lab.node("bm1").down()  # the machine goes away: every session of it is killed
     r = transport.run("bm1", "true")
-    assert r.connection_lost and not r.sent and "reconnect failed: connection refused" in r.error
+    assert r.connection_lost and not r.sent
+    if "reconnect failed" not in r.error:  # the loss was seen only when no session would open (a race)
+        assert "before the command was sent" in r.error
+        r = transport.run("bm1", "true")
+        assert r.connection_lost and not r.sent
+    assert "reconnect failed: connection refused" in r.error
     lab.node("bm1").up()
     r = transport.run("bm1", "true")
     assert r.ok and r.reconnected
@@ -642,7 +647,7 @@ def test_a_joined_command_cut_short_leaves_the_rest_without_an_exit_status(bm1, 
     from bmupgrade.transport import together
 
     transport.connect([bm1.address()])
-    r = together.run(transport, "bm1", ["echo first", "kill -9 $PPID; sleep 5", "echo never"], timeout=30)
+    r = together.run(transport, "bm1", ["echo first", "kill -9 $$", "echo never"], timeout=30)  # $$: the script's shell
     assert (r[0].exit_code, r[0].stdout) == (0, "first\n")
     assert r[1].exit_code is None and r[2].exit_code is None and r[2].stdout == "" and r[2].error
 
