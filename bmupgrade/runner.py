@@ -65,12 +65,13 @@ def stonith_guard_refusal(rb: Runbook, session: Session, journal_data: dict | No
             f"--allow-no-stonith. Nothing was {nothing}.")
 
 
-def step_history(state_dir: Path, rb: Runbook) -> dict[str, float]:
-    """Median measured duration of each step in earlier runs of this runbook (for deadlines):
-    read from a small index (history.json), independent of how many runs the state dir holds."""
+def step_history(session: Session, rb: Runbook) -> dict[str, float]:
+    """Median measured duration of each step in earlier runs of this runbook, for `--deadline`
+    only (a run without one reads nothing): from the runbook's small history file, independent
+    of how many runs the state dir holds."""
     from bmupgrade import history
 
-    return history.medians(state_dir, rb.name)
+    return history.medians(session.state_dir, rb.name) if session.options.deadline else {}
 
 
 def _record_history(session: Session, journal: Journal) -> None:
@@ -136,7 +137,7 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
     refusal = stonith_guard_refusal(rb, session)
     if refusal:
         raise UsageError(refusal)
-    session.options.history = step_history(session.state_dir, rb)
+    session.options.history = step_history(session, rb)
     secret_names = {k for k, v in rb.vars.items() if v.secret}
     run_id = new_run_id()
     lock = _locked(rb, session, run_id)
@@ -231,7 +232,7 @@ def resume_run(session: Session, run_id: str | None, *, force: bool = False,
     refusal = stonith_guard_refusal(rb, session, journal.data, nothing="sent")
     if refusal:
         raise UsageError(refusal)
-    session.options.history = step_history(session.state_dir, rb)
+    session.options.history = step_history(session, rb)
     lock = _locked(rb, session, journal.run_id)
     session.reporter.info(f"Resuming run {journal.run_id} — journal {journal.path}"
                           + (f" — deadline {_deadline(session)}" if session.options.deadline else ""))

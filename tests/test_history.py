@@ -28,51 +28,65 @@ def test_runbooks_are_kept_apart(tmp_path):
     assert history.medians(tmp_path, "three") == {}
 
 
+def lines(tmp_path, name="rb") -> list[dict]:
+    return [json.loads(line) for line in history.path(tmp_path, name).read_text().splitlines()]
+
+
 def test_only_the_last_runs_are_kept(tmp_path):
     for i in range(history.KEEP + 15):
         history.record(tmp_path, "rb", {"a": {"bm1": float(i)}})
-    runs = json.loads(history.path(tmp_path).read_text())["runbooks"]["rb"]["steps"]["a"]
-    assert len(runs) == history.KEEP
-    assert [r["t"]["bm1"] for r in runs] == [float(i) for i in range(15, history.KEEP + 15)]
+    assert history.medians(tmp_path, "rb") == {"a": (15 + history.KEEP + 14) / 2}  # the median of the last KEEP
+    kept = lines(tmp_path)
+    assert history.KEEP <= len(kept) <= 2 * history.KEEP
+    assert [r["steps"]["a"]["t"]["bm1"] for r in kept][-1] == float(history.KEEP + 14)
 
 
 def test_size_does_not_grow_with_the_number_of_runs(tmp_path):
-    for _ in range(history.KEEP):
+    sizes = []
+    for i in range(6 * history.KEEP):
         history.record(tmp_path, "rb", {"s%d" % i: {"bm1": 1.5, "bm2": 1.25} for i in range(20)})
-    size = history.path(tmp_path).stat().st_size
-    for _ in range(3 * history.KEEP):
-        history.record(tmp_path, "rb", {"s%d" % i: {"bm1": 1.5, "bm2": 1.25} for i in range(20)})
-    assert history.path(tmp_path).stat().st_size <= size + 2  # the "updated" stamp may gain a digit
+        sizes.append(history.path(tmp_path, "rb").stat().st_size)
+    assert max(sizes[2 * history.KEEP:]) <= max(sizes[:2 * history.KEEP + 1])
+
+
+def test_recording_appends_one_line_and_does_not_read_the_others(tmp_path, monkeypatch):
+    history.record(tmp_path, "rb", {"a": {"bm1": 1.0}})
+    monkeypatch.setattr(history.json, "loads", lambda *a, **k: (_ for _ in ()).throw(AssertionError("parsed")))
+    history.record(tmp_path, "rb", {"a": {"bm1": 2.0}})
+    monkeypatch.undo()
+    assert [r["steps"]["a"]["t"]["bm1"] for r in lines(tmp_path)] == [1.0, 2.0]
 
 
 def test_retried_flag_is_recorded(tmp_path):
     history.record(tmp_path, "rb", {"a": {"bm1": 1.0}, "b": {"bm1": 1.0}}, retried={"b"})
-    steps = json.loads(history.path(tmp_path).read_text())["runbooks"]["rb"]["steps"]
-    assert steps["a"][0]["retried"] is False and steps["b"][0]["retried"] is True
+    steps = lines(tmp_path)[0]["steps"]
+    assert steps["a"]["retried"] is False and steps["b"]["retried"] is True
 
 
 def test_non_numeric_and_negative_durations_are_ignored(tmp_path):
     history.record(tmp_path, "rb", {"a": {"bm1": None, "bm2": -1}, "b": {"bm1": True}, "c": {}})
-    assert not history.path(tmp_path).exists()
+    assert not history.path(tmp_path, "rb").exists()
     history.record(tmp_path, "rb", {"a": {"bm1": "x", "bm2": 2}})
     assert history.medians(tmp_path, "rb") == {"a": 2.0}
 
 
-def test_corrupt_or_foreign_index_is_ignored_and_replaced(tmp_path):
-    history.path(tmp_path).write_text("{not json")
+def test_corrupt_or_foreign_lines_are_ignored(tmp_path):
+    f = history.path(tmp_path, "rb")
+    f.parent.mkdir(parents=True)
+    f.write_text("{not json\n" + json.dumps({"runbook": "other", "steps": {"a": {"t": {"bm1": 9}}}}) + "\n")
     assert history.medians(tmp_path, "rb") == {}
     history.record(tmp_path, "rb", {"a": {"bm1": 1.0}})
     assert history.medians(tmp_path, "rb") == {"a": 1.0}
-    history.path(tmp_path).write_text(json.dumps({"version": 99, "runbooks": {"rb": {}}}))
-    assert history.medians(tmp_path, "rb") == {}
-    history.path(tmp_path).write_text(json.dumps({"version": 1, "runbooks": {"rb": {"steps": {
-        "a": [{"t": {"bm1": "x"}}, "junk", {"t": {"bm1": 4}}], "b": "junk"}}}}))
-    assert history.medians(tmp_path, "rb") == {"a": 4}
+    with f.open("a") as out:
+        out.write(json.dumps({"runbook": "rb", "steps": {"a": {"t": {"bm1": "x"}}, "b": "junk"}}) + "\n")
+        out.write('{"runbook": "rb", "steps": {"a": {"t": {"bm1": 4')  # torn last line
+    assert history.medians(tmp_path, "rb") == {"a": 1.0}
 
 
 def test_no_temporary_files_left_behind(tmp_path):
-    history.record(tmp_path, "rb", {"a": {"bm1": 1.0}})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "history.lock"]
+    for _ in range(2 * history.KEEP + 1):  # a compaction included
+        history.record(tmp_path, "rb", {"a": {"bm1": 1.0}})
+    assert sorted(p.name for p in (tmp_path / "history").iterdir()) == [".lock", history.path(tmp_path, "rb").name]
 
 
 def test_concurrent_records_lose_nothing(tmp_path):
@@ -85,8 +99,11 @@ def test_concurrent_records_lose_nothing(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    steps = json.loads(history.path(tmp_path).read_text())["runbooks"]["rb"]["steps"]
-    assert {k: len(v) for k, v in steps.items()} == {"s%d" % k: 5 for k in range(4)}
+    counts = {}
+    for r in lines(tmp_path):
+        for sid in r["steps"]:
+            counts[sid] = counts.get(sid, 0) + 1
+    assert counts == {"s%d" % k: 5 for k in range(4)}
 
 
 def test_from_journal_takes_done_nodes_and_attempts():
