@@ -71,7 +71,6 @@ class Engine:
         self.ha = HaDebt(self)
         self.locked: list[str] = []
         self.lock_probe: VipProbe | None = None  # sent with the lock, in its round trip (see phases.lock)
-        self.preflight_probe: VipProbe | None = None  # what the preflight saw; the start's facts reuse it
         self.in_flight: dict[str, list[str]] = {}  # step id -> nodes whose command is being sent
         self.run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
         self.fencing_accepted = False
@@ -169,12 +168,15 @@ class Engine:
         """Read-only commands in one round trip, each audited (see AuditedSender.send_together)."""
         return self.sender.send_together(node, commands, timeout=timeout)
 
+    def ask_each(self, asked: dict[str, list[tuple[str, str, float]]]) -> dict[str, dict[str, CommandResult]]:
+        """Each node's read-only commands in one round trip (see AuditedSender.ask_each)."""
+        return self.sender.ask_each(asked)
+
     def on_each(self, nodes: list[str], fn, *, parallel: bool = True) -> dict[str, Any]:
         return on_each(nodes, fn, parallel=parallel)
 
     def probe(self) -> VipProbe:
         """Who holds the public IP, asked now (audited: the evidence for safety rule 1)."""
-        self.lock_probe = None  # superseded
         cmds = {n: self.probe_command(n) for n in self.rb.node_names}
         return VipProbe(self.on_each(self.rb.node_names, lambda n: self.send(
             n, cmds[n], timeout=PROBE_TIMEOUT, key="vip-probe", capture=True, quiet=True)))
@@ -183,13 +185,10 @@ class Engine:
         return self.render(self.rb.cluster.vip_probe, node)
 
     def opening_probe(self) -> VipProbe:
-        """The probe that came back with the lock (same round trip, moments ago) if this is the
-        first look of the invocation; a new probe otherwise. Only the read-only checks that
-        follow the lock use it: a step's target is always re-probed (safety rule 1)."""
-        if self.lock_probe is not None:
-            probe, self.lock_probe = self.lock_probe, None
-            return probe
-        return self.probe()
+        """The probe that came back with the lock (same round trip, moments ago). Only the
+        phases right after the lock use it (preflight, rollback safety, the start's facts): a
+        step's target is always re-probed (safety rule 1)."""
+        return self.lock_probe or self.probe()
 
     def resolve(self, target: str, *, probe: VipProbe | None = None) -> list[str]:
         """Concrete nodes for a target. primary/secondary re-probe the VIP now (safety rule 1)."""

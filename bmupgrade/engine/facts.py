@@ -13,19 +13,18 @@ if TYPE_CHECKING:
 
 def collect(eng: "Engine", probe=None) -> dict[str, Any]:
     """Every fact, each node's in one round trip (read-only: transport/together.py), and the
-    VIP holders — from `probe` when the caller has one from moments ago (the preflight's)."""
+    VIP holders — from `probe` when the caller has one from moments ago (the lock's)."""
+    where = {f.id: eng.rb.node_names if f.on == "all" else [f.on] for f in eng.rb.facts}
     asked: dict[str, list] = {}
     for f in eng.rb.facts:
-        for n in (eng.rb.node_names if f.on == "all" else [f.on]):
-            asked.setdefault(n, []).append(f)
-    answers = eng.on_each(list(asked), lambda n: eng.send_together(
-        n, [(f"fact:{f.id}", eng.render(f.run, n)) for f in asked[n]], timeout=30 * len(asked[n])))
+        for n in where[f.id]:
+            asked.setdefault(n, []).append((f"fact:{f.id}", eng.render(f.run, n), 30))
+    answers = eng.ask_each(asked)
     values: dict[str, Any] = {}
-    for n, facts in asked.items():
-        for f, r in zip(facts, answers[n]):
-            values.setdefault(f.id, {})[n] = (eng.redact(r.stdout.strip()) if r.exit_code is not None
-                                              else f"<{r.error or 'no answer'}>")
-    values = {f.id: values[f.id] for f in eng.rb.facts}  # the runbook's order
+    for f in eng.rb.facts:
+        got = {n: answers[n][f"fact:{f.id}"] for n in where[f.id]}
+        values[f.id] = {n: eng.redact(r.stdout.strip()) if r.exit_code is not None else f"<{r.error or 'no answer'}>"
+                        for n, r in got.items()}
     values["vip_holders"] = (probe or eng.probe()).holders
     return values
 

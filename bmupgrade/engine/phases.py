@@ -91,15 +91,21 @@ def lock(eng: "Engine") -> None:
     """One round trip per node: take the cluster lock, read the HA-off markers, and ask who holds
     the public IP (the preflight's first look: see Engine.opening_probe)."""
     from bmupgrade.engine import remote
-    from bmupgrade.probes import PROBE_TIMEOUT, VipProbe
 
     me = {"run_id": eng.journal.run_id, **whoami(), "since": now()}
-    answers = eng.on_each(eng.rb.node_names, lambda n: eng.send_together(n, [
-        ("lock", remote.lock_and_markers(eng.rb.node(n).state_dir, me, eng.journal.run_id,
-                                         break_lock=eng.options.break_lock)),
-        ("vip-probe", eng.probe_command(n))], timeout=max(30, PROBE_TIMEOUT)))
+    _take_lock(eng, _with_probe(eng, "lock", lambda n: remote.lock_and_markers(
+        eng.rb.node(n).state_dir, me, eng.journal.run_id, break_lock=eng.options.break_lock), timeout=30))
+
+
+def _with_probe(eng: "Engine", key: str, snippet, *, timeout: float) -> dict:
+    """`snippet(node)` and the VIP probe, joined in one round trip per node; the probe's answers
+    become eng.lock_probe, the snippet's are returned by node."""
+    from bmupgrade.probes import PROBE_TIMEOUT, VipProbe
+
+    answers = eng.on_each(eng.rb.node_names, lambda n: eng.send_together(
+        n, [(key, snippet(n)), ("vip-probe", eng.probe_command(n))], timeout=max(timeout, PROBE_TIMEOUT)))
     eng.lock_probe = VipProbe({n: a[1] for n, a in answers.items()})
-    _take_lock(eng, {n: a[0] for n, a in answers.items()})
+    return {n: a[0] for n, a in answers.items()}
 
 
 def _take_lock(eng: "Engine", results: dict) -> None:
@@ -129,13 +135,9 @@ def _take_lock(eng: "Engine", results: dict) -> None:
 
 def markers(eng: "Engine") -> None:
     from bmupgrade.engine import remote
-    from bmupgrade.probes import PROBE_TIMEOUT, VipProbe
 
-    answers = eng.on_each(eng.rb.node_names, lambda n: eng.send_together(n, [
-        ("ha-marker", remote.read_markers(eng.rb.node(n).state_dir)), ("vip-probe", eng.probe_command(n))],
-        timeout=max(15, PROBE_TIMEOUT)))
-    eng.lock_probe = VipProbe({n: a[1] for n, a in answers.items()})
-    _refuse_foreign_markers(eng, {n: remote.parse_lock_answer(a[0].stdout)[2] for n, a in answers.items()})
+    results = _with_probe(eng, "ha-marker", lambda n: remote.read_markers(eng.rb.node(n).state_dir), timeout=15)
+    _refuse_foreign_markers(eng, {n: remote.parse_lock_answer(r.stdout)[2] for n, r in results.items()})
 
 
 def _refuse_foreign_markers(eng: "Engine", found: dict) -> None:
@@ -208,16 +210,12 @@ def run_checks(eng: "Engine", phase: str, *, skip: set[str] = frozenset(),
     plan = build_plan(eng.rb, values=eng.journal.data["captured"], display=False, phases={phase})
     actions = [a for a in plan.actions if a.phase == phase and a.id not in skip]
     vip = (probe or eng.probe)() if actions else None
-    if phase == "preflight":
-        eng.preflight_probe = vip  # the start's facts record it (Engine.preflight_probe)
     targets = {a.id: _check_targets(eng, a, vip) for a in actions}
-    todo: dict[str, list] = {}
+    asked: dict[str, list] = {}
     for a in actions:
         for n in targets[a.id] if isinstance(targets[a.id], list) else []:
-            todo.setdefault(n, []).append(a)
-    answers = eng.on_each(list(todo), lambda n: dict(zip(
-        [a.id for a in todo[n]], eng.send_together(n, [(a.id, a.commands[n].run[0]) for a in todo[n]],
-                                                   timeout=sum(a.timeout or 60 for a in todo[n])))))
+            asked.setdefault(n, []).append((a.id, a.commands[n].run[0], a.timeout or 60))
+    answers = eng.ask_each(asked)
     results = []
     for a in actions:
         got = targets[a.id]
@@ -254,7 +252,7 @@ def facts(eng: "Engine") -> None:
     on resume, what changed since the stop."""
     from bmupgrade.engine import facts as facts_mod
 
-    values = facts_mod.collect(eng, probe=eng.preflight_probe or eng.opening_probe())
+    values = facts_mod.collect(eng, probe=eng.opening_probe())
     if eng.mode == M.RESUME:
         facts_mod.show_changes(eng, values)
     facts_mod.record(eng, "resume" if eng.mode == M.RESUME else "start", values)

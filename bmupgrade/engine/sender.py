@@ -45,6 +45,15 @@ class AuditedSender:
             self._audit_result(node, key, text, r)
         return results
 
+    def ask_each(self, asked: dict[str, list[tuple[str, str, float]]]) -> dict[str, dict[str, CommandResult]]:
+        """Each node's read-only (key, command, timeout) triples in one round trip, the nodes in
+        parallel; the answers by node, then key."""
+        from bmupgrade.probes import on_each
+
+        return on_each(list(asked), lambda n: dict(zip(
+            [key for key, _, _ in asked[n]],
+            self.send_together(n, [(key, c) for key, c, _ in asked[n]], timeout=sum(t for _, _, t in asked[n])))))
+
     def _audit_result(self, node: str, key: str, shown: str, r: CommandResult) -> None:
         self._audit("record", False, node=node, key=key, command=shown, exit_code=r.exit_code,
                     duration=round(r.duration, 4), timed_out=r.timed_out, sent=r.sent,
