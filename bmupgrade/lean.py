@@ -114,6 +114,11 @@ def _installed_version(dist: str) -> str:
     return importlib.metadata.version(dist)
 
 
+# (module, name) -> what stands for it while its importer loads; any other name of DEFERRED
+# gets a class that imports the real one when first used
+STAND_INS = {("importlib.metadata", "version"): _installed_version}
+
+
 class _Deferring:
     def __init__(self, real, deferred):
         self.real = real
@@ -127,8 +132,7 @@ class _Deferring:
         for modname, clsname in self.deferred:
             if modname not in sys.modules:
                 stub = types.ModuleType(modname)
-                setattr(stub, clsname, _installed_version if clsname == "version" else
-                        _deferred_class(modname, clsname))
+                setattr(stub, clsname, STAND_INS.get((modname, clsname)) or _deferred_class(modname, clsname))
                 stubs[modname] = sys.modules[modname] = stub
         try:
             self.real.exec_module(module)
