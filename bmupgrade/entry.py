@@ -9,13 +9,13 @@ import sys
 def main() -> None:
     from bmupgrade import helpcache
 
-    args = sys.argv[1:]
-    if helpcache.serve(args):
+    kept = helpcache.entry_path(sys.argv[1:])
+    if kept is not None and helpcache.serve(kept):
         sys.exit(0)
     from bmupgrade import cli
 
-    if helpcache.is_help_request(args):
-        helpcache.render_and_store(args, cli.main)
+    if kept is not None:
+        helpcache.render_and_store(kept, cli.main)
     else:
         cli.main()
 

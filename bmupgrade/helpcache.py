@@ -75,15 +75,19 @@ def key(args: list[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def serve(args: list[str]) -> bool:
-    """Write the cached help for `args` to stdout; False (nothing written) when there is none."""
+def entry_path(args: list[str]) -> str | None:
+    """Where the help for `args` is (or would be) kept; None when `args` is no bare help request,
+    the cache is off, or there is no cache directory. Computed once per invocation."""
     if os.environ.get("BMUPGRADE_HELP_CACHE") == "0" or not is_help_request(args):
-        return False
+        return None
     where = cache_dir()
-    if where is None:
-        return False
+    return os.path.join(where, key(args)) if where else None
+
+
+def serve(path: str) -> bool:
+    """Write the kept help to stdout; False (nothing written) when there is none."""
     try:
-        fd = os.open(os.path.join(where, key(args)), os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     with os.fdopen(fd, "rb") as f:
@@ -97,7 +101,7 @@ def serve(args: list[str]) -> bool:
     return True
 
 
-def render_and_store(args: list[str], render) -> None:
+def render_and_store(path: str, render) -> None:
     """Run `render()` (typer's app) with stdout copied; keep the copy if it exited with 0."""
     real = sys.stdout
     recorder = Recorder(real)
@@ -112,7 +116,7 @@ def render_and_store(args: list[str], render) -> None:
     finally:
         sys.stdout = real
         if code == 0:
-            store(args, b"".join(recorder.chunks))
+            store(path, b"".join(recorder.chunks))
 
 
 class Recorder:
@@ -151,21 +155,20 @@ class _BufferRecorder:
         return getattr(self._text.buffer, name)
 
 
-def store(args: list[str], data: bytes) -> None:
+def store(path: str, data: bytes) -> None:
     """Keep typer's help output for the next identical request; any failure is ignored."""
-    where = cache_dir()
-    if where is None or not data or os.environ.get("BMUPGRADE_HELP_CACHE") == "0":
+    if not data:
         return
+    from pathlib import Path
+
+    from bmupgrade.journal import atomic_write
+
+    where = os.path.dirname(path)
     try:
         os.makedirs(where, mode=0o700, exist_ok=True)
         if len(os.listdir(where)) >= MAX_FILES:
             for name in os.listdir(where):
                 os.unlink(os.path.join(where, name))
-        name = os.path.join(where, key(args))
-        tmp = "%s.%d.tmp" % (name, os.getpid())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, name)
-    except (OSError, UnicodeError):
+        atomic_write(Path(path), data)
+    except OSError:
         pass
