@@ -1,8 +1,5 @@
 """Several read-only commands to one node in one round trip (issue 15: fixed cost).
 
-Only for commands that may be sent again: an answer lost to the capture limit (the joined
-output is capped like any command's) is asked again alone.
-
 Each command costs a channel open and an exec on SSH: two round trips. The cluster lock and
 the VIP probe that opens every run are both read-only answers wanted at the same moment, so
 they travel as one shell script and come back as separate results, as if sent one by one:
@@ -10,6 +7,10 @@ each command runs in its own subshell (an `exit` ends only it), its stdin is /de
 after it a marker line with a random nonce and its exit status is printed on stdout and on
 stderr. A transport that does not say `joins_commands = True` (the in-memory one) gets the
 commands one by one, so its rules and records stay per command.
+
+Only for commands that may be sent again: when the script ended but an answer is missing (cut
+by the capture limit, which caps the joined output like any command's, or a command that broke
+the script's syntax), that command is asked again alone.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def run(transport: Transport, node: str, commands: list[str], *, timeout: float 
     nonce = secrets.token_hex(8)
     joined = transport.run(node, script(commands, nonce), timeout=timeout, capture=True, on_output=on_output)
     results = split(joined, commands, nonce)
-    if joined.exit_code is not None:  # the script ran to its end, yet an answer is missing: its output
-        for i, r in enumerate(results):  # was cut at the capture limit. Read-only: ask again, alone.
+    if joined.exit_code is not None:  # the script ended, yet an answer is missing: ask again, alone
+        for i, r in enumerate(results):
             if r.exit_code is None:
                 results[i] = transport.run(node, commands[i], timeout=timeout, capture=capture, on_output=on_output)
     return results
