@@ -63,8 +63,7 @@ def window_parts(j: dict) -> dict:
         start, end = min(n["t_start"] for n in nodes), max(n["t_end"] for n in nodes)
         if end < off or start > on:
             continue
-        steps.append({"id": sid, "start": max(start, off), "end": min(end, on),
-                      "slowest_command": max(n.get("duration") or 0 for n in nodes)})
+        steps.append({"id": sid, "start": max(start, off), "end": min(end, on)})
     steps.sort(key=lambda s: s["start"])
     in_steps = sum(s["end"] - s["start"] for s in steps)
     return {"window": on - off, "steps": steps, "in_steps": in_steps,
