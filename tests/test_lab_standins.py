@@ -458,3 +458,22 @@ def test_standin_showformat_matches_the_regex_reference(fmt):
                                                 ("bm-node", "bm-?ore", False)])
 def test_standin_package_patterns(name, pattern, match):
     assert _bmlab._glob_match(name, pattern) is match
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab &<>\"'\n\r\té"))))
+def test_standin_quoteattr_matches_saxutils(text):
+    from xml.sax.saxutils import quoteattr
+
+    assert _bmlab.quoteattr(text) == quoteattr(text)
+
+
+def test_standin_spawn_gives_exit_code_and_output_like_subprocess(tmp_path):
+    """The stand-ins run tools without the subprocess module: same exit codes (-N for a signal),
+    output captured in full (more than a pipe holds), stdin from /dev/null when asked."""
+    script = "head -c 200000 /dev/zero | tr '\\0' x; echo err >&2; read -r line && echo got; exit 3"
+    code, out, err = _bmlab.spawn(["sh", "-c", script], capture=True, stdin_null=True)
+    assert (code, len(out), err) == (3, 200000, b"err\n")
+    assert _bmlab.spawn(["sh", "-c", "kill -TERM $$"]) == -15
+    with pytest.raises(FileNotFoundError):
+        _bmlab.spawn(["bmlab-no-such-tool"])
