@@ -4,31 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x /usr/sbin/sshd ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing openssh-server (the lab's nodes are real sshd processes)" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
-  else
-    echo "setup: /usr/sbin/sshd is missing; run: sudo apt-get install openssh-server" >&2
-    exit 2
-  fi
-fi
-
-# --cluster: also the stack of the real cluster lab (`bmupgrade lab up --cluster`), root only.
-# Not by default: it installs the Corosync/Pacemaker daemons, which do not belong on a laptop.
+# Debian packages: openssh-server always (the lab's nodes are real sshd processes); with
+# --cluster, the real cluster lab's stack (Corosync, Pacemaker and its CLI tools, keepalived, ...).
+need=""
+[ -x /usr/sbin/sshd ] || need="openssh-server"
 CLUSTER_PKGS="pacemaker pacemaker-cli-utils corosync resource-agents keepalived openssh-server openssh-client iproute2 util-linux dpkg-dev apt-utils rsync psmisc openssl curl"
 if [ "${1:-}" = "--cluster" ]; then
-  missing=$(for p in $CLUSTER_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"; done)
-  if [ -n "$missing" ]; then
-    if [ "$(id -u)" != 0 ]; then
-      echo "setup: the cluster lab needs root: sudo apt-get install --no-install-recommends" $missing >&2
-      exit 2
-    fi
-    echo "setup: installing the cluster lab stack:" $missing >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  need="$need $(for p in $CLUSTER_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"; done)"
+fi
+need=$(echo $need | tr ' ' '\n' | sort -u | tr '\n' ' ')
+apt_pid=""
+if [ -n "${need// /}" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing Debian packages; run: sudo apt-get install --no-install-recommends" $need >&2
+    exit 2
   fi
+  echo "setup: installing" $need >&2
+  # apt and pip do not depend on each other: apt runs while pip installs the Python side
+  ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null ) &
+  apt_pid=$!
 fi
 
 PY=${PYTHON:-python3}
@@ -36,7 +30,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
-# Bytecode for bmupgrade's own modules, as a regular install would have: where
-# PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile them from source.
 .venv/bin/python -m compileall -q bmupgrade >/dev/null
+if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
+  echo "setup: apt-get install $need failed (see above)" >&2
+  exit 1
+fi
 echo "setup: ok ($(.venv/bin/python --version), $(/usr/sbin/sshd -V 2>&1 | head -1))" >&2
