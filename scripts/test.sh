@@ -8,4 +8,4 @@ scripts/setup.sh
 # cores: the cluster tests spend much of their time waiting on real Pacemaker/VRRP timers (the
 # suite measured 605 s with 3 workers, 558 s with 4, 552 s with 5 here).
 # `scripts/test.sh -n 0` runs in one process (e.g. with -s or pdb).
-exec .venv/bin/python -m pytest -n "${BMUPGRADE_TEST_WORKERS:-4}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${BMUPGRADE_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"
