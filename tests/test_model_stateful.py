@@ -55,11 +55,10 @@ def _event(text: str) -> None:
 
 
 def _join_node_threads() -> None:
-    import threading
+    """The invocation's process ends: its node threads finish their commands and are gone."""
+    from bmupgrade.probes import drain_node_pool
 
-    for t in threading.enumerate():
-        if t.name.startswith("node") and t is not threading.current_thread():
-            t.join(timeout=10)
+    drain_node_pool()
 
 
 class Crash(BaseException):

@@ -2,6 +2,8 @@
 
 import io
 
+from hypothesis import given, settings, strategies as st
+
 from rich.console import Console
 
 from bmupgrade.ui import report
@@ -63,10 +65,44 @@ def test_a_log_line_written_without_rich_layout_is_what_rich_would_write():
         for t in texts:
             fast, slow = io.StringIO(), io.StringIO()
             for out, plain in ((fast, True), (slow, False)):
-                console = Console(file=out, highlight=False, soft_wrap=True, width=report.LOG_WIDTH)
+                console = Console(file=out, highlight=False, soft_wrap=True, width=report.LOG_WIDTH, emoji=False)
                 rep = ConsoleReporter(console, timestamps=True)
                 if not plain:
                     rep._plain = lambda objects, kw: None
                 rep._print(t, markup=markup)
             strip = [ln.split(" ", 1)[1] for ln in fast.getvalue().splitlines()]
             assert strip == [ln.split(" ", 1)[1] for ln in slow.getvalue().splitlines()], (t, markup)
+
+
+_markup_pieces = st.sampled_from(["[bold]", "[/bold]", "[dim]", "[/dim]", "[/]", "\\", "\\[", "[", "]", "[x]",
+                                  "[1/2]", "[@click]", "[#fff]", "[a=b]", ":warning:", "é", " ", "a", "\t"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_markup_pieces, max_size=10).map("".join))
+def test_markup_plain_is_the_text_rich_renders(markup):
+    """The plain log path strips markup itself; rich's parser is the reference (markup rich
+    refuses, an unmatched closing tag, never comes from bmupgrade)."""
+    from rich.errors import MarkupError
+    from rich.markup import escape, render
+
+    assert report.markup_plain(escape(markup)) == render(escape(markup), emoji=False).plain
+    try:
+        want = render(markup, emoji=False).plain
+    except MarkupError:
+        return
+    assert report.markup_plain(markup) == want
+
+
+def test_emoji_codes_in_output_and_titles_are_shown_as_written():
+    for plain in (True, False):
+        out = io.StringIO()
+        rep = ConsoleReporter(report.make_console(), timestamps=True)
+        rep.console.file = out
+        if not plain:
+            rep._plain = lambda objects, kw: None
+        rep.step_start(1, 1, "s", "Warn :warning: now", "bm1")
+        rep.output("bm1", "stdout", "deploy :fire: done\n")
+        rep.node_done("s", "bm1", True, "exit 0", 0.1)
+        text = out.getvalue()
+        assert "Warn :warning: now" in text and "bm1 │ deploy :fire: done" in text, text
