@@ -18,26 +18,23 @@ T = TypeVar("T")
 PROBE_TIMEOUT = 30.0
 
 
-_pool: ThreadPoolExecutor | None = None
-
-
-def _node_pool() -> ThreadPoolExecutor:
+def _new_pool() -> ThreadPoolExecutor:
     """One pool for the whole process: a step on both nodes reuses idle threads instead of
-    starting two new ones (a step of a long run costs ~10 ms in all). Roomy, because a thread
-    left behind by a second Ctrl-C (its remote command goes on) must not hold up the next call."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="node")
-    return _pool
+    starting two new ones (a step of a long run costs ~10 ms in all; the pool starts no thread
+    until used). Roomy, because a thread left behind by a second Ctrl-C (its remote command
+    goes on) must not hold up the next call."""
+    return ThreadPoolExecutor(max_workers=32, thread_name_prefix="node")
+
+
+_pool = _new_pool()
 
 
 def drain_node_pool() -> None:
     """Wait for the node threads' work to end and let them go: what the end of a process does
     (an in-process caller that plays several invocations, the stateful model test, needs it)."""
     global _pool
-    pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True)
+    pool, _pool = _pool, _new_pool()
+    pool.shutdown(wait=True)
 
 
 def on_each(nodes: list[str], fn: Callable[[str], T], *, parallel: bool = True) -> dict[str, T]:
@@ -46,7 +43,7 @@ def on_each(nodes: list[str], fn: Callable[[str], T], *, parallel: bool = True) 
         return {n: fn(n) for n in nodes}
     # Never joined here: on a second Ctrl-C the main thread must leave at once, not wait for
     # the workers (their remote commands go on; the journal says `started`).
-    futures = {n: _node_pool().submit(fn, n) for n in nodes}
+    futures = {n: _pool.submit(fn, n) for n in nodes}
     return {n: f.result() for n, f in futures.items()}
 
 

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: openssh-server always (the lab's nodes are real sshd processes); with
-# --cluster, the real cluster lab's stack (Corosync, Pacemaker and its CLI tools, keepalived, ...).
+# --cluster, the real cluster lab's stack (Corosync, Pacemaker and its CLI tools, keepalived,
+# ...), root only and not by default: those daemons do not belong on an admin's laptop.
 need=""
 [ -x /usr/sbin/sshd ] || need="openssh-server"
 CLUSTER_PKGS="pacemaker pacemaker-cli-utils corosync resource-agents keepalived openssh-server openssh-client iproute2 util-linux dpkg-dev apt-utils rsync psmisc openssl curl"
@@ -30,6 +31,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
+# Bytecode for bmupgrade's own modules, as a regular install would have: where
+# PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile them from source.
 .venv/bin/python -m compileall -q bmupgrade >/dev/null
 if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
   echo "setup: apt-get install $need failed (see above)" >&2
