@@ -375,7 +375,7 @@ def _refuse_unknown_overrides(data: dict, overrides: dict[str, str]) -> None:
 
 def _located(source: yamlsource.Source, loc: tuple, message: str, *, key: bool = False) -> str:
     pos = source.where(loc, key=key)
-    where = ".".join(str(p) for p in loc) or "(top level)"
+    where = " ".join(".".join(str(p) for p in loc).split()) or "(top level)"  # a key may span lines
     message = " ".join(message.split())  # one line, whatever the input contained
     filename = source.filename_for(loc) if hasattr(source, "filename_for") else source.filename
     return f"{filename}:{pos.line}:{pos.column}: {where}: {message}"

@@ -49,3 +49,10 @@ def test_cli_never_tracebacks(tmp_path):
         r = subprocess.run([sys.executable, "-m", "bmupgrade", "validate", str(p)], capture_output=True, text=True)
         assert r.returncode == 2, (data, r.stderr)
         assert "Traceback" not in r.stderr and f"{p}:" in r.stderr
+
+
+def test_a_key_folded_over_lines_is_reported_on_one_line(tmp_path):
+    """Found by test_mutated_runbook: a plain key spanning lines (`h` + blank lines + `127.0.0.12`)
+    put a newline into the problem's path."""
+    pos = MINIMAL.index("host: 127.0.0.12") + 1
+    check(tmp_path, (MINIMAL[:pos] + "\n\n" + MINIMAL[pos + 4:]).encode())
