@@ -54,8 +54,13 @@ def default_state_dir() -> Path:
     return Path(xdg) / "bmupgrade"
 
 
-def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+def new_run_id(state_dir: Path | None = None) -> str:
+    """Start time + a random suffix; with `state_dir`, one no journal there has yet (runs started
+    in the same second may draw the same 16-bit suffix)."""
+    while True:
+        rid = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        if state_dir is None or not (Path(state_dir) / "runs" / f"{rid}{SUFFIX}").exists():
+            return rid
 
 
 def whoami() -> dict[str, Any]:
@@ -225,16 +230,19 @@ class Journal:
         private_dir(Path(state_dir))
         runs = private_dir(Path(state_dir) / "runs")
         _clean_stale_temps(runs)
-        run_id = run_id or new_run_id()
+        run_id = run_id or new_run_id(state_dir)
+        try:
+            fd = open_private(runs / f"{run_id}{SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        except FileExistsError:
+            raise BmError(f"{runs / run_id}{SUFFIX} exists already: another run took the same id; start "
+                          "again") from None
         data = {"format": FORMAT, "run_id": run_id, "status": RUNNING.value, "created_at": now(),
                 "updated_at": now(), "by": whoami(), "owner": owner_record(), "captured": {}, "facts": [],
                 "preflight": None, "rollback": {}, "ha": {"off_since": None, "on_at": None}, "resumes": [],
                 "exit": None, **header}
         data["steps"] = {sid: {"state": PENDING.value, "nodes": {}} for sid in header.get("step_ids", [])}
         data.pop("step_ids", None)
-        path = runs / f"{run_id}{SUFFIX}"
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-        journal = cls(path, data, fd)
+        journal = cls(runs / f"{run_id}{SUFFIX}", data, fd)
         journal._write({"r": "begin", "data": data})
         _fsync_dir(runs)
         return journal

@@ -139,7 +139,7 @@ def start_run(runbook_path: Path, session: Session, *, inventory: Path | None = 
         raise UsageError(refusal)
     session.options.history = step_history(session, rb)
     secret_names = {k for k, v in rb.vars.items() if v.secret}
-    run_id = new_run_id()
+    run_id = new_run_id(session.state_dir)
     lock = _locked(rb, session, run_id)
     try:
         journal = Journal.create(
