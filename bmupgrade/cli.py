@@ -538,13 +538,15 @@ def rollback(
     as_json: bool = JsonOpt,
     force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed, and past the "
                                "point of no return (after typing the run id at a terminal)."),
+    allow_no_stonith: bool = AllowNoStonithOpt,
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:
     """Undo a run's done steps (those with rollback commands), in reverse order, where they ran — never
     past a point of no return (e.g. post-install) without --force."""
     from bmupgrade import runner
 
-    session = _session(state_dir, yes, OnFailure.abort, None, OnDeadline.stop, [], as_json, False)
+    session = _session(state_dir, yes, OnFailure.abort, None, OnDeadline.stop, [], as_json, False,
+                       allow_no_stonith=allow_no_stonith)
     _finish(runner.rollback(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
 
 

@@ -346,6 +346,12 @@ class Journal:
     def nodes_in(self, step_id: str, *states: str, rollback: bool = False) -> list[str]:
         return [n for n, e in self.step(step_id, rollback=rollback)["nodes"].items() if e.get("state") in states]
 
+    def nodes_sent(self, step_id: str) -> list[str]:
+        """Nodes a step's command may have reached at some point: STARTED is journaled before each
+        send, so `attempts` counts them — whatever was decided since (a re-run that never got out
+        is `pending` again, a failure set aside is `skipped`)."""
+        return [n for n, e in self.step(step_id)["nodes"].items() if e.get("attempts", 0) > 0]
+
     # ---------------------------------------------------------------- transitions
     def mark(self, step_id: str, nodes: list[str], state: str, *, rollback: bool = False,
              node_fields: dict[str, dict] | None = None, **fields: Any) -> None:

@@ -62,6 +62,7 @@ postflight:
   - {id: vip-after, builtin: single_vip_holder}
 """
 
+HA_ON = "crm_attribute -n maintenance-mode -v false"  # the ha-on step, and the ha-off step's rollback
 CHANGE = re.compile(r"^(crm_attribute -n maintenance-mode -v|apt-get install|bm-cli)")
 STEP_OF = [(re.compile(r"^crm_attribute -n maintenance-mode -v true"), "ha-off"),
            (re.compile(r"^apt-get install -y bm-full="), "packages"),
@@ -82,6 +83,7 @@ class Sent:
     vip_holders: frozenset[str]
     safety_ok: bool  # had this invocation's safety checks all passed (per the model) before it?
     tag: str | None
+    fencing_ok: bool = False  # had this invocation seen fencing on, or the operator accepted the risk?
 
 
 @dataclass
@@ -170,11 +172,13 @@ class ModelCluster:
         step = next((s for rx, s in STEP_OF if rx.search(call.command)), None)
         if "--allow-downgrades" in call.command:
             step = None
-        needed = ("probe", "fence", "health") if m.mode != "rollback" else ("probe",)
-        ok = all(m.safety.get(k) for k in needed)
+        fencing_ok = bool(m.safety.get("fence") or m.safety.get("fencing-risk-accepted"))
+        needed = ("probe", "health") if m.mode != "rollback" else ("probe",)
+        ok = all(m.safety.get(k) for k in needed) and (fencing_ok or m.mode == "rollback")
         lock = next((v for p, v in self.files.get(call.node, {}).items() if p.endswith("/lock")), "")
         run_id = lock.split('"run_id": "')[1].split('"')[0] if '"run_id": "' in lock else "?"
-        m.sent.append(Sent(m.invocation, run_id, call.node, call.command, step, frozenset(m.vip), ok, call.tag))
+        m.sent.append(Sent(m.invocation, run_id, call.node, call.command, step, frozenset(m.vip), ok, call.tag,
+                           fencing_ok))
         fault = next((f for f in m.faults if f.step == (step or "rollback") and f.node in (None, call.node)), None)
         if fault:
             m.faults.remove(fault)

@@ -46,7 +46,7 @@ def test_help_shows_no_python_types(command):
 def test_rollback_help_mentions_only_its_own_options():
     text = cli("rollback", "--help").stdout
     own = set(re.findall(r"--[a-z][a-z-]+", text))
-    assert own == {"--extra-var", "--yes", "--json", "--force", "--state-dir", "--help"}, own
+    assert own == {"--extra-var", "--yes", "--json", "--force", "--allow-no-stonith", "--state-dir", "--help"}, own
 
 
 def test_lab_fault_help_does_not_send_you_back_to_itself():

@@ -62,3 +62,33 @@ def test_keepalived_runbook_upgrades_with_real_vrrp(ka, tmp_path):
     for node in ("bm1", "bm2"):
         assert ka.run(node, "systemctl is-active keepalived").stdout.strip() == "active"
     assert ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
+
+
+def test_rollback_that_restarts_keepalived_needs_the_risk_accepted(ka, tmp_path):
+    """Rolling back the HA-off step starts keepalived on the backup again: automatic failover
+    back on, on a stack with no fencing. A step fails inside the window (HA off); `rollback
+    --yes` is refused before it changes anything (keepalived stays stopped on the backup), and
+    `rollback --yes --allow-no-stonith` restarts it, on the real daemons."""
+    from tests.e2e import bmupgrade, one_line
+
+    text = open(KEEPALIVED).read()
+    anchor = "  - id: packages\n"
+    assert text.count(anchor) == 1
+    failing = tmp_path / "keepalived-failing.yaml"
+    failing.write_text(text.replace(anchor, "  - {id: fails, on: all, run: 'false', rollback: []}\n" + anchor))
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    state = tmp_path / "s"
+    r = cluster_upgrade(ka, state, "--allow-no-stonith", runbook=str(failing), timeout=300)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert ka.run("bm2", "systemctl is-active keepalived").stdout.strip() == "inactive"
+    r = bmupgrade("rollback", "--yes", state=state)
+    out = one_line(r.stdout + r.stderr)
+    assert r.returncode == 5 and "Rollback refused (unattended): undoing 'ha-off' turns automatic failover back on: " \
+        "this HA stack has no fencing" in out and "Nothing was changed." in out, out
+    assert ka.run("bm2", "systemctl is-active keepalived").stdout.strip() == "inactive"
+    assert ka.run("bm2", "systemctl is-enabled bluemind.target").stdout.strip().startswith("masked")
+    r = bmupgrade("rollback", "--yes", "--allow-no-stonith", state=state, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ka.run("bm2", "systemctl is-active keepalived").stdout.strip() == "active"
+    assert not ka.run("bm2", "systemctl is-enabled bluemind.target").stdout.strip().startswith("masked")
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]

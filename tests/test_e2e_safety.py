@@ -275,6 +275,44 @@ def test_rollback_after_post_install_keeps_the_packages_and_turns_ha_on(lab, tmp
         assert list(lab.node(n).state_dir.iterdir()) == []
 
 
+def test_rollback_turning_failover_back_on_checks_fencing_again(lab, tmp_path):
+    """Safety rule 7 for rollback: undoing the HA-off step turns failover back on. STONITH was on
+    at the run's preflight and is turned off during the window: `rollback --yes` reads it again
+    and is refused before anything changes (exit 5: HA is still off); the printed command, run as
+    printed at a terminal, asks the STONITH guard's question, and "yes" finishes the rollback."""
+    import shlex
+
+    state = tmp_path / "s"
+    lab.fault("fail", node="bm1", command="csync2", exit_code=1)  # config-sync, after post-install
+    assert run_upgrade(lab, state).returncode == 5
+    lab.fault("stonith-disabled")
+    before = mark(lab)
+    r = bmupgrade("rollback", "--yes", state=state)
+    out = flat(r)
+    assert r.returncode == 5, out
+    assert "Rollback refused (unattended): undoing 'ha-off' turns automatic failover back on: fencing (STONITH) " \
+           "is NOT enabled" in out and "Nothing was changed." in out
+    assert changes_sent(lab, before) == [] and lab.cluster_state()["properties"].get(MAINT) == "true"
+    assert journal(state)["fencing"] == "disabled"
+    printed = find_hint(r.stdout + r.stderr, "rollback")
+    assert printed == f"bmupgrade rollback {journal(state)['run_id']} --state-dir {state}"
+    p = spawn(*shlex.split(printed)[1:], cwd=tmp_path)
+    p.expect("Roll back now")
+    p.send(ENTER)  # a failed run: the default is Yes
+    p.expect("Turn failover back on anyway")
+    p.send(DOWN + ENTER)  # "Yes, I accept the split-brain risk"
+    p.expect(pexpect.EOF)
+    p.close()
+    assert p.exitstatus == 0, screen(tmp_path)
+    assert "STONITH guard: Rolling back 'Turn HA handling off (Pacemaker maintenance mode)' [ha-off] turns " \
+           "automatic failover back on, but fencing (STONITH) is NOT enabled" in screen(tmp_path)
+    assert [c for c in changes_sent(lab, before) if "--update" in c] == [
+        f"bm1: crm_attribute --type crm_config --name {MAINT} --update false"]
+    j = journal(state)
+    assert j["status"] == "rolled-back" and j["ha"]["state"] == "on"
+    assert j["fencing_accepted"]["how"] == "prompt" and j["fencing_accepted"]["step"] == "ha-off"
+
+
 def test_declining_the_rollback_of_a_succeeded_run_changes_nothing(lab, tmp_path):
     """Why: rollback of a succeeded run defaulted to Yes, and answering No rewrote the run from
     `succeeded` to `failed`. At a terminal, the question defaults to No; Enter declines, and the

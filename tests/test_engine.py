@@ -534,6 +534,103 @@ def test_rollback_force_past_the_point_of_no_return_needs_the_typed_confirmation
     assert t3.state["version"] == {"bm1": "4.9.2", "bm2": "4.9.2"}  # forced: downgraded
 
 
+def _stopped_with_ha_off(tmp_path, rb_text=None):
+    """A run whose packages failed (unattended, abort): stopped with HA off, packages sent."""
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(rb_text or MINIMAL)
+    t = sim("bm1")
+    t.on("bm2", re.compile(r"^apt-get install -y bm-full"), exit_code=1, times=1)
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 5 and t.state["maint"] == "true", s.message
+    return t.state
+
+
+def test_rollback_turning_failover_back_on_reads_fencing_again_unattended_refused_without_it(tmp_path):
+    """Safety rule 7 holds for rollback too: undoing the HA-off step turns automatic failover back
+    on. Fencing was proven at the run's preflight, then turned off during the window: the rollback
+    reads it again and, unattended, refuses before anything changes; --allow-no-stonith goes on."""
+    from bmupgrade.runner import rollback
+
+    state = _stopped_with_ha_off(tmp_path)
+    state["stonith"] = "false"
+    t2 = sim("bm1")
+    t2.state = state
+    s = rollback(session(tmp_path, t2, _Rollbacker(yes=True)), None)
+    assert s.exit_code == 5 and s.ha_off_open, s.message  # refused, and HA is still off: 5 says so
+    assert "Rollback refused (unattended): undoing 'ha-off' turns automatic failover back on" in s.message
+    assert "fencing (STONITH) is NOT enabled" in s.message and "accept the risk). Nothing was changed." in s.message
+    assert re.search(r"`bmupgrade rollback \S+`", s.message) and "--allow-no-stonith" in s.message
+    assert changes(t2) == [] and "crm_attribute -n stonith-enabled -G -q" in [c for _, c in t2.calls]
+    assert journal(tmp_path)["fencing"] == "disabled"
+    t3 = sim("bm1")
+    t3.state = state
+    s = rollback(session(tmp_path, t3, _Rollbacker(yes=True), allow_no_stonith=True), None)
+    assert s.exit_code == 0 and not s.ha_off_open, s.message
+    assert [c for _, c in changes(t3)][-1] == "crm_attribute --type crm_config --name maintenance-mode --update false"
+    accepted = journal(tmp_path)["fencing_accepted"]
+    assert accepted["how"] == "--allow-no-stonith" and accepted["step"] == "ha-off"
+
+
+class _GuardedRollback(_Guarded):
+    def __init__(self, accept):
+        super().__init__(accept)
+        self.titles = []
+
+    def confirm_no_fencing(self, step_id, title, why):
+        self.titles.append(title)
+        return super().confirm_no_fencing(step_id, title, why)
+
+
+def test_interactive_rollback_without_fencing_asks_before_failover_goes_back_on(tmp_path):
+    """Interactive: the guard asks right before the HA-off step is undone; "no" stops there with
+    HA off (exit 5) and a `bmupgrade rollback` that goes on; asked again, "yes" finishes."""
+    from bmupgrade.runner import rollback
+
+    state = _stopped_with_ha_off(tmp_path)
+    state["stonith"] = "false"
+    t2 = sim("bm1")
+    t2.state = state
+    pr = _GuardedRollback(False)
+    s = rollback(session(tmp_path, t2, pr), None)
+    assert pr.asked == [("ha-off", "fencing (STONITH) is NOT enabled")]
+    assert pr.titles == ["Rolling back 'ha-off'"]
+    assert s.exit_code == 5 and s.ha_off_open and "Stopped before 'ha-off'" in s.message
+    assert re.search(r"`bmupgrade rollback \S+`", s.message), s.message
+    assert [c for _, c in changes(t2)] == ["apt-get install -y --allow-downgrades bm-full=4.9.2"] * 2 \
+        and state["maint"] == "true"  # packages undone on both (bm2's failed: it may have done part); HA still off
+    t3 = sim("bm1")
+    t3.state = state
+    s = rollback(session(tmp_path, t3, _GuardedRollback(True)), None)
+    assert s.exit_code == 0 and state["maint"] == "false", s.message
+    assert journal(tmp_path)["fencing_accepted"]["how"] == "prompt"
+
+
+def test_a_skipped_failed_point_of_no_return_still_bars_the_downgrade(tmp_path):
+    """Post-install failed (it may have migrated part of the data) and the admin skipped it; the
+    run finished. A later rollback must not downgrade the packages under that data: the point of
+    no return counts from its first send, whatever was decided after."""
+    from bmupgrade.runner import rollback
+
+    class _SkipFailures(PolicyPrompter):
+        def on_failure(self, ctx):
+            return "skip"
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    t = sim("bm1")
+    t.on("bm1", re.compile(r"^bm-cli setup upgrade"), exit_code=1, times=1)
+    assert start_run(rb, session(tmp_path, t, _SkipFailures())).exit_code == 0
+    assert journal(tmp_path)["steps"]["post-install"]["state"] == "skipped"
+    t2 = sim("bm1")
+    t2.state = t.state
+    pr = _Rollbacker(yes=True)
+    s = rollback(session(tmp_path, t2, pr), None)
+    assert not any("allow-downgrades" in c for _, c in t2.calls), s.message
+    assert t.state["version"] == {"bm1": "4.9.3", "bm2": "4.9.3"}
+    assert s.exit_code == 1 and pr.asked == [] and t2.calls == [], s.message
+    assert "Nothing to roll back automatically: everything up to and including 'post-install'" in s.message
+
+
 # ------------------------------------------------------------------ requires: an earlier step must still hold
 MASK_STEP = ("  - id: mask\n    on: bm2\n    idempotent: IDEMPOTENT\n    run: systemctl mask --runtime bluemind.target\n"
              "    verify: is-masked\n    rollback: systemctl unmask --runtime bluemind.target\n")

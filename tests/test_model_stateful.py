@@ -16,7 +16,10 @@ I4 whenever an invocation ends with HA off, the exit code is 5 (or 4/130), the s
 I5 every journal parses, agrees with what was sent, and never says `running` without a live
    owner (a crashed run shows as "owner gone");
 I6 nothing before a point of no return is undone after it without --force;
-I7 a declined prompt changes nothing.
+I7 a declined prompt changes nothing;
+I8 automatic failover goes back on (the HA-on step, or rolling back the HA-off step) only after
+   this invocation saw fencing enabled, or the operator accepted the split-brain risk (the
+   prompt, or --allow-no-stonith).
 
 BMUPGRADE_MODEL_EXAMPLES sets the number of examples (CI: the default; deeper: 2000+).
 """
@@ -38,7 +41,7 @@ from bmupgrade.outcome import ABORT, ASSUME_DONE, CONTINUE, RERUN, RETRY, ROLLBA
 from bmupgrade.prompts import PolicyPrompter
 from bmupgrade.runner import Session, cluster_id, resume_run, rollback, start_run
 from bmupgrade.runbook import load_runbook
-from tests.model_cluster import PRIMARY_STEPS, RUNBOOK, Fault, ModelCluster
+from tests.model_cluster import HA_ON, PRIMARY_STEPS, RUNBOOK, Fault, ModelCluster
 
 EXAMPLES = int(os.environ.get("BMUPGRADE_MODEL_EXAMPLES", "800"))
 NON_IDEMPOTENT = {"packages", "post-install"}
@@ -78,9 +81,10 @@ class Scripted:
     interactive = True
     step_mode = False
 
-    def __init__(self, answers: list[str], story: list):
+    def __init__(self, answers: list[str], story: list, on_risk_accepted=lambda: None):
         self.answers = list(answers)
         self.story = story
+        self.on_risk_accepted = on_risk_accepted
 
     def _next(self, kind: str, allowed: tuple[str, ...], step: str = "-") -> str:
         if self.answers and self.answers[0] == "ctrl-c":  # Ctrl-C inside the prompt (questionary)
@@ -109,7 +113,10 @@ class Scripted:
         return self._next("rollback", ("yes", "no")) == "yes"
 
     def confirm_no_fencing(self, step_id, title, why):
-        return self._next("no-fencing", ("yes", "no"), step_id) == "yes"
+        accepted = self._next("no-fencing", ("yes", "no"), step_id) == "yes"
+        if accepted:
+            self.on_risk_accepted()
+        return accepted
 
     def on_interrupt(self, step_id, title, completed, undo):
         return self._next("interrupt", (CONTINUE, ROLLBACK, ABORT), step_id)
@@ -144,6 +151,7 @@ ANSWERS = st.lists(st.sampled_from(["yes", "no", "skip", ABORT, RETRY, SKIP, ROL
 FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "rollback"])
 FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
 INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
+NO_STONITH = st.sampled_from([False, False, True])  # --allow-no-stonith: the operator's word
 
 
 @settings(max_examples=EXAMPLES, stateful_step_count=12, deadline=None,
@@ -179,10 +187,10 @@ class OperatorStories(RuleBasedStateMachine):
         t = self.cluster.transport()
         return Session(self.state, Quiet(), prompter, lambda rb: t, RunOptions(**opts), sleep=lambda s: None)
 
-    def _invoke(self, fn, mode: str):
+    def _invoke(self, fn, mode: str, allow_no_stonith: bool = False):
         m = self.cluster.m
         m.invocation += 1
-        m.mode, m.safety = mode, {}
+        m.mode, m.safety = mode, {"fencing-risk-accepted": allow_no_stonith}
         self._token += 1
         token = f"tok{self._token}"
         self._arm(token)
@@ -239,26 +247,35 @@ class OperatorStories(RuleBasedStateMachine):
         return owner is not None and owner.get("start") not in self.crashed
 
     # ------------------------------------------------------------------ operator actions
-    @rule(answers=ANSWERS, unattended=st.booleans(), deadline=st.sampled_from([None, None, 60, 10**6]))
-    def run(self, answers, unattended, deadline):
+    def _operator(self, answers, unattended, **flags):
+        if unattended:
+            return Recording(self.story, **flags)
+        return Scripted(answers, self.story, lambda: self.cluster.m.safety.update({"fencing-risk-accepted": True}))
+
+    @rule(answers=ANSWERS, unattended=st.booleans(), deadline=st.sampled_from([None, None, 60, 10**6]),
+          allow_no_stonith=NO_STONITH)
+    def run(self, answers, unattended, deadline, allow_no_stonith):
         import time
 
-        prompter = Recording(self.story) if unattended else Scripted(answers, self.story)
+        prompter = self._operator(answers, unattended)
         opts = {"deadline": time.time() + deadline} if deadline else {}
-        self._invoke(lambda: start_run(self.rb_path, self._session(prompter, **opts)), "run")
+        self._invoke(lambda: start_run(self.rb_path, self._session(prompter, allow_no_stonith=allow_no_stonith,
+                                                                   **opts)), "run", allow_no_stonith)
         self.ran = True
 
     @precondition(lambda self: self.ran)
     @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans(), assume=st.booleans(),
-          change=st.sampled_from([None, None, "target_version=9.9.9", "targt_version=1"]), force=st.booleans())
-    def resume(self, answers, unattended, rerun, assume, change, force):
+          change=st.sampled_from([None, None, "target_version=9.9.9", "targt_version=1"]), force=st.booleans(),
+          allow_no_stonith=NO_STONITH)
+    def resume(self, answers, unattended, rerun, assume, change, force, allow_no_stonith=False):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
-        prompter = Recording(self.story, **flags) if unattended else Scripted(answers, self.story)
+        prompter = self._operator(answers, unattended, **flags)
         overrides = dict([change.split("=")]) if change else {}
         open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back")]
         differs = bool(open_runs) and any(open_runs[-1]["vars"].get(k) != v for k, v in overrides.items())
-        self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"])), None, force=force,
-                                        overrides=overrides), "resume")
+        self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"]),
+                                                      allow_no_stonith=allow_no_stonith), None, force=force,
+                                        overrides=overrides), "resume", allow_no_stonith)
         if (differs and not force) or (change or "").startswith("targt_"):
             assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, \
                 "I5: a resume with other variables (or an unknown -e) must be refused without --force"
@@ -270,11 +287,12 @@ class OperatorStories(RuleBasedStateMachine):
         self.resume(answers, unattended, rerun, False, None, False)
 
     @precondition(lambda self: self.ran)
-    @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans())
-    def roll_back(self, answers, unattended, force):
-        prompter = Recording(self.story) if unattended else Scripted(answers, self.story)
+    @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans(), allow_no_stonith=NO_STONITH)
+    def roll_back(self, answers, unattended, force, allow_no_stonith):
+        prompter = self._operator(answers, unattended)
         before = self._journal_view()
-        s = self._invoke(lambda: rollback(self._session(prompter), None, force=force), "rollback")
+        s = self._invoke(lambda: rollback(self._session(prompter, allow_no_stonith=allow_no_stonith), None,
+                                          force=force), "rollback", allow_no_stonith)
         declined = [a for k, _, a in self.last[2] if k in ("rollback", "typed") and a == "no"]
         if declined and s is not None and not isinstance(s, BmError):
             assert self._journal_view() == before, "I7: a declined rollback changed the journal"
@@ -396,6 +414,13 @@ class OperatorStories(RuleBasedStateMachine):
                 post_at.setdefault(s.run_id, i)
             if "--allow-downgrades" in s.command and s.run_id in post_at:
                 assert forced, f"I6: {s.command} on {s.node} after post-install of run {s.run_id}"
+
+    @invariant()
+    def i8_failover_back_on_only_with_fencing_or_consent(self):
+        for s in self.cluster.m.sent:
+            if s.command.startswith(HA_ON):
+                assert s.fencing_ok, (f"I8: failover turned back on ({s.command} on {s.node}, invocation "
+                                      f"{s.invocation}) without fencing seen on or the risk accepted")
 
     @invariant()
     def i2_nothing_non_idempotent_twice(self):

@@ -247,7 +247,8 @@ class Engine:
         return ROLLED_BACK_RUN if done else FAILED_RUN
 
     def step_was_sent(self, step_id: str) -> bool:
-        return any(e.get("state") != PENDING for e in self.journal.step(step_id)["nodes"].values())
+        return bool(self.journal.nodes_sent(step_id)) or \
+            any(e.get("state") != PENDING for e in self.journal.step(step_id)["nodes"].values())
 
     def rb_check(self, check_id: str):
         return next(c for c in self.rb.preflight if c.id == check_id)
@@ -286,11 +287,10 @@ class Engine:
             if decision == CONTINUE:
                 return
             if decision == ROLLBACK:
-                from bmupgrade.engine.rollback import roll_back
+                from bmupgrade.engine.rollback import outcome_text, roll_back
 
                 done = roll_back(self, ask=True)
-                raise Stop(EXIT_FAILED, self.rolled_back_status(done),
-                           "Interrupted; " + ("rolled back." if done else "rollback not (fully) done — see above."))
+                raise Stop(EXIT_FAILED, self.rolled_back_status(done), "Interrupted; " + outcome_text(self, done))
         raise Stop(EXIT_INTERRUPTED, INTERRUPTED,
                    f"Stopped by {who} at a safe point" + (f" (after '{sid}')" if completed else "")
                    + f"; `{self.hint('resume')}` continues.")

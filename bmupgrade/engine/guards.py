@@ -35,30 +35,39 @@ def fencing_gap(rb: Runbook, fencing: str | None, *, preflight_ran: bool) -> str
     return "no preflight check of this runbook proves that fencing (STONITH) is enabled"
 
 
-def stonith_guard(eng: "Engine", step: Step) -> None:
+def stonith_guard(eng: "Engine", step: Step, title: str | None = None) -> None:
     """Safety rule 7: automatic failover goes back on only with fencing proven by a preflight
-    check, or with the operator's explicit word (a prompt, or --allow-no-stonith)."""
+    check, or with the operator's explicit word (a prompt, or --allow-no-stonith) — whether the
+    `ha: enable` step does it or the rollback of the `ha: disable` step (`title` says which)."""
     from bmupgrade.engine.core import Stop
 
     why = fencing_gap(eng.rb, eng.journal.data.get("fencing"), preflight_ran=True)
     if why is None or eng.fencing_accepted:
         return
     how = "--allow-no-stonith" if eng.options.allow_no_stonith else None
-    if how is None and eng.prompter.interactive and eng.prompter.confirm_no_fencing(step.id, step.label, why):
+    title = title or step.label
+    if how is None and eng.prompter.interactive and eng.prompter.confirm_no_fencing(step.id, title, why):
         how = "prompt"
     if how:
         eng.journal.set("fencing_accepted", {**whoami(), "at": now(), "step": step.id, "how": how, "why": why})
         eng.fencing_accepted = True  # once per session (a retry does not ask again; a resume does)
         return
+    raise Stop(EXIT_FAILED, ABORTED, fencing_refusal(eng, f"Stopped before '{step.id}'", why))
+
+
+def fencing_refusal(eng: "Engine", head: str, why: str) -> str:
+    """What to say when the guard stops: why, and the command that goes on (`rollback` for a
+    run being rolled back, which never goes forward again; else `resume`)."""
+    from bmupgrade.engine.phases import Mode
+
+    rolling_back = eng.mode == Mode.ROLLBACK or eng.journal.data.get("direction") == "rollback"
+    verb = "rollback" if rolling_back else "resume"
     if eng.rb.fencing == "none":
-        raise Stop(EXIT_FAILED, ABORTED,
-                   f"Stopped before '{step.id}': {why}; turning automatic failover back on risks a split brain. "
-                   "Make sure the nodes see each other (the link between them; keepalived logs each VRRP state "
-                   f"change), then accept the risk: `{eng.hint('resume', '--allow-no-stonith')}`.")
-    raise Stop(EXIT_FAILED, ABORTED,
-               f"Stopped before '{step.id}': {why}, and turning automatic failover back on without it risks a "
-               f"split brain. Check fencing, then `{eng.hint('resume')}` (with --allow-no-stonith to accept "
-               "the risk).")
+        return (f"{head}: {why}; turning automatic failover back on risks a split brain. Make sure the nodes "
+                "see each other (the link between them; keepalived logs each VRRP state change), then accept "
+                f"the risk: `{eng.hint(verb, '--allow-no-stonith')}`.")
+    return (f"{head}: {why}, and turning automatic failover back on without it risks a split brain. Check "
+            f"fencing, then `{eng.hint(verb)}` (with --allow-no-stonith to accept the risk).")
 
 
 # ------------------------------------------------------------------------------ deadline

@@ -192,13 +192,29 @@ def preflight(eng: "Engine") -> None:
 
 
 def rollback_safety(eng: "Engine") -> None:
-    """Before undoing anything: exactly one node holds the public IP."""
+    """Before undoing anything: exactly one node holds the public IP; and when the rollback will
+    turn failover back on, fencing is read again now (it may have been turned off during the
+    window) — an unattended rollback without it is refused here, before any change."""
     from bmupgrade.engine.core import Stop
+    from bmupgrade.engine.guards import fencing_gap, fencing_refusal
+    from bmupgrade.engine.rollback import failover_back_on
 
     try:
         eng.opening_probe().single_holder(eng.rb.cluster.public_ip)
     except BmError as exc:
         raise Stop(EXIT_PREFLIGHT, eng.refused_status(), f"Rollback refused: {exc}") from None
+    turns_on = failover_back_on(eng, force=eng.options.force_past_no_return)
+    if turns_on is not None and eng.rb.fencing_checks:
+        eng.reporter.phase("Fencing (read-only: the rollback turns failover back on)")
+        only = set(eng.rb.fencing_checks)
+        results = run_checks(eng, "preflight", skip={c.id for c in eng.rb.preflight if c.id not in only},
+                             probe=eng.opening_probe)
+        eng.journal.set("fencing", "enabled" if all(r.ok for r in results) else "disabled")
+    why = fencing_gap(eng.rb, eng.journal.data.get("fencing"), preflight_ran=True) if turns_on else None
+    if why and not eng.options.allow_no_stonith and not eng.prompter.interactive:
+        raise Stop(EXIT_PREFLIGHT, eng.refused_status(), fencing_refusal(
+            eng, f"Rollback refused (unattended): undoing '{turns_on.id}' turns automatic failover back on",
+            why) + " Nothing was changed.")
     eng.safety_passed = True
 
 

@@ -4,13 +4,15 @@ A step marked `point_of_no_return` (BlueMind's post-install: the data is migrate
 run: once it has been sent, rollback only undoes the steps after it (typically: HA back on)
 and the back-out for the rest is a restore from backup. `--force` crosses it, after a typed
 confirmation. Rolling back a step that turned HA on turns it off: the marker goes on first,
-as for the forward HA-off step. A run being rolled back never goes forward again.
+as for the forward HA-off step; rolling back the HA-off step turns failover back on, so the
+STONITH guard stands before it, as before the forward HA-on step. A run being rolled back never goes forward again.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bmupgrade.engine.guards import stonith_guard
 from bmupgrade.journal import DONE, FAILED, ROLLED_BACK, STARTED, UNKNOWN
 from bmupgrade.runbook import Step
 from bmupgrade.transport.base import CommandResult
@@ -22,7 +24,12 @@ RAN = (DONE, FAILED, UNKNOWN, STARTED)  # states in which a step's command may h
 
 
 def _ran_on(eng: "Engine", step: Step) -> list[str]:
-    return eng.journal.nodes_in(step.id, *RAN)
+    """Nodes where the step may have had an effect and is not undone: in a state that says so, or
+    sent at some point whatever was decided since (a re-run that never got out, a failure skipped).
+    The point of no return counts from its first send: a post-install whose outcome was lost, then
+    chosen to re-run, may have migrated the data."""
+    sent = set(eng.journal.nodes_sent(step.id)) - set(eng.journal.nodes_in(step.id, ROLLED_BACK))
+    return [n for n in eng.journal.step(step.id)["nodes"] if n in sent or eng.journal.node_state(step.id, n) in RAN]
 
 
 def barrier(eng: "Engine") -> Step | None:
@@ -51,6 +58,12 @@ def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
         if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable" or s.always_undo):
             out.append(s)
     return out
+
+
+def failover_back_on(eng: "Engine", *, force: bool) -> Step | None:
+    """The step whose rollback turns automatic failover back on (undoing `ha: disable`), if
+    this rollback will run it: the STONITH guard stands before it, as before `ha: enable`."""
+    return next((s for s in _undoable(eng, force=force) if s.ha == "disable" and s.rollback), None)
 
 
 def preview(eng: "Engine", *, force: bool = False) -> tuple[list[str], list[str]]:
@@ -94,9 +107,23 @@ def roll_back(eng: "Engine", *, ask: bool, default_yes: bool = True) -> bool:
     return True
 
 
+def outcome_text(eng: "Engine", done: bool) -> str:
+    """How an in-run rollback ended, for the final line (a point of no return is named: the
+    upgrade itself stays)."""
+    if not done:
+        return "rollback not (fully) done — see above."
+    stop = None if eng.options.force_past_no_return else barrier(eng)
+    if stop is None:
+        return "rolled back."
+    return (f"rolled back as far as the point of no return '{stop.id}': nothing up to it was undone; the "
+            "back-out for the rest is a restore from the backup.")
+
+
 def _undo_step(eng: "Engine", s: Step) -> bool:
     ran = _ran_on(eng, s)
     todo = [n for n in ran if eng.journal.node_state(s.id, n, rollback=True) != DONE]
+    if todo and s.ha == "disable" and s.rollback:
+        stonith_guard(eng, s, title=f"Rolling back '{s.label}'")  # it turns failover back on
     if todo and s.ha == "enable":
         eng.ha.going_off(s, todo[0], why=f"rollback of {s.id}")  # marker first, as forward
     eng.reporter.step_start(0, 0, f"rollback:{s.id}", f"Roll back: {s.label}", ", ".join(todo or ran))

@@ -45,7 +45,9 @@ N, R = NodeState, RunState
 
 # Forward steps. DONE never goes back to STARTED: a done step is never sent again.
 STEP_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    N.PENDING: frozenset({N.STARTED, N.SKIPPED, N.DONE}),  # DONE: a manual step acknowledged
+    # DONE: a manual step acknowledged. ROLLED_BACK (also from SKIPPED): undoing a node the step
+    # was sent to before a person set the outcome aside (a re-run that never got out, a failure skipped).
+    N.PENDING: frozenset({N.STARTED, N.SKIPPED, N.DONE, N.ROLLED_BACK}),
     N.STARTED: frozenset({N.DONE, N.FAILED, N.UNKNOWN}),
     N.FAILED: frozenset({N.STARTED, N.SKIPPED, N.ROLLED_BACK}),  # STARTED: a retry
     # UNKNOWN is settled by verify or by a person (DONE / PENDING = "it did not run"), or
@@ -53,7 +55,7 @@ STEP_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     # FAILED: verify says a non-idempotent step did not achieve its goal (only a chosen retry re-sends it).
     N.UNKNOWN: frozenset({N.DONE, N.PENDING, N.FAILED, N.STARTED, N.SKIPPED, N.ROLLED_BACK}),
     N.DONE: frozenset({N.ROLLED_BACK}),
-    N.SKIPPED: frozenset({N.PENDING}),  # `resume --rerun STEP`: run a skipped step after all
+    N.SKIPPED: frozenset({N.PENDING, N.ROLLED_BACK}),  # PENDING: `resume --rerun STEP` (run it after all)
     N.ROLLED_BACK: frozenset(),
 }
 

@@ -252,7 +252,7 @@ class StepRunner:
     # ------------------------------------------------------------------ after a failure
     def _after_failure(self, step: Step, bad: dict[str, CommandResult]) -> str:
         from bmupgrade.engine.core import Stop
-        from bmupgrade.engine.rollback import roll_back
+        from bmupgrade.engine.rollback import outcome_text, roll_back
 
         eng = self.eng
         failed = bad
@@ -268,8 +268,7 @@ class StepRunner:
         if decision == ROLLBACK:
             done = roll_back(eng, ask=True)
             raise Stop(EXIT_FAILED, eng.rolled_back_status(done),
-                       f"Step '{step.id}' failed on {where}; " + ("rolled back." if done else
-                                                                  "rollback not (fully) done — see above."))
+                       f"Step '{step.id}' failed on {where}; " + outcome_text(eng, done))
         maybe_off = (" HA handling may be off: the HA-off marker stays on the nodes until this run is resumed "
                      "or rolled back." if step.ha == "disable" else "")
         again = eng.hint("resume") if step.idempotent else eng.hint("resume", f"--rerun {step.id}")

@@ -113,7 +113,7 @@ class InteractivePrompter:
                            f"automatic failover back on, but {_esc(why)}. Without fencing, a failover can split-brain and corrupt the "
                            "shared storage.")
         return self._select("Turn failover back on anyway?", [
-            ("no", "No — stop here (HA stays off; resume when ready)"),
+            ("no", "No — stop here (HA stays off; the command that goes on is printed)"),
             ("yes", "Yes, I accept the split-brain risk (recorded in the journal)")], default="no") == "yes"
 
     def confirm_rollback(self, undo, cannot, *, default: bool = True) -> bool:
