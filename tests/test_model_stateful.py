@@ -152,6 +152,9 @@ FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "r
 FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
 INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
 NO_STONITH = st.sampled_from([False, False, True])  # --allow-no-stonith: the operator's word
+# (--on-failure, --on-deadline): the unattended policies a maintenance window is scheduled with
+POLICIES = st.sampled_from([("abort", "stop"), ("abort", "stop"), ("rollback", "stop"), ("abort", "rollback"),
+                            ("rollback", "rollback")])
 
 
 @settings(max_examples=EXAMPLES, stateful_step_count=12, deadline=None,
@@ -247,34 +250,37 @@ class OperatorStories(RuleBasedStateMachine):
         return owner is not None and owner.get("start") not in self.crashed
 
     # ------------------------------------------------------------------ operator actions
-    def _operator(self, answers, unattended, **flags):
+    def _operator(self, answers, unattended, on_failure_policy="abort", **flags):
         if unattended:
-            return Recording(self.story, **flags)
+            return Recording(self.story, on_failure_policy=on_failure_policy, **flags)
         return Scripted(answers, self.story, lambda: self.cluster.m.safety.update({"fencing-risk-accepted": True}))
 
     @rule(answers=ANSWERS, unattended=st.booleans(), deadline=st.sampled_from([None, None, 60, 10**6]),
-          allow_no_stonith=NO_STONITH)
-    def run(self, answers, unattended, deadline, allow_no_stonith):
+          allow_no_stonith=NO_STONITH, policy=POLICIES)
+    def run(self, answers, unattended, deadline, allow_no_stonith, policy=("abort", "stop")):
         import time
 
-        prompter = self._operator(answers, unattended)
+        prompter = self._operator(answers, unattended, on_failure_policy=policy[0])
         opts = {"deadline": time.time() + deadline} if deadline else {}
-        self._invoke(lambda: start_run(self.rb_path, self._session(prompter, allow_no_stonith=allow_no_stonith,
-                                                                   **opts)), "run", allow_no_stonith)
+        self._invoke(lambda: start_run(self.rb_path, self._session(
+            prompter, allow_no_stonith=allow_no_stonith, on_failure=policy[0], on_deadline=policy[1], **opts)),
+            "run", allow_no_stonith)
         self.ran = True
 
     @precondition(lambda self: self.ran)
     @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans(), assume=st.booleans(),
           change=st.sampled_from([None, None, "target_version=9.9.9", "targt_version=1"]), force=st.booleans(),
-          allow_no_stonith=NO_STONITH)
-    def resume(self, answers, unattended, rerun, assume, change, force, allow_no_stonith=False):
+          allow_no_stonith=NO_STONITH, policy=POLICIES)
+    def resume(self, answers, unattended, rerun, assume, change, force, allow_no_stonith=False,
+               policy=("abort", "stop")):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
-        prompter = self._operator(answers, unattended, **flags)
+        prompter = self._operator(answers, unattended, on_failure_policy=policy[0], **flags)
         overrides = dict([change.split("=")]) if change else {}
         open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back")]
         differs = bool(open_runs) and any(open_runs[-1]["vars"].get(k) != v for k, v in overrides.items())
         self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"]),
-                                                      allow_no_stonith=allow_no_stonith), None, force=force,
+                                                      allow_no_stonith=allow_no_stonith, on_failure=policy[0],
+                                                      on_deadline=policy[1]), None, force=force,
                                         overrides=overrides), "resume", allow_no_stonith)
         if (differs and not force) or (change or "").startswith("targt_"):
             assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, \
