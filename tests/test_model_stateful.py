@@ -152,6 +152,7 @@ FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "r
 FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
 INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
 NO_STONITH = st.sampled_from([False, False, True])  # --allow-no-stonith: the operator's word
+FROM = st.sampled_from([None, None, None, None, "packages", "post-install", "ha-on"])  # run --from STEP
 # (--on-failure, --on-deadline): the unattended policies a maintenance window is scheduled with
 POLICIES = st.sampled_from([("abort", "stop"), ("abort", "stop"), ("rollback", "stop"), ("abort", "rollback"),
                             ("rollback", "rollback")])
@@ -256,12 +257,14 @@ class OperatorStories(RuleBasedStateMachine):
         return Scripted(answers, self.story, lambda: self.cluster.m.safety.update({"fencing-risk-accepted": True}))
 
     @rule(answers=ANSWERS, unattended=st.booleans(), deadline=st.sampled_from([None, None, 60, 10**6]),
-          allow_no_stonith=NO_STONITH, policy=POLICIES)
-    def run(self, answers, unattended, deadline, allow_no_stonith, policy=("abort", "stop")):
+          allow_no_stonith=NO_STONITH, policy=POLICIES, from_step=FROM)
+    def run(self, answers, unattended, deadline, allow_no_stonith, policy=("abort", "stop"), from_step=None):
         import time
 
         prompter = self._operator(answers, unattended, on_failure_policy=policy[0])
         opts = {"deadline": time.time() + deadline} if deadline else {}
+        if from_step:
+            opts["from_step"] = from_step
         self._invoke(lambda: start_run(self.rb_path, self._session(
             prompter, allow_no_stonith=allow_no_stonith, on_failure=policy[0], on_deadline=policy[1], **opts)),
             "run", allow_no_stonith)
