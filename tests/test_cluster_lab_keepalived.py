@@ -48,27 +48,12 @@ def test_power_off_master_moves_the_vip_by_vrrp(ka, tmp_path):
     assert eventually(lambda: ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip(), "inactive") == "inactive"
 
 
-def test_keepalived_runbook_upgrades_with_real_vrrp(ka, tmp_path):
-    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
-    r = upgrade(ka, tmp_path / "s", timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert all(set(v.values()) == {"4.9.3"} for v in versions(ka).values())
-    # while dpkg ran: keepalived stopped on the BACKUP (failover frozen), running on the MASTER
-    for node, want in (("bm1", "active"), ("bm2", "inactive")):
-        snaps = sorted(glob.glob(str(ka.cfg.node_dir(node) / "upper/var/log/bmlab/dpkg/*.keepalived")))
-        assert open(snaps[-1]).read().strip() == want, node
-    assert len(calls(ka, "bm1", "bm-cli setup upgrade")) == 1 and not calls(ka, "bm2", "bm-cli")
-    assert ka.vip_holders() == ["bm1"]
-    for node in ("bm1", "bm2"):
-        assert ka.run(node, "systemctl is-active keepalived").stdout.strip() == "active"
-    assert ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
-
-
 def test_rollback_that_restarts_keepalived_needs_the_risk_accepted(ka, tmp_path):
     """Rolling back the HA-off step starts keepalived on the backup again: automatic failover
     back on, on a stack with no fencing. A step fails inside the window (HA off); `rollback
     --yes` is refused before it changes anything (keepalived stays stopped on the backup), and
-    `rollback --yes --allow-no-stonith` restarts it, on the real daemons."""
+    `rollback --yes --allow-no-stonith` restarts it, on the real daemons. Runs before the upgrade
+    test below (same lab; a module's tests run in file order): the nodes are still at 4.9.2."""
     from tests.e2e import bmupgrade, one_line
 
     text = open(KEEPALIVED).read()
@@ -77,6 +62,7 @@ def test_rollback_that_restarts_keepalived_needs_the_risk_accepted(ka, tmp_path)
     failing = tmp_path / "keepalived-failing.yaml"
     failing.write_text(text.replace(anchor, "  - {id: fails, on: all, run: 'false', rollback: []}\n" + anchor))
     assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    assert all(set(v.values()) == {"4.9.2"} for v in versions(ka).values())
     state = tmp_path / "s"
     r = cluster_upgrade(ka, state, "--allow-no-stonith", runbook=str(failing), timeout=300)
     assert r.returncode == 5, r.stdout + r.stderr
@@ -92,3 +78,20 @@ def test_rollback_that_restarts_keepalived_needs_the_risk_accepted(ka, tmp_path)
     assert ka.run("bm2", "systemctl is-active keepalived").stdout.strip() == "active"
     assert not ka.run("bm2", "systemctl is-enabled bluemind.target").stdout.strip().startswith("masked")
     assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+
+
+def test_keepalived_runbook_upgrades_with_real_vrrp(ka, tmp_path):
+    assert eventually(ka.vip_holders, ["bm1"]) == ["bm1"]
+    r = upgrade(ka, tmp_path / "s", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(set(v.values()) == {"4.9.3"} for v in versions(ka).values())
+    # while dpkg ran: keepalived stopped on the BACKUP (failover frozen), running on the MASTER
+    for node, want in (("bm1", "active"), ("bm2", "inactive")):
+        snaps = sorted(glob.glob(str(ka.cfg.node_dir(node) / "upper/var/log/bmlab/dpkg/*.keepalived")))
+        assert open(snaps[-1]).read().strip() == want, node
+    assert len(calls(ka, "bm1", "bm-cli setup upgrade")) == 1 and not calls(ka, "bm2", "bm-cli")
+    assert ka.vip_holders() == ["bm1"]
+    for node in ("bm1", "bm2"):
+        assert ka.run(node, "systemctl is-active keepalived").stdout.strip() == "active"
+    assert ka.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
+

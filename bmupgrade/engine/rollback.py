@@ -5,7 +5,8 @@ run: once it has been sent, rollback only undoes the steps after it (typically: 
 and the back-out for the rest is a restore from backup. `--force` crosses it, after a typed
 confirmation. Rolling back a step that turned HA on turns it off: the marker goes on first,
 as for the forward HA-off step; rolling back the HA-off step turns failover back on, so the
-STONITH guard stands before it, as before the forward HA-on step. A run being rolled back never goes forward again.
+STONITH guard stands before it, as before the forward HA-on step. A run being rolled back never
+goes forward again.
 """
 
 from __future__ import annotations
