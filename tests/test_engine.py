@@ -596,6 +596,9 @@ def test_interactive_rollback_without_fencing_asks_before_failover_goes_back_on(
     assert pr.titles == ["Rolling back 'ha-off'"]
     assert s.exit_code == 5 and s.ha_off_open and "Stopped before 'ha-off'" in s.message
     assert re.search(r"`bmupgrade rollback \S+`", s.message), s.message
+    # a run being rolled back is never resumed: the HA restore line offers rollback only
+    assert s.ha_restore_hint.startswith(f"bmupgrade rollback {s.run_id}  (by hand on bm1: ")
+    assert "resume" not in s.ha_restore_hint
     assert [c for _, c in changes(t2)] == ["apt-get install -y --allow-downgrades bm-full=4.9.2"] * 2 \
         and state["maint"] == "true"  # packages undone on both (bm2's failed: it may have done part); HA still off
     t3 = sim("bm1")

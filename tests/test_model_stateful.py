@@ -394,7 +394,11 @@ class OperatorStories(RuleBasedStateMachine):
             return  # crashed (SIGKILL) or refused before anything: the marker speaks
         if summary.run_id in markers[0]:
             assert summary.exit_code in (5, 4, 130), f"I4: HA off but exit {summary.exit_code}: {summary.message}"
-            assert summary.ha_off_open and "bmupgrade resume" in (summary.ha_restore_hint or "")
+            # the printed restore command is one the run accepts: a run being rolled back is never resumed
+            run = next(d for d in self._journal_view() if d["run_id"] == summary.run_id)
+            verb = "rollback" if run.get("direction") == "rollback" else "resume"
+            assert summary.ha_off_open and (summary.ha_restore_hint or "").startswith(f"bmupgrade {verb} "), \
+                f"I4: restore hint {summary.ha_restore_hint!r} for a run going {run.get('direction', 'forward')}"
 
     @invariant()
     def i5_journal_truthful(self):

@@ -187,7 +187,8 @@ class HaDebt:
         return qualify(Context.of(str(state_dir)), self.restore_hint(node)) if state_dir.name else self.restore_hint(node)
 
     def restore_hint(self, node: str | None = None) -> str:
-        """The exact command that brings HA back (and the manual fallback)."""
+        """The exact command that brings HA back (and the manual fallback). A run being rolled
+        back never goes forward again: then only `rollback` is offered (resume would be refused)."""
         eng = self.eng
         step = eng.rb.ha_step("disable")
         by_hand = ""
@@ -195,8 +196,10 @@ class HaDebt:
             nodes = eng.journal.nodes_in(step.id, "done", "started", "failed", "unknown") or [node or "<node>"]
             first = nodes[0] if nodes[0] in eng.rb.node_names else None
             cmds = "; ".join(eng.shown(c, first) for c in step.rollback or [])
-            by_hand = f"; by hand on {nodes[0]}: {cmds}" if cmds else ""
-        return f"{eng.hint('resume')}  (or: {eng.hint('rollback')}{by_hand})"
+            by_hand = f"by hand on {nodes[0]}: {cmds}" if cmds else ""
+        if eng.journal.data.get("direction") == "rollback":
+            return eng.hint("rollback") + (f"  ({by_hand})" if by_hand else "")
+        return f"{eng.hint('resume')}  (or: {eng.hint('rollback')}{'; ' + by_hand if by_hand else ''})"
 
 
 # ------------------------------------------------------------------------------ signals
