@@ -634,6 +634,27 @@ def test_a_skipped_failed_point_of_no_return_still_bars_the_downgrade(tmp_path):
     assert "Nothing to roll back automatically: everything up to and including 'post-install'" in s.message
 
 
+def test_rollback_never_turns_ha_off_when_this_run_never_turned_it_off(tmp_path):
+    """`run --from ha-on` skips the HA-off step; undoing ha-on alone would leave the cluster with
+    HA off and nothing to turn it back on (and print a `rollback` the rolled-back run refuses).
+    Found by the model test (I9). Nothing is undone; nothing is sent."""
+    from bmupgrade.runner import rollback
+
+    on = "    ha: enable\n    run: crm_attribute --type crm_config --name maintenance-mode --update false\n"
+    assert MINIMAL.count(on) == 1
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(MINIMAL.replace(on, on + "    rollback: crm_attribute --type crm_config --name maintenance-mode "
+                                  "--update true\n"))
+    t = sim("bm1")
+    assert start_run(rb, session(tmp_path, t, from_step="ha-on")).exit_code == 0
+    t2 = sim("bm1")
+    t2.state = t.state
+    s = rollback(session(tmp_path, t2, _Rollbacker(yes=True)), None)
+    assert s.exit_code == 1 and "Nothing to roll back automatically" in s.message, s.message
+    assert changes(t2) == [] and t.state["maint"] == "false" and not s.ha_off_open
+    assert journal(tmp_path)["status"] == "succeeded"
+
+
 # ------------------------------------------------------------------ requires: an earlier step must still hold
 MASK_STEP = ("  - id: mask\n    on: bm2\n    idempotent: IDEMPOTENT\n    run: systemctl mask --runtime bluemind.target\n"
              "    verify: is-masked\n    rollback: systemctl unmask --runtime bluemind.target\n")

@@ -19,7 +19,9 @@ I6 nothing before a point of no return is undone after it without --force;
 I7 a declined prompt changes nothing;
 I8 automatic failover goes back on (the HA-on step, or rolling back the HA-off step) only after
    this invocation saw fencing enabled, or the operator accepted the split-brain risk (the
-   prompt, or --allow-no-stonith).
+   prompt, or --allow-no-stonith);
+I9 a `bmupgrade resume RUN` or `bmupgrade rollback RUN` that an invocation printed is accepted by
+   that run as it is left.
 
 BMUPGRADE_MODEL_EXAMPLES sets the number of examples (CI: the default; deeper: 2000+).
 """
@@ -434,6 +436,25 @@ class OperatorStories(RuleBasedStateMachine):
             if s.command.startswith(HA_ON):
                 assert s.fencing_ok, (f"I8: failover turned back on ({s.command} on {s.node}, invocation "
                                       f"{s.invocation}) without fencing seen on or the risk accepted")
+
+    @invariant()
+    def i9_printed_next_commands_are_accepted(self):
+        """A `bmupgrade resume RUN` / `bmupgrade rollback RUN` the invocation printed is one that
+        run accepts now (the CLI's own refusal check, on the journal as it is)."""
+        import re
+
+        from bmupgrade.errors import UsageError
+        from bmupgrade.runner import _refuse_not_resumable
+
+        summary = self.last[0] if self.last else None
+        if summary is None or isinstance(summary, BmError):
+            return
+        text = f"{summary.message} {summary.ha_restore_hint or ''}"
+        for verb, rid in re.findall(r"bmupgrade (resume|rollback) (\d{8}-\d{6}-[0-9a-f]+)", text):
+            try:
+                _refuse_not_resumable(RunStore(self.state).find(rid), rollback=verb == "rollback")
+            except UsageError as exc:
+                raise AssertionError(f"I9: printed `bmupgrade {verb} {rid}`, which is refused: {exc}") from None
 
     @invariant()
     def i2_nothing_non_idempotent_twice(self):

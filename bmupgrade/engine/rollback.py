@@ -58,6 +58,10 @@ def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
         past = past or (stop_at is not None and s.id == stop_at.id)
         if s.manual is None and _ran_on(eng, s) and (not past or s.ha == "disable" or s.always_undo):
             out.append(s)
+    if not any(s.ha == "disable" and s.rollback for s in out):
+        # HA goes off again only if this rollback also turns it back on: a run that never turned
+        # it off (`--from` past the HA-off step) would be left with HA off and nothing to undo it
+        out = [s for s in out if s.ha != "enable"]
     return out
 
 
