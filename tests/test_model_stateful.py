@@ -439,22 +439,34 @@ class OperatorStories(RuleBasedStateMachine):
 
     @invariant()
     def i9_printed_next_commands_are_accepted(self):
-        """A `bmupgrade resume RUN` / `bmupgrade rollback RUN` the invocation printed is one that
-        run accepts now (the CLI's own refusal check, on the journal as it is)."""
+        """A `bmupgrade resume RUN [--rerun S] [--assume-done S]` or `bmupgrade rollback RUN` that the
+        invocation printed (its last message, a refusal's, the HA restore line) is one the CLI
+        accepts for that run as it is left (the CLI's own checks, on the journal)."""
         import re
 
+        from bmupgrade.cli import _refuse_unused_answers
         from bmupgrade.errors import UsageError
         from bmupgrade.runner import _refuse_not_resumable
 
         summary = self.last[0] if self.last else None
-        if summary is None or isinstance(summary, BmError):
+        if summary is None:
             return
-        text = f"{summary.message} {summary.ha_restore_hint or ''}"
-        for verb, rid in re.findall(r"bmupgrade (resume|rollback) (\d{8}-\d{6}-[0-9a-f]+)", text):
+        text = str(summary) if isinstance(summary, BmError) else summary.message
+        commands = re.findall(r"`(bmupgrade (?:resume|rollback) [^`]*)`", text)
+        hint = getattr(summary, "ha_restore_hint", None)
+        commands += [c.strip() for c in re.findall(r"(bmupgrade (?:resume|rollback) [^ ;()]+(?: --[^ ;()]+)*)",
+                                                   hint or "")]
+        for cmd in commands:
+            verb, rid = cmd.split()[1:3]
+            flags = dict(re.findall(r"--(rerun|assume-done) (\S+)", cmd))
             try:
-                _refuse_not_resumable(RunStore(self.state).find(rid), rollback=verb == "rollback")
+                journal = RunStore(self.state).find(rid)
+                _refuse_not_resumable(journal, rollback=verb == "rollback")
+                if verb == "resume" and flags:
+                    _refuse_unused_answers(load_runbook(self.rb_path), journal, rerun=[flags.get("rerun", "")],
+                                           assume_done=[flags.get("assume-done", "")])
             except UsageError as exc:
-                raise AssertionError(f"I9: printed `bmupgrade {verb} {rid}`, which is refused: {exc}") from None
+                raise AssertionError(f"I9: printed `{cmd}`, which is refused: {exc}") from None
 
     @invariant()
     def i2_nothing_non_idempotent_twice(self):
