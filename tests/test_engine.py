@@ -655,6 +655,35 @@ def test_rollback_never_turns_ha_off_when_this_run_never_turned_it_off(tmp_path)
     assert journal(tmp_path)["status"] == "succeeded"
 
 
+def test_a_rerun_that_never_got_out_is_resumed_plainly_and_still_bars_the_downgrade(tmp_path):
+    """Post-install's outcome is lost, the operator's --rerun says send it again, but bm1 cannot
+    be reached any more: nothing was sent a second time. The stop prints a plain `resume` (the
+    node is pending; `--rerun` would be refused), and a rollback meanwhile keeps the packages
+    (post-install was sent once: past the point of no return). Found by the model test."""
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    t = sim("bm1")
+
+    def lost_then_unreachable(c):
+        c.transport.unreachable("bm1")
+        return Reply(connection_lost=True)
+
+    t.on("bm1", re.compile(r"^bm-cli setup upgrade"), lost_then_unreachable, times=1)
+    s = start_run(rb, session(tmp_path, t, PolicyPrompter(rerun={"post-install"})))
+    assert s.exit_code == 5, s.message
+    assert f"`bmupgrade resume {s.run_id}` sends it again" in s.message and "--rerun" not in s.message
+    node = journal(tmp_path)["steps"]["post-install"]["nodes"]["bm1"]
+    assert node["state"] == "pending" and node["attempts"] == 1
+    assert len([c for n, c in t.calls if c.startswith("bm-cli")]) == 1
+    t2 = sim("bm1")
+    t2.state = t.state
+    r = rollback(session(tmp_path, t2, _Rollbacker(yes=True)), None)
+    assert not any("allow-downgrades" in c for _, c in t2.calls), r.message
+    assert t.state["version"] == {"bm1": "4.9.3", "bm2": "4.9.3"}
+
+
 # ------------------------------------------------------------------ requires: an earlier step must still hold
 MASK_STEP = ("  - id: mask\n    on: bm2\n    idempotent: IDEMPOTENT\n    run: systemctl mask --runtime bluemind.target\n"
              "    verify: is-masked\n    rollback: systemctl unmask --runtime bluemind.target\n")

@@ -154,6 +154,8 @@ FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "r
 FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
 INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
 NO_STONITH = st.sampled_from([False, False, True])  # --allow-no-stonith: the operator's word
+BREAK_LOCK = st.sampled_from([False, False, False, True])  # run --break-lock
+WHICH_RUN = st.sampled_from([False, False, True])  # True: name the oldest (open) run, not the latest
 FROM = st.sampled_from([None, None, None, None, "packages", "post-install", "ha-on"])  # run --from STEP
 # (--on-failure, --on-deadline): the unattended policies a maintenance window is scheduled with
 POLICIES = st.sampled_from([("abort", "stop"), ("abort", "stop"), ("rollback", "stop"), ("abort", "rollback"),
@@ -244,6 +246,8 @@ class OperatorStories(RuleBasedStateMachine):
 
         def on_write(rec):
             seen["writes"] += 1
+            if rec.get("r") == "node" and rec.get("f", {}).get("note") == "--rerun":  # resume --rerun STEP used
+                self.story.append(("flag", rec["step"], RERUN))
             if crash_at is not None and seen["writes"] == crash_at:
                 raise Crash()
 
@@ -259,14 +263,17 @@ class OperatorStories(RuleBasedStateMachine):
         return Scripted(answers, self.story, lambda: self.cluster.m.safety.update({"fencing-risk-accepted": True}))
 
     @rule(answers=ANSWERS, unattended=st.booleans(), deadline=st.sampled_from([None, None, 60, 10**6]),
-          allow_no_stonith=NO_STONITH, policy=POLICIES, from_step=FROM)
-    def run(self, answers, unattended, deadline, allow_no_stonith, policy=("abort", "stop"), from_step=None):
+          allow_no_stonith=NO_STONITH, policy=POLICIES, from_step=FROM, break_lock=BREAK_LOCK)
+    def run(self, answers, unattended, deadline, allow_no_stonith, policy=("abort", "stop"), from_step=None,
+            break_lock=False):
         import time
 
         prompter = self._operator(answers, unattended, on_failure_policy=policy[0])
         opts = {"deadline": time.time() + deadline} if deadline else {}
         if from_step:
             opts["from_step"] = from_step
+        if break_lock:
+            opts["break_lock"] = True
         self._invoke(lambda: start_run(self.rb_path, self._session(
             prompter, allow_no_stonith=allow_no_stonith, on_failure=policy[0], on_deadline=policy[1], **opts)),
             "run", allow_no_stonith)
@@ -275,17 +282,19 @@ class OperatorStories(RuleBasedStateMachine):
     @precondition(lambda self: self.ran)
     @rule(answers=ANSWERS, unattended=st.booleans(), rerun=st.booleans(), assume=st.booleans(),
           change=st.sampled_from([None, None, "target_version=9.9.9", "targt_version=1"]), force=st.booleans(),
-          allow_no_stonith=NO_STONITH, policy=POLICIES)
+          allow_no_stonith=NO_STONITH, policy=POLICIES, oldest=WHICH_RUN)
     def resume(self, answers, unattended, rerun, assume, change, force, allow_no_stonith=False,
-               policy=("abort", "stop")):
+               policy=("abort", "stop"), oldest=False):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
         prompter = self._operator(answers, unattended, on_failure_policy=policy[0], **flags)
         overrides = dict([change.split("=")]) if change else {}
         open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back")]
-        differs = bool(open_runs) and any(open_runs[-1]["vars"].get(k) != v for k, v in overrides.items())
+        target = open_runs[0] if oldest and open_runs else open_runs[-1] if open_runs else None
+        differs = target is not None and any(target["vars"].get(k) != v for k, v in overrides.items())
+        run_id = target["run_id"] if oldest and target else None  # `resume RUN` of an older open run
         self._invoke(lambda: resume_run(self._session(prompter, rerun=set(flags["rerun"]),
                                                       allow_no_stonith=allow_no_stonith, on_failure=policy[0],
-                                                      on_deadline=policy[1]), None, force=force,
+                                                      on_deadline=policy[1]), run_id, force=force,
                                         overrides=overrides), "resume", allow_no_stonith)
         if (differs and not force) or (change or "").startswith("targt_"):
             assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, \
@@ -298,11 +307,13 @@ class OperatorStories(RuleBasedStateMachine):
         self.resume(answers, unattended, rerun, False, None, False)
 
     @precondition(lambda self: self.ran)
-    @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans(), allow_no_stonith=NO_STONITH)
-    def roll_back(self, answers, unattended, force, allow_no_stonith):
+    @rule(answers=ANSWERS, unattended=st.booleans(), force=st.booleans(), allow_no_stonith=NO_STONITH,
+          oldest=WHICH_RUN)
+    def roll_back(self, answers, unattended, force, allow_no_stonith, oldest):
         prompter = self._operator(answers, unattended)
         before = self._journal_view()
-        s = self._invoke(lambda: rollback(self._session(prompter, allow_no_stonith=allow_no_stonith), None,
+        run_id = before[0]["run_id"] if oldest and before else None  # `rollback RUN` of the first run
+        s = self._invoke(lambda: rollback(self._session(prompter, allow_no_stonith=allow_no_stonith), run_id,
                                           force=force), "rollback", allow_no_stonith)
         declined = [a for k, _, a in self.last[2] if k in ("rollback", "typed") and a == "no"]
         if declined and s is not None and not isinstance(s, BmError):
@@ -476,7 +487,7 @@ class OperatorStories(RuleBasedStateMachine):
                 counts[(s.run_id, s.step, s.node)] = counts.get((s.run_id, s.step, s.node), 0) + 1
         allowed: dict = {}
         for kind, step, answer in self.story:
-            if answer in (RETRY, RERUN) and kind in ("failure", "unknown"):
+            if answer in (RETRY, RERUN) and kind in ("failure", "unknown", "flag"):
                 allowed[step] = allowed.get(step, 0) + 1
         for (run_id, step, node), n in counts.items():
             assert n <= 1 + allowed.get(step, 0), f"I2: {step} sent {n} times to {node} in run {run_id}"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from bmupgrade.engine.guards import check_deadline, stonith_guard
 from bmupgrade.engine.requires import ensure_requirements
 from bmupgrade.errors import EXIT_FAILED
-from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, SKIPPED, STARTED, UNKNOWN, whoami
+from bmupgrade.journal import ABORTED, DONE, FAILED, FAILED_RUN, PENDING, SKIPPED, STARTED, UNKNOWN, whoami
 from bmupgrade.outcome import RETRY, ROLLBACK, SKIP, FailureContext
 from bmupgrade.runbook import Step
 from bmupgrade.transport.base import CommandResult
@@ -117,7 +117,8 @@ class StepRunner:
         eng = self.eng
         nodes = eng.resolve(step.on or "all")
         if (step.on or "") in ("primary", "secondary"):
-            tried = eng.journal.nodes_in(step.id, FAILED, UNKNOWN, STARTED)
+            tried = eng.journal.nodes_in(step.id, FAILED, UNKNOWN, STARTED) + [  # or sent, then set aside to re-run
+                n for n in eng.journal.nodes_sent(step.id) if eng.journal.node_state(step.id, n) == PENDING]
             moved = [n for n in tried if n not in nodes]
             if moved:
                 from bmupgrade.engine.core import Stop
@@ -271,7 +272,10 @@ class StepRunner:
                        f"Step '{step.id}' failed on {where}; " + outcome_text(eng, done))
         maybe_off = (" HA handling may be off: the HA-off marker stays on the nodes until this run is resumed "
                      "or rolled back." if step.ha == "disable" else "")
-        again = eng.hint("resume") if step.idempotent else eng.hint("resume", f"--rerun {step.id}")
+        # `--rerun` is the word for a node left failed/unknown; one left pending (it never got the
+        # command again, e.g. the connection was gone) is sent by a plain resume (and --rerun refused)
+        settled = [n for n in failed if eng.journal.node_state(step.id, n) in (FAILED, UNKNOWN, STARTED)]
+        again = eng.hint("resume", f"--rerun {step.id}") if settled and not step.idempotent else eng.hint("resume")
         raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
                    f"Step '{step.id}' failed on {where}. Fix the cause, then `{again}` sends it again "
                    f"(or `{eng.hint('rollback')}`)." + maybe_off)
