@@ -655,15 +655,8 @@ def test_rollback_never_turns_ha_off_when_this_run_never_turned_it_off(tmp_path)
     assert journal(tmp_path)["status"] == "succeeded"
 
 
-def test_a_rerun_that_never_got_out_is_resumed_plainly_and_still_bars_the_downgrade(tmp_path):
-    """Post-install's outcome is lost, the operator's --rerun says send it again, but bm1 cannot
-    be reached any more: nothing was sent a second time. The stop prints a plain `resume` (the
-    node is pending; `--rerun` would be refused), and a rollback meanwhile keeps the packages
-    (post-install was sent once: past the point of no return). Found by the model test."""
-    from bmupgrade.runner import rollback
-
-    rb = tmp_path / "rb.yaml"
-    rb.write_text(PONR)
+def _post_install_lost_then_unreachable(tmp_path, rb):
+    """Post-install sent to bm1, outcome lost, --rerun: bm1 is unreachable, so it is not sent again."""
     t = sim("bm1")
 
     def lost_then_unreachable(c):
@@ -673,6 +666,32 @@ def test_a_rerun_that_never_got_out_is_resumed_plainly_and_still_bars_the_downgr
     t.on("bm1", re.compile(r"^bm-cli setup upgrade"), lost_then_unreachable, times=1)
     s = start_run(rb, session(tmp_path, t, PolicyPrompter(rerun={"post-install"})))
     assert s.exit_code == 5, s.message
+    return t, s
+
+
+def test_post_install_sent_once_never_goes_to_the_new_vip_holder_unseen(tmp_path):
+    """Post-install reached bm1 (outcome lost; a re-run was chosen but never got out), then the
+    public IP moved to bm2: resume stops instead of migrating the shared data from bm2 too."""
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    t, _ = _post_install_lost_then_unreachable(tmp_path, rb)
+    t2 = sim("bm2")
+    t2.state.update(version=t.state["version"], maint=t.state["maint"])
+    s = resume_run(session(tmp_path, t2), None)
+    assert s.exit_code == 5 and "already ran on bm1, but the target 'primary' is now bm2" in s.message, s.message
+    assert not [c for n, c in t2.calls if c.startswith("bm-cli")]
+
+
+def test_a_rerun_that_never_got_out_is_resumed_plainly_and_still_bars_the_downgrade(tmp_path):
+    """Post-install's outcome is lost, the operator's --rerun says send it again, but bm1 cannot
+    be reached any more: nothing was sent a second time. The stop prints a plain `resume` (the
+    node is pending; `--rerun` would be refused), and a rollback meanwhile keeps the packages
+    (post-install was sent once: past the point of no return). Found by the model test."""
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR)
+    t, s = _post_install_lost_then_unreachable(tmp_path, rb)
     assert f"`bmupgrade resume {s.run_id}` sends it again" in s.message and "--rerun" not in s.message
     node = journal(tmp_path)["steps"]["post-install"]["nodes"]["bm1"]
     assert node["state"] == "pending" and node["attempts"] == 1

@@ -480,6 +480,18 @@ class OperatorStories(RuleBasedStateMachine):
                 raise AssertionError(f"I9: printed `{cmd}`, which is refused: {exc}") from None
 
     @invariant()
+    def i3b_post_install_on_one_node_per_run(self):
+        """Post-install migrates the shared data: in a run's life it reaches one node only, even
+        when the public IP moves after it was sent (a person must look, not the tool pick the
+        new holder)."""
+        where: dict = {}
+        for s in self.cluster.m.sent:
+            if s.step == "post-install" and s.tag:
+                where.setdefault(s.run_id, set()).add(s.node)
+        for run_id, nodes in where.items():
+            assert len(nodes) == 1, f"I3: post-install of run {run_id} sent to {sorted(nodes)}"
+
+    @invariant()
     def i2_nothing_non_idempotent_twice(self):
         counts: dict = {}
         for s in self.cluster.m.sent:
