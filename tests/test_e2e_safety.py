@@ -313,6 +313,36 @@ def test_rollback_turning_failover_back_on_checks_fencing_again(lab, tmp_path):
     assert j["fencing_accepted"]["how"] == "prompt" and j["fencing_accepted"]["step"] == "ha-off"
 
 
+def test_a_failed_post_install_skipped_at_the_terminal_still_bars_the_downgrade(lab, tmp_path):
+    """Post-install fails (it may have migrated part of the data); at the failure menu the admin
+    picks Skip. The next step waits for the API to say the data is migrated; the admin presses
+    Ctrl-C and picks "Roll back": the packages must not be downgraded under that data — the point
+    of no return counts from its first send, whatever was decided after."""
+    state = tmp_path / "s"
+    lab.fault("fail", node="bm1", command="bm-cli setup upgrade", exit_code=1, times=1)
+    p = spawn("run", PACEMAKER, "-i", str(lab.inventory_path), "--state-dir", str(state), cwd=tmp_path)
+    fresh = r"\?[^\n]*?\(Use arrow keys\)"  # a question being asked, not the echo of an answer
+    while p.expect(["Is this done" + fresh, "Proceed" + fresh, "What now" + fresh], timeout=120) != 2:
+        p.send(ENTER)
+    p.send(DOWN + ENTER)  # the failure menu of post-install: Skip
+    p.expect("retry 1/")  # the API still says the data needs the upgrade
+    p.sendintr()
+    p.expect("Interrupted")
+    p.expect("What now" + fresh)
+    p.send(DOWN * 2 + ENTER)  # Roll back the done steps
+    p.expect("Roll back now" + fresh)
+    p.send(ENTER)
+    p.expect(pexpect.EOF, timeout=120)
+    p.close()
+    term = screen(tmp_path)
+    assert "rolled back as far as the point of no return 'post-install'" in term, term[-3000:]
+    j = journal(state)
+    assert j["steps"]["post-install"]["state"] == "skipped" and j["steps"]["packages"]["state"] == "done"
+    assert not [c for c in changes_sent(lab) if "--allow-downgrades" in c]
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
+    assert j["ha"]["state"] == "on" and lab.cluster_state()["properties"].get(MAINT) == "false"
+
+
 def test_declining_the_rollback_of_a_succeeded_run_changes_nothing(lab, tmp_path):
     """Why: rollback of a succeeded run defaulted to Yes, and answering No rewrote the run from
     `succeeded` to `failed`. At a terminal, the question defaults to No; Enter declines, and the
