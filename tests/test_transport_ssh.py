@@ -324,9 +324,9 @@ def test_utf8_split_across_chunks(bm1, transport):
 
 
 def test_secret_redacted_even_when_split_across_chunks():
-    from bmupgrade.transport.ssh import REDACTED, _StreamText
+    from bmupgrade.transport.streams import REDACTED, StreamText
 
-    st = _StreamText("hunter2")
+    st = StreamText("hunter2")
     parts = [st.feed(b) for b in (b"pw=hun", b"ter", b"2 and hunter", b"2\n", b"hu")] + [st.feed(b"", final=True)]
     assert "".join(parts) == f"pw={REDACTED} and {REDACTED}\nhu"
     assert all("hunter2" not in p for p in parts)
@@ -398,14 +398,14 @@ def _gone_within(pid: int, seconds: float) -> bool:
 def test_pid_line_is_taken_out_of_stderr_whatever_the_chunking():
     from hypothesis import given, settings, strategies as st
 
-    from bmupgrade.transport.ssh import PID_TAG, _PidLine
+    from bmupgrade.transport.streams import PID_TAG, PidLine
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=40).filter(lambda b: b"\x1e" not in b), st.binary(max_size=200),
            st.lists(st.integers(min_value=1, max_value=30), max_size=20))
     def check(noise, rest, cuts):
         data = noise + PID_TAG + b"4242\n" + rest
-        line, out, i = _PidLine(), b"", 0
+        line, out, i = PidLine(), b"", 0
         for c in cuts:
             out += line.feed(data[i:i + c])
             i += c
@@ -413,9 +413,9 @@ def test_pid_line_is_taken_out_of_stderr_whatever_the_chunking():
         assert (line.pid, out) == (4242, noise + rest)
 
     check()
-    line = _PidLine()  # no pid line at all (another shell): nothing is lost
+    line = PidLine()  # no pid line at all (another shell): nothing is lost
     assert line.feed(b"x" * 70_000) + line.flush() == b"x" * 70_000 and line.pid is None
-    line = _PidLine()
+    line = PidLine()
     assert line.feed(PID_TAG + b"12ab\nrest") + line.flush() == PID_TAG + b"12ab\nrest" and line.pid is None
 
 
@@ -523,7 +523,7 @@ def test_node_down_then_up(lab, bm1, transport):
 
 
 def test_sudo_wrap_strings():
-    from bmupgrade.transport.ssh import sudo_wrap
+    from bmupgrade.transport.streams import sudo_wrap
 
     assert sudo_wrap("echo 'a b'", with_password=False) == "sudo -n -- sh -c 'echo '\"'\"'a b'\"'\"''"
     assert sudo_wrap("id -u", with_password=True, prompt="P: ") == (
@@ -653,9 +653,9 @@ def test_a_joined_command_cut_short_leaves_the_rest_without_an_exit_status(bm1, 
 
 
 def test_joined_answers_cut_by_the_capture_limit_are_asked_again_alone(bm1, transport, monkeypatch):
-    from bmupgrade.transport import ssh, together
+    from bmupgrade.transport import streams, together
 
-    monkeypatch.setattr(ssh, "CAPTURE_BYTES", 1000)
+    monkeypatch.setattr(streams, "CAPTURE_BYTES", 1000)
     transport.connect([bm1.address()])
     r = together.run(transport, "bm1", ["head -c 1500 /dev/zero | tr '\\0' x", "echo second"], timeout=30)
     assert r[1].exit_code == 0 and r[1].stdout == "second\n"

@@ -1,4 +1,6 @@
-"""SSH transport: one Fabric connection per node, one Paramiko session channel per command.
+"""SSH transport: one Fabric connection per node, one Paramiko session channel per command
+(transport/channel.py runs one; transport/streams.py reads its output; transport/liveness.py
+notices dead peers).
 
 Why not `fabric.Connection.run`? Fabric gives us what is hard to get right (ssh_config
 parsing with Host aliases, User, Port, IdentityFile, ProxyJump/ProxyCommand, the agent),
@@ -27,13 +29,10 @@ Safety decisions made here (see DESIGN.md §3):
 from __future__ import annotations
 
 import base64
-import codecs
-import collections
 import getpass
 import hashlib
 import logging
 import os
-import select
 import shlex
 import socket
 import threading
@@ -43,12 +42,9 @@ from typing import Iterable
 
 import paramiko
 from fabric import Config, Connection
-from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from bmupgrade.transport import knownhosts
 from bmupgrade.transport.base import (
-    CAPTURE_BYTES,
-    OUTPUT_TAIL_BYTES,
     CommandResult,
     NodeAddress,
     OutputSink,
@@ -58,14 +54,15 @@ from bmupgrade.transport.base import (
     forget_password,
 )
 
+from bmupgrade.transport.channel import ChannelRun, one_line
+from bmupgrade.transport.liveness import Watchdog
+from bmupgrade.transport.streams import MAX_SUDO_ATTEMPTS, announcing_pid, sudo_wrap
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 15.0
 DEFAULT_KEEPALIVE_INTERVAL = 10.0  # seconds of silence before we ask "are you there?"
 DEFAULT_KEEPALIVE_TIMEOUT = 15.0  # an unanswered question for this long = dead peer
-EXIT_DRAIN_GRACE = 2.0  # after the exit status, wait this long at most for the end of output
-READ_CHUNK = 64 * 1024
-REDACTED = "********"
 
 # Where OpenSSH looks when the ssh config does not say otherwise.
 DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
@@ -173,197 +170,6 @@ def _hostkey_name(host: str, port: int) -> str:
 
 
 # --------------------------------------------------------------------------- output
-
-
-class _StreamText:
-    """Bytes -> text for one stream: incremental UTF-8 (a character split across chunks is
-    fine) and redaction of a secret, even when the secret itself is split across chunks."""
-
-    def __init__(self, secret: str | None):
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._secret = secret or None
-        self._pending = ""
-
-    def feed(self, data: bytes, final: bool = False) -> str:
-        text = self._pending + self._decoder.decode(data, final)
-        self._pending = ""
-        if not self._secret:
-            return text
-        text = text.replace(self._secret, REDACTED)
-        if final:
-            return text
-        # Hold back a tail that could be the start of the secret.
-        for n in range(min(len(self._secret) - 1, len(text)), 0, -1):
-            if self._secret.startswith(text[-n:]):
-                self._pending = text[-n:]
-                return text[:-n]
-        return text
-
-
-class _Collector:
-    """Bounded memory: the interleaved tail and (with capture) the first CAPTURE_BYTES of stdout."""
-
-    def __init__(self, node: str, capture: bool, on_output: OutputSink | None, secret: str | None):
-        self.node = node
-        self.capture = capture
-        self.on_output = on_output
-        self._text = {"stdout": _StreamText(secret), "stderr": _StreamText(secret)}
-        self._tail: collections.deque[str] = collections.deque()
-        self._tail_len = 0
-        self._stdout: list[str] = []
-        self._stdout_len = 0
-        self.stdout_truncated = False
-        self._sink_failed = False
-
-    def feed(self, stream: str, data: bytes, final: bool = False) -> None:
-        text = self._text[stream].feed(data, final)
-        if not text:
-            return
-        self._tail.append(text)
-        self._tail_len += len(text)
-        while self._tail_len - len(self._tail[0]) >= OUTPUT_TAIL_BYTES:
-            self._tail_len -= len(self._tail.popleft())
-        if self.capture and stream == "stdout":
-            room = CAPTURE_BYTES - self._stdout_len
-            if room > 0:
-                part = text[:room]
-                self._stdout.append(part)
-                self._stdout_len += len(part)
-            if len(text) > max(room, 0):
-                self.stdout_truncated = True
-        if self.on_output is not None:
-            try:
-                self.on_output(self.node, stream, text)
-            except Exception:  # a broken display must not abandon a running command
-                if not self._sink_failed:
-                    log.exception("on_output callback failed for %s; output still collected", self.node)
-                self._sink_failed = True
-
-    def finish(self) -> None:
-        self.feed("stdout", b"", final=True)
-        self.feed("stderr", b"", final=True)
-
-    @property
-    def tail(self) -> str:
-        raw = "".join(self._tail).encode("utf-8")[-OUTPUT_TAIL_BYTES:]
-        return raw.decode("utf-8", errors="ignore")
-
-    @property
-    def stdout(self) -> str:
-        out = "".join(self._stdout)
-        enc = out.encode("utf-8")
-        if len(enc) > CAPTURE_BYTES:
-            self.stdout_truncated = True
-            out = enc[:CAPTURE_BYTES].decode("utf-8", errors="ignore")
-        return out
-
-
-# --------------------------------------------------------------------------- stopping a command
-
-PID_TAG = b"\x1ebmupgrade-pid "
-PID_LINE_LIMIT = 64 * 1024  # give up looking for the pid line after this much stderr
-
-
-def announcing_pid(wire: str) -> str:
-    """The command line with a prefix that makes the session's shell print its pid on stderr
-    first. sshd makes that shell a session and process-group leader, so `kill -- -PID` stops
-    the whole command on timeout, also where sshd refuses RFC 4254 signal requests: for root
-    logins ("session signalling requires privilege separation")."""
-    return "printf '\\036bmupgrade-pid %s\\n' \"$$\" >&2; " + wire
-
-
-class _PidLine:
-    """Takes the pid line out of the start of stderr; everything else passes through (what a
-    chatty shell start-up file printed before it, too)."""
-
-    def __init__(self) -> None:
-        self.pid: int | None = None
-        self._buf = b""
-        self._done = False
-
-    def feed(self, data: bytes) -> bytes:
-        if self._done:
-            return data
-        buf = self._buf + data
-        start = buf.find(PID_TAG)
-        if start >= 0:
-            end = buf.find(b"\n", start)
-            if end < 0 and len(buf) - start < 64:
-                self._buf = buf[start:]
-                return buf[:start]
-            digits = buf[start + len(PID_TAG):end if end >= 0 else len(buf)]
-            if end >= 0 and digits.isdigit():
-                self.pid = int(digits)
-                self._done, self._buf = True, b""
-                return buf[:start] + buf[end + 1:]
-            self._done, self._buf = True, b""
-            return buf
-        if len(buf) > PID_LINE_LIMIT:
-            self._done, self._buf = True, b""
-            return buf
-        keep = next((k for k in range(min(len(PID_TAG) - 1, len(buf)), 0, -1) if PID_TAG.startswith(buf[-k:])), 0)
-        self._buf = buf[len(buf) - keep:] if keep else b""
-        return buf[:len(buf) - keep]
-
-    def flush(self) -> bytes:
-        rest, self._buf, self._done = self._buf, b"", True
-        return rest
-
-
-# --------------------------------------------------------------------------- sudo
-
-
-SUDO_PROMPT = f"[bmupgrade-sudo-{os.urandom(4).hex()}] "  # unique: never confused with output
-SUDO_STARTED = "\x1ebmupgrade-sudo-ok"  # printed by the inner shell: sudo accepted, the command starts
-MAX_SUDO_ATTEMPTS = 3
-
-
-def sudo_wrap(command: str, *, with_password: bool, prompt: str = SUDO_PROMPT) -> str:
-    """The command line sent for a sudo run.
-
-    With a password, sudo reads it from stdin (``-S``) after printing our unique ``prompt`` on
-    stderr; the inner shell then prints SUDO_STARTED before the command, whose own stdin is
-    /dev/null (a password line sudo did not need is never read by the command). Whatever the
-    node's language, a rejection is then: the prompt shown twice, or an exit without
-    SUDO_STARTED — the command did not run. Without a password, ``-n``: fail instead of asking.
-    """
-    if with_password:
-        inner = "printf '\\036bmupgrade-sudo-ok\\n' >&2; exec </dev/null; " + command
-        return "sudo -S -p " + shlex.quote(prompt) + " -- sh -c " + shlex.quote(inner)
-    return "sudo -n -- sh -c " + shlex.quote(command)
-
-
-class _SudoFilter:
-    """Takes sudo's prompt and the start marker out of stderr, counting them."""
-
-    def __init__(self, prompt: str = SUDO_PROMPT):
-        self.tokens = (prompt.encode(), (SUDO_STARTED + "\n").encode())
-        self.prompts = 0
-        self.started = False
-        self._buf = b""
-
-    def feed(self, data: bytes) -> bytes:
-        buf = self._buf + data
-        for i, token in enumerate(self.tokens):
-            found = buf.count(token)
-            if found:
-                buf = buf.replace(token, b"")
-                if i == 0:
-                    self.prompts += found
-                else:
-                    self.started = True
-        keep = max((k for token in self.tokens for k in range(min(len(token) - 1, len(buf)), 0, -1)
-                    if token.startswith(buf[-k:])), default=0)
-        self._buf = buf[len(buf) - keep:] if keep else b""
-        return buf[:len(buf) - keep]
-
-    def flush(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return rest
-
-    def rejected(self, exit_code: int | None) -> bool:
-        """sudo asked again, or asked and then ended without starting the command."""
-        return self.prompts >= 2 or (self.prompts >= 1 and not self.started and exit_code not in (0, None))
 
 
 # --------------------------------------------------------------------------- nodes
@@ -507,7 +313,7 @@ class SshTransport(_TrustAndSudo):
         self._sudo_bad: dict[str, set[bytes]] = {}  # node -> digests of passwords sudo rejected there
         self._closed = False
         self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self._watchdog: Watchdog | None = None
         self._known_hosts: dict[int, knownhosts.KnownHosts] = {}  # id(Connection) -> what its files say
 
     # ----------------------------------------------------------------- lifecycle
@@ -542,7 +348,7 @@ class SshTransport(_TrustAndSudo):
                 except TransportError as e:
                     errors[name] = e
                 except Exception as e:  # a bug, but never leave half-open connections behind
-                    errors[name] = TransportError(name, f"cannot connect: {type(e).__name__}: {_one_line(e)}")
+                    errors[name] = TransportError(name, f"cannot connect: {type(e).__name__}: {one_line(e)}")
         if errors:
             for n in new:
                 self._close_node(n)
@@ -550,7 +356,9 @@ class SshTransport(_TrustAndSudo):
             first = errors[next(n.address.name for n in new if n.address.name in errors)]
             first.errors = errors
             raise first
-        self._start_watchdog()
+        if self._watchdog is None:
+            self._watchdog = Watchdog(lambda: list(self._nodes.values()), self._stop,
+                                      interval=self.keepalive_interval, timeout=self.keepalive_timeout)
 
     def close(self) -> None:
         """Close every connection. Safe to call more than once."""
@@ -626,7 +434,7 @@ class SshTransport(_TrustAndSudo):
         except TransportError:
             raise
         except Exception as e:  # unreadable/invalid ssh config, bad ProxyJump spec...
-            raise TransportError(name, f"cannot use the ssh configuration: {_one_line(e)}") from None
+            raise TransportError(name, f"cannot use the ssh configuration: {one_line(e)}") from None
         node.conn = conn
         sock = None
         try:
@@ -660,63 +468,7 @@ class SshTransport(_TrustAndSudo):
         log.debug("%s: connected to %s", name, node.where)
 
     def _connect_error(self, node: _Node, conn: Connection, e: BaseException) -> str:
-        where = f"{conn.host}:{conn.port}"
-        trust = self._trust_error(conn, e)
-        if trust is not None:
-            return trust
-        if isinstance(e, _UnknownHostKey):
-            host, port = _split_hostkey_name(e.hostname)
-            return (
-                f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}); "
-                f"check this fingerprint out of band, then accept it with: "
-                f"ssh-keyscan -t {_keyscan_type(e.key.get_name())} -p {port} {host} >> ~/.ssh/known_hosts"
-            )
-        if isinstance(e, paramiko.BadHostKeyException):
-            port = conn.port
-            host = e.hostname
-            if host != conn.host:  # a ProxyJump hop
-                gw = conn.gateway
-                while isinstance(gw, Connection) and gw.host != host:
-                    gw = gw.gateway
-                port = gw.port if isinstance(gw, Connection) else 22
-            got, expected = e.key, e.expected_key
-            entry = _hostkey_name(host, port)
-            files = [
-                f
-                for f in _known_hosts_files(conn, node.address.known_hosts)
-                if os.path.isfile(f) and _load_host_keys([f]).lookup(entry)
-            ]
-            remove = " && ".join(
-                f"ssh-keygen -R {shlex.quote(entry)}" + ("" if f == os.path.expanduser("~/.ssh/known_hosts") else f" -f {shlex.quote(f)}")
-                for f in files
-            ) or f"ssh-keygen -R {shlex.quote(entry)}"
-            return (
-                f"HOST KEY CHANGED for {host}:{port}: the server presented {got.get_name()} "
-                f"{fingerprint(got)} but known_hosts has {expected.get_name()} {fingerprint(expected)} "
-                f"(possible man-in-the-middle, or the host was reinstalled); if the new key is "
-                f"verified out of band: {remove}, then: ssh-keyscan -t {_keyscan_type(got.get_name())} "
-                f"-p {port} {host} >> ~/.ssh/known_hosts"
-            )
-        if isinstance(e, paramiko.AuthenticationException):
-            keys = conn.connect_kwargs.get("key_filename") or []
-            tried = ", ".join(keys) if keys else "default keys"
-            return (
-                f"authentication failed as {conn.user} at {where} (tried ssh-agent and {tried}): "
-                f"{_one_line(e)}"
-            )
-        if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
-            return f"connection refused by {where} (is sshd running and the port right?)"
-        if isinstance(e, ConnectionRefusedError):
-            return f"connection refused by {where} (is sshd running and the port right?)"
-        if isinstance(e, (socket.timeout, TimeoutError)):
-            return f"timed out connecting to {where} after {conn.connect_timeout}s"
-        if isinstance(e, socket.gaierror):
-            return f"cannot resolve host name {conn.host!r}: {e.strerror or e}"
-        if isinstance(e, paramiko.SSHException):
-            return f"SSH error with {where}: {_one_line(e)}"
-        if isinstance(e, OSError):
-            return f"cannot connect to {where}: {e.strerror or _one_line(e)}"
-        return f"cannot connect to {where}: {type(e).__name__}: {_one_line(e)}"
+        return self._trust_error(conn, e) or explain_connect_error(conn, e, node.address.known_hosts)
 
     def _close_node(self, node: _Node) -> None:
         conn = node.conn
@@ -750,64 +502,6 @@ class SshTransport(_TrustAndSudo):
             return self._nodes[name]
         except KeyError:
             raise TransportError(name, "not connected (unknown node)") from None
-
-    # ----------------------------------------------------------------- liveness
-
-    def _start_watchdog(self) -> None:
-        if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._watch, name="ssh-watchdog", daemon=True)
-            self._watchdog.start()
-
-    def _watch(self) -> None:
-        """While a command waits on a node, ask the node to answer within keepalive_timeout
-        after keepalive_interval of silence; no answer: drop the connection, so the waiting
-        command ends with connection_lost instead of hanging."""
-        while not self._stop.wait(0.25):
-            for node in list(self._nodes.values()):
-                try:
-                    self._check(node)
-                except Exception:
-                    log.debug("watchdog", exc_info=True)
-
-    def _check(self, node: _Node) -> None:
-        t = node.transport
-        if t is None or not t.is_active() or node.active == 0:
-            return
-        now = time.monotonic()
-        with node.state_lock:
-            if node.probe_started is not None and node.probe_transport is not t:
-                node.probe_started = None  # a probe of a connection since replaced
-            if node.probe_started is not None:
-                if now - node.probe_started > self.keepalive_timeout:
-                    silent = now - node.last_seen
-                    self._declare_lost(
-                        node, t, f"no answer from {node.where} for {silent:.0f}s (dead peer?)"
-                    )
-                return
-            if now - node.last_seen < self.keepalive_interval:
-                return
-            node.probe_started = now
-            node.probe_transport = t
-        threading.Thread(target=self._probe, args=(node, t), name="ssh-probe", daemon=True).start()
-
-    def _probe(self, node: _Node, t: paramiko.Transport) -> None:
-        try:
-            # OpenSSH answers any global request with want-reply (failure for unknown ones).
-            t.global_request("keepalive@openssh.com", wait=True)
-        except Exception:
-            pass
-        with node.state_lock:
-            if node.probe_transport is t:
-                if t.is_active():
-                    node.seen()
-                node.probe_started = None
-                node.probe_transport = None
-
-    def _declare_lost(self, node: _Node, t: paramiko.Transport, reason: str) -> None:
-        if node.lost is None:
-            node.lost = reason
-        log.warning("%s: %s", node.address.name, reason)
-        threading.Thread(target=t.close, name="ssh-drop", daemon=True).start()
 
     # ----------------------------------------------------------------- sudo
 
@@ -850,178 +544,80 @@ class SshTransport(_TrustAndSudo):
         assert t is not None
 
         wire = announcing_pid(sudo_wrap(command, with_password=password is not None) if use_sudo else command)
-        out = _Collector(node, capture, on_output, password)
-        pid_line = _PidLine()
-        sudo_filter = _SudoFilter()
-
         with n.state_lock:
             n.active += 1
             if n.active == 1:
                 n.seen()  # the silence clock starts now, not at the previous command
-        chan: paramiko.Channel | None = None
-        finished = False
         try:
-            # --- start: open a session and send the command
-            try:
-                # longer than the watchdog bound: a dead peer is reported as lost, not as "cannot open"
-                chan = t.open_session(timeout=self.keepalive_interval + self.keepalive_timeout + 5)
-            except Exception as e:
-                if not t.is_active():
-                    self._mark_lost(n, f"connection to {n.where} lost")
-                    return result(
-                        connection_lost=True, sent=False, reconnected=reconnected,
-                        error=f"{n.lost} (before the command was sent)",
-                    )
-                return result(sent=False, reconnected=reconnected, error=f"cannot open a session: {_one_line(e)}")
-            try:
-                chan.exec_command(wire)
-            except Exception as e:
-                if not t.is_active():
-                    self._mark_lost(n, f"connection to {n.where} lost")
-                    return result(
-                        connection_lost=True, reconnected=reconnected,
-                        error=f"{n.lost} while starting the command; its outcome is unknown",
-                    )
-                return result(sent=False, reconnected=reconnected, error=f"the server refused the command: {_one_line(e)}")
-            n.seen()
-            try:
-                if password is not None:
-                    chan.sendall((password + "\n").encode("utf-8"))
-                chan.shutdown_write()  # commands get EOF on stdin, like `ssh host cmd </dev/null`
-            except (OSError, paramiko.SSHException):
-                pass  # the command already ended or the connection died: the loop below tells
-
-            # --- wait: stream output until exit status + EOF, timeout, or loss
-            deadline = start + timeout if timeout is not None else None
-            fd = chan.fileno()
-            exit_seen_at: float | None = None
-            timed_out = False
-            while True:
-                got = False
-                while chan.recv_ready():
-                    out.feed("stdout", chan.recv(READ_CHUNK))
-                    got = True
-                while chan.recv_stderr_ready():
-                    out.feed("stderr", sudo_filter.feed(pid_line.feed(chan.recv_stderr(READ_CHUNK))))
-                    got = True
-                if got:
-                    n.seen()
-                now = time.monotonic()
-                if chan.closed:
-                    break
-                if chan.exit_status_ready():
-                    if chan.eof_received:
-                        break
-                    exit_seen_at = exit_seen_at or now
-                    if now - exit_seen_at > EXIT_DRAIN_GRACE:
-                        # A background process keeps the output open; the command is done.
-                        log.debug("%s: output still open %.0fs after exit; not waiting", node, EXIT_DRAIN_GRACE)
-                        break
-                if deadline is not None and now >= deadline:
-                    timed_out = True
-                    break
-                wait = 0.5
-                if deadline is not None:
-                    wait = max(0.0, min(wait, deadline - now))
-                if got:
-                    continue
-                if chan.eof_received:
-                    # After EOF the pipe stays readable forever: wait on the status instead.
-                    chan.status_event.wait(wait)
-                else:
-                    select.select([fd], [], [], wait)
-
-            # drain what arrived with the end
-            while chan.recv_ready():
-                out.feed("stdout", chan.recv(READ_CHUNK))
-            while chan.recv_stderr_ready():
-                out.feed("stderr", sudo_filter.feed(pid_line.feed(chan.recv_stderr(READ_CHUNK))))
-            out.feed("stderr", sudo_filter.feed(pid_line.flush()) + sudo_filter.flush())
-            out.finish()
-
-            common = dict(
-                output_tail=out.tail,
-                stdout=out.stdout if capture else "",
-                stdout_truncated=out.stdout_truncated,
-                reconnected=reconnected,
-            )
-            if timed_out:
-                _send_signal(chan, "TERM")
-                stopped = pid_line.pid is not None and self._terminate_group(t, pid_line.pid)
-                return result(
-                    timed_out=True,
-                    error=f"timed out after {timeout:g}s; "
-                    + (f"SIGTERM sent to its process group (pid {pid_line.pid}); it may still be running if it "
-                       "ignores SIGTERM" if stopped else "the command was sent SIGTERM and may still be running"),
-                    **common,
-                )
-            status = chan.exit_status if chan.exit_status_ready() else -1
-            if status != -1:
-                finished = True
-                res = result(exit_code=status, **common)
-                if use_sudo and password is not None and sudo_filter.rejected(status):
-                    res.error = "sudo rejected the password"  # the command did not run
-                    res.sudo_rejected, res.sent = True, False
-                return res
-            if not t.is_active():
-                self._mark_lost(n, f"connection to {n.where} lost during the command")
-                return result(
-                    connection_lost=True,
-                    error=f"{n.lost}; the command's outcome is unknown",
-                    **common,
-                )
-            finished = True
-            return result(error="the command ended without an exit status (killed by a signal?)", **common)
+            return ChannelRun(n, t, node, command, wire, password=password, use_sudo=use_sudo, timeout=timeout,
+                              capture=capture, on_output=on_output, reconnected=reconnected, start=start,
+                              # longer than the watchdog bound: a dead peer is reported as lost, not "cannot open"
+                              open_timeout=self.keepalive_interval + self.keepalive_timeout + 5).run()
         finally:
             with n.state_lock:
                 n.active -= 1
-            if chan is not None:
-                if not finished and not chan.closed:
-                    log.debug("%s: closing channel of an unfinished command", node)
-                try:
-                    chan.close()
-                except Exception:
-                    pass
-
-    def _terminate_group(self, t: paramiko.Transport, pid: int) -> bool:
-        """SIGTERM to a timed-out command's process group, over a new channel of the same
-        connection (best effort, a few seconds at most). True if the kill command ran."""
-        try:
-            chan = t.open_session(timeout=5)
-            try:
-                chan.settimeout(5)
-                chan.exec_command(f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; true")
-                chan.shutdown_write()
-                return chan.status_event.wait(5) and chan.exit_status == 0
-            finally:
-                chan.close()
-        except Exception:
-            log.debug("cannot stop process group %s", pid, exc_info=True)
-            return False
-
-    def _mark_lost(self, node: _Node, default: str) -> None:
-        if node.lost is None:
-            node.lost = default
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _send_signal(chan: paramiko.Channel, name: str) -> None:
-    """RFC 4254 "signal" request (sshd >= 7.9 delivers it to the session's process group).
-
-    Paramiko has no public call for it. Best effort: a timed-out command may keep running.
-    """
-    try:
-        m = paramiko.Message()
-        m.add_byte(cMSG_CHANNEL_REQUEST)
-        m.add_int(chan.remote_chanid)
-        m.add_string("signal")
-        m.add_boolean(False)
-        m.add_string(name)
-        chan.transport._send_user_message(m)  # noqa: SLF001
-    except Exception:
-        log.debug("cannot send signal %s", name, exc_info=True)
+def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts: Iterable[str]) -> str:
+    """Why a connection failed, in one line, with what to do (host keys: the fingerprint and
+    the exact commands; authentication: what was tried)."""
+    where = f"{conn.host}:{conn.port}"
+    if isinstance(e, _UnknownHostKey):
+        host, port = _split_hostkey_name(e.hostname)
+        return (
+            f"unknown host key for {host}:{port} ({e.key.get_name()} {fingerprint(e.key)}); "
+            f"check this fingerprint out of band, then accept it with: "
+            f"ssh-keyscan -t {_keyscan_type(e.key.get_name())} -p {port} {host} >> ~/.ssh/known_hosts"
+        )
+    if isinstance(e, paramiko.BadHostKeyException):
+        port = conn.port
+        host = e.hostname
+        if host != conn.host:  # a ProxyJump hop
+            gw = conn.gateway
+            while isinstance(gw, Connection) and gw.host != host:
+                gw = gw.gateway
+            port = gw.port if isinstance(gw, Connection) else 22
+        got, expected = e.key, e.expected_key
+        entry = _hostkey_name(host, port)
+        files = [
+            f
+            for f in _known_hosts_files(conn, extra_known_hosts)
+            if os.path.isfile(f) and _load_host_keys([f]).lookup(entry)
+        ]
+        remove = " && ".join(
+            f"ssh-keygen -R {shlex.quote(entry)}" + ("" if f == os.path.expanduser("~/.ssh/known_hosts") else f" -f {shlex.quote(f)}")
+            for f in files
+        ) or f"ssh-keygen -R {shlex.quote(entry)}"
+        return (
+            f"HOST KEY CHANGED for {host}:{port}: the server presented {got.get_name()} "
+            f"{fingerprint(got)} but known_hosts has {expected.get_name()} {fingerprint(expected)} "
+            f"(possible man-in-the-middle, or the host was reinstalled); if the new key is "
+            f"verified out of band: {remove}, then: ssh-keyscan -t {_keyscan_type(got.get_name())} "
+            f"-p {port} {host} >> ~/.ssh/known_hosts"
+        )
+    if isinstance(e, paramiko.AuthenticationException):
+        keys = conn.connect_kwargs.get("key_filename") or []
+        tried = ", ".join(keys) if keys else "default keys"
+        return (
+            f"authentication failed as {conn.user} at {where} (tried ssh-agent and {tried}): "
+            f"{one_line(e)}"
+        )
+    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
+        return f"connection refused by {where} (is sshd running and the port right?)"
+    if isinstance(e, ConnectionRefusedError):
+        return f"connection refused by {where} (is sshd running and the port right?)"
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return f"timed out connecting to {where} after {conn.connect_timeout}s"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve host name {conn.host!r}: {e.strerror or e}"
+    if isinstance(e, paramiko.SSHException):
+        return f"SSH error with {where}: {one_line(e)}"
+    if isinstance(e, OSError):
+        return f"cannot connect to {where}: {e.strerror or one_line(e)}"
+    return f"cannot connect to {where}: {type(e).__name__}: {one_line(e)}"
 
 
 def _direct_socket(conn: Connection) -> socket.socket | None:
@@ -1054,11 +650,6 @@ def _tune_socket(sock) -> None:
             sock.setsockopt(level, opt, value)
         except OSError:
             pass
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
 
 
 _DIGEST_SALT = os.urandom(16)

@@ -1,0 +1,213 @@
+"""One command on one SSH session channel: open it and send the command, stream the output
+until the exit status and EOF, a timeout or a lost connection, then say what happened.
+SshTransport owns the connections (and reconnects); this owns a channel, start to close.
+A lost connection is never retried here: the result says `connection_lost` (outcome unknown).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST
+
+from bmupgrade.transport.base import CommandResult, OutputSink
+from bmupgrade.transport.streams import Collector, PidLine, SudoFilter
+
+log = logging.getLogger("bmupgrade.transport.ssh")
+
+EXIT_DRAIN_GRACE = 2.0  # after the exit status, wait this long at most for the end of output
+READ_CHUNK = 64 * 1024
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def mark_lost(node, default: str) -> None:
+    """The node's connection is gone; keep the first reason given."""
+    if node.lost is None:
+        node.lost = default
+
+
+class ChannelRun:
+    """A command on `node` (SshTransport's per-node record: `where`, `lost`, `seen()`) over the
+    Paramiko transport `t`. `wire` is the command line as sent (sudo-wrapped, pid-announcing)."""
+
+    def __init__(self, n, t: paramiko.Transport, node: str, command: str, wire: str, *, password: str | None,
+                 use_sudo: bool, timeout: float | None, capture: bool, on_output: OutputSink | None,
+                 reconnected: bool, start: float, open_timeout: float):
+        self.n, self.t, self.node, self.command, self.wire = n, t, node, command, wire
+        self.password, self.use_sudo, self.timeout, self.capture = password, use_sudo, timeout, capture
+        self.reconnected, self.start, self.open_timeout = reconnected, start, open_timeout
+        self.out = Collector(node, capture, on_output, password)
+        self.pid_line = PidLine()
+        self.sudo_filter = SudoFilter()
+        self.chan: paramiko.Channel | None = None
+        self.finished = False
+
+    def result(self, **kw) -> CommandResult:
+        kw.setdefault("exit_code", None)
+        kw.setdefault("reconnected", self.reconnected)
+        return CommandResult(node=self.node, command=self.command, duration=time.monotonic() - self.start, **kw)
+
+    def run(self) -> CommandResult:
+        try:
+            return self._start() or self._outcome(self._wait())
+        finally:
+            self._close()
+
+    # ------------------------------------------------------------------ start
+    def _start(self) -> CommandResult | None:
+        """Open a session and send the command (password on stdin, then EOF). A result if that
+        failed (saying whether the command may have been sent), else None."""
+        n, t = self.n, self.t
+        try:
+            # longer than the watchdog bound: a dead peer is reported as lost, not as "cannot open"
+            self.chan = t.open_session(timeout=self.open_timeout)
+        except Exception as e:
+            if not t.is_active():
+                mark_lost(n, f"connection to {n.where} lost")
+                return self.result(connection_lost=True, sent=False, error=f"{n.lost} (before the command was sent)")
+            return self.result(sent=False, error=f"cannot open a session: {one_line(e)}")
+        try:
+            self.chan.exec_command(self.wire)
+        except Exception as e:
+            if not t.is_active():
+                mark_lost(n, f"connection to {n.where} lost")
+                return self.result(connection_lost=True,
+                                   error=f"{n.lost} while starting the command; its outcome is unknown")
+            return self.result(sent=False, error=f"the server refused the command: {one_line(e)}")
+        n.seen()
+        try:
+            if self.password is not None:
+                self.chan.sendall((self.password + "\n").encode("utf-8"))
+            self.chan.shutdown_write()  # commands get EOF on stdin, like `ssh host cmd </dev/null`
+        except (OSError, paramiko.SSHException):
+            pass  # the command already ended or the connection died: the wait tells
+        return None
+
+    # ------------------------------------------------------------------ wait
+    def _read(self) -> bool:
+        """Whatever has arrived, into the collector. True if anything did."""
+        chan, got = self.chan, False
+        while chan.recv_ready():
+            self.out.feed("stdout", chan.recv(READ_CHUNK))
+            got = True
+        while chan.recv_stderr_ready():
+            self.out.feed("stderr", self.sudo_filter.feed(self.pid_line.feed(chan.recv_stderr(READ_CHUNK))))
+            got = True
+        return got
+
+    def _wait(self) -> bool:
+        """Stream output until exit status + EOF, the timeout, or loss. True if timed out."""
+        chan = self.chan
+        deadline = self.start + self.timeout if self.timeout is not None else None
+        fd = chan.fileno()
+        exit_seen_at: float | None = None
+        while True:
+            got = self._read()
+            if got:
+                self.n.seen()
+            now = time.monotonic()
+            if chan.closed:
+                break
+            if chan.exit_status_ready():
+                if chan.eof_received:
+                    break
+                exit_seen_at = exit_seen_at or now
+                if now - exit_seen_at > EXIT_DRAIN_GRACE:
+                    # A background process keeps the output open; the command is done.
+                    log.debug("%s: output still open %.0fs after exit; not waiting", self.node, EXIT_DRAIN_GRACE)
+                    break
+            if deadline is not None and now >= deadline:
+                return True
+            if got:
+                continue
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - now))
+            if chan.eof_received:
+                chan.status_event.wait(wait)  # after EOF the pipe stays readable forever: wait on the status
+            else:
+                select.select([fd], [], [], wait)
+        return False
+
+    # ------------------------------------------------------------------ outcome
+    def _outcome(self, timed_out: bool) -> CommandResult:
+        """Drain what arrived with the end, then classify: timed out, exited (sudo rejection
+        told apart), connection lost (outcome unknown), or killed without a status."""
+        chan, t, n = self.chan, self.t, self.n
+        self._read()
+        self.out.feed("stderr", self.sudo_filter.feed(self.pid_line.flush()) + self.sudo_filter.flush())
+        self.out.finish()
+        common = dict(output_tail=self.out.tail, stdout=self.out.stdout if self.capture else "",
+                      stdout_truncated=self.out.stdout_truncated)
+        if timed_out:
+            send_signal(chan, "TERM")
+            pid = self.pid_line.pid
+            stopped = pid is not None and terminate_group(t, pid)
+            return self.result(timed_out=True, error=f"timed out after {self.timeout:g}s; " + (
+                f"SIGTERM sent to its process group (pid {pid}); it may still be running if it ignores SIGTERM"
+                if stopped else "the command was sent SIGTERM and may still be running"), **common)
+        status = chan.exit_status if chan.exit_status_ready() else -1
+        if status != -1:
+            self.finished = True
+            res = self.result(exit_code=status, **common)
+            if self.use_sudo and self.password is not None and self.sudo_filter.rejected(status):
+                res.error = "sudo rejected the password"  # the command did not run
+                res.sudo_rejected, res.sent = True, False
+            return res
+        if not t.is_active():
+            mark_lost(n, f"connection to {n.where} lost during the command")
+            return self.result(connection_lost=True, error=f"{n.lost}; the command's outcome is unknown", **common)
+        self.finished = True
+        return self.result(error="the command ended without an exit status (killed by a signal?)", **common)
+
+    def _close(self) -> None:
+        chan = self.chan
+        if chan is None:
+            return
+        if not self.finished and not chan.closed:
+            log.debug("%s: closing channel of an unfinished command", self.node)
+        try:
+            chan.close()
+        except Exception:
+            pass
+
+
+def terminate_group(t: paramiko.Transport, pid: int) -> bool:
+    """SIGTERM to a timed-out command's process group, over a new channel of the same
+    connection (best effort, a few seconds at most). True if the kill command ran."""
+    try:
+        chan = t.open_session(timeout=5)
+        try:
+            chan.settimeout(5)
+            chan.exec_command(f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; true")
+            chan.shutdown_write()
+            return chan.status_event.wait(5) and chan.exit_status == 0
+        finally:
+            chan.close()
+    except Exception:
+        log.debug("cannot stop process group %s", pid, exc_info=True)
+        return False
+
+
+def send_signal(chan: paramiko.Channel, name: str) -> None:
+    """RFC 4254 "signal" request (sshd >= 7.9 delivers it to the session's process group).
+
+    Paramiko has no public call for it. Best effort: a timed-out command may keep running.
+    """
+    try:
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string("signal")
+        m.add_boolean(False)
+        m.add_string(name)
+        chan.transport._send_user_message(m)  # noqa: SLF001
+    except Exception:
+        log.debug("cannot send signal %s", name, exc_info=True)
+
+
+__all__ = ["ChannelRun", "one_line", "mark_lost", "terminate_group", "send_signal"]
