@@ -113,6 +113,21 @@ class Rule:
         return self.replies[i]
 
 
+def _as_reply(out, command: str) -> Reply:
+    """A handler's answer as a Reply: None (exit 0), a Reply, a bool or int (exit code), a str (stdout)."""
+    if out is None:
+        return Reply()
+    if isinstance(out, Reply):
+        return out
+    if isinstance(out, bool):
+        return Reply(exit_code=0 if out else 1)
+    if isinstance(out, int):
+        return Reply(exit_code=out)
+    if isinstance(out, str):
+        return Reply(stdout=out)
+    raise TypeError(f"handler for {command!r} returned {type(out).__name__}")
+
+
 class MemoryTransport:
     def __init__(
         self,
@@ -265,43 +280,14 @@ class MemoryTransport:
             if running is not None:
                 call.result = CommandResult(node, command, 0, 0.0, stdout=running, output_tail=running)
                 return call.result
-
-            def done(res: CommandResult) -> CommandResult:
-                call.result = res
-                return res
-
-            reconnected = False
-            if node in self._lost:
-                why = self._lost[node]
-                if node in self._unreachable:
-                    return done(
-                        CommandResult(
-                            node, command, None, 0.0, connection_lost=True, sent=False,
-                            error=f"{why}; reconnect failed: {self._unreachable[node]}",
-                        )
-                    )
-                del self._lost[node]
-                self.connect_count[node] = self.connect_count.get(node, 0) + 1
-                reconnected = True
-
+            refused, reconnected = self._reconnect(node, command)
+            if refused is not None:
+                call.result = refused
+                return refused
             password = None
             if effective_sudo and self._password_provider is not None:
                 password = ask_password(self._password_provider, address, self._passwords, self._lock)
-
-            rule = next((r for r in reversed(self._rules) if r.matches(node, command)), None)
-            if rule is None and self.files is not None:
-                played = self._play_snippet(node, command)
-                if played is not None:
-                    return done(played)
-            if rule is None:
-                if self.strict:
-                    self.unexpected.append((node, command))
-                    raise UnexpectedCommand(f"{node}: unexpected command {command!r}")
-                action: Reply | Handler = self.default
-            else:
-                action = rule.next_reply()
-                call.attempt = rule.used
-
+            action = self._action(call)
         # Handlers and delays run outside the lock: parallel nodes stay parallel.
         if callable(action) and not isinstance(action, Reply):
             out = action(call)
@@ -311,22 +297,45 @@ class MemoryTransport:
                     out.reconnected = True
                 if out.connection_lost:
                     self._lost[node] = out.error or "connection lost (simulated)"
-                return done(out)
-            if out is None:
-                reply = Reply()
-            elif isinstance(out, Reply):
-                reply = out
-            elif isinstance(out, bool):
-                reply = Reply(exit_code=0 if out else 1)
-            elif isinstance(out, int):
-                reply = Reply(exit_code=out)
-            elif isinstance(out, str):
-                reply = Reply(stdout=out)
-            else:
-                raise TypeError(f"handler for {command!r} returned {type(out).__name__}")
-        else:
-            reply = action
-        return done(self._play(node, command, reply, timeout, capture, on_output, password, reconnected))
+                call.result = out
+                return out
+            action = _as_reply(out, command)
+        if isinstance(action, CommandResult):  # a snippet played on the node's files
+            call.result = action
+            return action
+        call.result = self._play(node, command, action, timeout, capture, on_output, password, reconnected)
+        return call.result
+
+    def _reconnect(self, node: str, command: str) -> tuple[CommandResult | None, bool]:
+        """As SshTransport: the run after a lost connection reconnects once (reconnected=True),
+        or fails unsent when the node is unreachable. (refusal or None, reconnected)."""
+        if node not in self._lost:
+            return None, False
+        why = self._lost[node]
+        if node in self._unreachable:
+            return CommandResult(node, command, None, 0.0, connection_lost=True, sent=False,
+                                 error=f"{why}; reconnect failed: {self._unreachable[node]}"), False
+        del self._lost[node]
+        self.connect_count[node] = self.connect_count.get(node, 0) + 1
+        return None, True
+
+    def _action(self, call: Call) -> "Reply | Handler | CommandResult":
+        """What the command does: the newest matching rule's next reply, else a snippet played on
+        the node's files (a CommandResult), else the default (or UnexpectedCommand when strict)."""
+        node, command = call.node, call.command
+        rule = next((r for r in reversed(self._rules) if r.matches(node, command)), None)
+        if rule is None and self.files is not None:
+            played = self._play_snippet(node, command)
+            if played is not None:
+                return played
+        if rule is None:
+            if self.strict:
+                self.unexpected.append((node, command))
+                raise UnexpectedCommand(f"{node}: unexpected command {command!r}")
+            return self.default
+        action = rule.next_reply()
+        call.attempt = rule.used
+        return action
 
     # ----------------------------------------------------------------- internals
 
