@@ -91,7 +91,7 @@ class Fault:
     """What happens to the next command matching `step` (once)."""
 
     step: str
-    kind: str  # fail | lost-after-send | lost-still-running | timeout | vip-moves | maint-cleared
+    kind: str  # fail | lost-after-send | lost-still-running | lost-unreachable | timeout | vip-moves | maint-cleared
     node: str | None = None
 
 
@@ -191,7 +191,9 @@ class ModelCluster:
         effect_applied = not (fault and fault.kind == "lost-before-effect")
         if effect_applied:
             self._apply(call)
-        if fault and fault.kind in ("lost-after-send", "lost-still-running", "timeout"):
+        if fault and fault.kind == "lost-unreachable":  # and the node stays out of reach this invocation
+            call.transport.unreachable(call.node)
+        if fault and fault.kind in ("lost-after-send", "lost-still-running", "timeout", "lost-unreachable"):
             if fault.kind == "lost-still-running" and call.tag:
                 self.running.add((call.node, call.tag))
             return CommandResult(call.node, call.command, None, 0.0, timed_out=fault.kind == "timeout",

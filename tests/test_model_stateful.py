@@ -151,7 +151,7 @@ class Recording(PolicyPrompter):
 ANSWERS = st.lists(st.sampled_from(["yes", "no", "skip", ABORT, RETRY, SKIP, ROLLBACK, RERUN, ASSUME_DONE,
                                     CONTINUE, WAIT, "ctrl-c"]), max_size=6)
 FAULT_STEPS = st.sampled_from(["ha-off", "packages", "post-install", "ha-on", "rollback"])
-FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "timeout"])
+FAULT_KINDS = st.sampled_from(["fail", "lost-after-send", "lost-still-running", "lost-unreachable", "timeout"])
 INTERRUPTS = st.sampled_from(["SIGINT", "SIGINT*2", "SIGTERM", "SIGHUP"])
 NO_STONITH = st.sampled_from([False, False, True])  # --allow-no-stonith: the operator's word
 BREAK_LOCK = st.sampled_from([False, False, False, True])  # run --break-lock
