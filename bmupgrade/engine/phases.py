@@ -169,8 +169,7 @@ def preflight(eng: "Engine") -> None:
     for cid in sorted(skip):
         eng.reporter.info(f"  - {cid}: skipped (step '{eng.rb_check(cid).until}' has run; it makes this false)")
     fencing_ids = set(eng.rb.fencing_checks)
-    fencing = [r for r in results if r.id in fencing_ids]
-    eng.journal.set("fencing", None if not fencing else "enabled" if all(r.ok for r in fencing) else "disabled")
+    _record_fencing(eng, results)
     failed = [r for r in results if not r.ok and r.severity == "error"]
     eng.journal.set("preflight_results", {r.id: {"ok": r.ok, "title": r.title, "problems": r.problems,
                                                  **({"why": r.why} if r.why and not r.ok else {})} for r in results})
@@ -191,6 +190,13 @@ def preflight(eng: "Engine") -> None:
     eng.safety_passed = True
 
 
+def _record_fencing(eng: "Engine", results: list) -> None:
+    """The STONITH guard's evidence: "enabled" when every fencing check passed, "disabled" when
+    one failed, None when the runbook has none among these results."""
+    fencing = [r for r in results if r.id in set(eng.rb.fencing_checks)]
+    eng.journal.set("fencing", None if not fencing else "enabled" if all(r.ok for r in fencing) else "disabled")
+
+
 def rollback_safety(eng: "Engine") -> None:
     """Before undoing anything: exactly one node holds the public IP; and when the rollback will
     turn failover back on, fencing is read again now (it may have been turned off during the
@@ -207,9 +213,8 @@ def rollback_safety(eng: "Engine") -> None:
     if turns_on is not None and eng.rb.fencing_checks:
         eng.reporter.phase("Fencing (read-only: the rollback turns failover back on)")
         only = set(eng.rb.fencing_checks)
-        results = run_checks(eng, "preflight", skip={c.id for c in eng.rb.preflight if c.id not in only},
-                             probe=eng.opening_probe)
-        eng.journal.set("fencing", "enabled" if all(r.ok for r in results) else "disabled")
+        _record_fencing(eng, run_checks(eng, "preflight", skip={c.id for c in eng.rb.preflight if c.id not in only},
+                                        probe=eng.opening_probe))
     why = fencing_gap(eng.rb, eng.journal.data.get("fencing"), preflight_ran=True) if turns_on else None
     if why and not eng.options.allow_no_stonith and not eng.prompter.interactive:
         raise Stop(EXIT_PREFLIGHT, eng.refused_status(), fencing_refusal(

@@ -29,8 +29,9 @@ def _ran_on(eng: "Engine", step: Step) -> list[str]:
     sent at some point whatever was decided since (a re-run that never got out, a failure skipped).
     The point of no return counts from its first send: a post-install whose outcome was lost, then
     chosen to re-run, may have migrated the data."""
-    sent = set(eng.journal.nodes_sent(step.id)) - set(eng.journal.nodes_in(step.id, ROLLED_BACK))
-    return [n for n in eng.journal.step(step.id)["nodes"] if n in sent or eng.journal.node_state(step.id, n) in RAN]
+    sent = set(eng.journal.nodes_sent(step.id))
+    return [n for n, e in eng.journal.step(step.id)["nodes"].items()
+            if e.get("state") in RAN or (n in sent and e.get("state") != ROLLED_BACK)]
 
 
 def barrier(eng: "Engine") -> Step | None:

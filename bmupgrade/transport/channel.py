@@ -26,15 +26,10 @@ def one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def mark_lost(node, default: str) -> None:
-    """The node's connection is gone; keep the first reason given."""
-    if node.lost is None:
-        node.lost = default
-
-
 class ChannelRun:
-    """A command on `node` (SshTransport's per-node record: `where`, `lost`, `seen()`) over the
-    Paramiko transport `t`. `wire` is the command line as sent (sudo-wrapped, pid-announcing)."""
+    """A command on `node` (SshTransport's per-node record: `where`, `lost`, `seen()`,
+    `mark_lost()`) over the Paramiko transport `t`. `wire` is the command line as sent
+    (sudo-wrapped, pid-announcing)."""
 
     def __init__(self, n, t: paramiko.Transport, node: str, command: str, wire: str, *, password: str | None,
                  use_sudo: bool, timeout: float | None, capture: bool, on_output: OutputSink | None,
@@ -69,14 +64,14 @@ class ChannelRun:
             self.chan = t.open_session(timeout=self.open_timeout)
         except Exception as e:
             if not t.is_active():
-                mark_lost(n, f"connection to {n.where} lost")
+                n.mark_lost(f"connection to {n.where} lost")
                 return self.result(connection_lost=True, sent=False, error=f"{n.lost} (before the command was sent)")
             return self.result(sent=False, error=f"cannot open a session: {one_line(e)}")
         try:
             self.chan.exec_command(self.wire)
         except Exception as e:
             if not t.is_active():
-                mark_lost(n, f"connection to {n.where} lost")
+                n.mark_lost(f"connection to {n.where} lost")
                 return self.result(connection_lost=True,
                                    error=f"{n.lost} while starting the command; its outcome is unknown")
             return self.result(sent=False, error=f"the server refused the command: {one_line(e)}")
@@ -159,7 +154,7 @@ class ChannelRun:
                 res.sudo_rejected, res.sent = True, False
             return res
         if not t.is_active():
-            mark_lost(n, f"connection to {n.where} lost during the command")
+            n.mark_lost(f"connection to {n.where} lost during the command")
             return self.result(connection_lost=True, error=f"{n.lost}; the command's outcome is unknown", **common)
         self.finished = True
         return self.result(error="the command ended without an exit status (killed by a signal?)", **common)
@@ -210,4 +205,4 @@ def send_signal(chan: paramiko.Channel, name: str) -> None:
         log.debug("cannot send signal %s", name, exc_info=True)
 
 
-__all__ = ["ChannelRun", "one_line", "mark_lost", "terminate_group", "send_signal"]
+__all__ = ["ChannelRun", "one_line", "terminate_group", "send_signal"]

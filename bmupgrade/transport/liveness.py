@@ -19,7 +19,8 @@ log = logging.getLogger("bmupgrade.transport.ssh")
 class Watchdog:
     """One daemon thread for all nodes of a transport; it checks only nodes with a command
     waiting (`node.active`). A node is SshTransport's record: `transport`, `active`,
-    `last_seen`, `seen()`, `probe_started`, `probe_transport`, `state_lock`, `lost`, `where`."""
+    `last_seen`, `seen()`, `probe_started`, `probe_transport`, `state_lock`, `mark_lost()`,
+    `where`, `address`."""
 
     def __init__(self, nodes: Callable[[], Iterable], stop: threading.Event, *, interval: float, timeout: float):
         self._nodes, self._stop = nodes, stop
@@ -72,7 +73,6 @@ class Watchdog:
                 node.probe_transport = None
 
     def _declare_lost(self, node, t: paramiko.Transport, reason: str) -> None:
-        if node.lost is None:
-            node.lost = reason
+        node.mark_lost(reason)
         log.warning("%s: %s", node.address.name, reason)
         threading.Thread(target=t.close, name="ssh-drop", daemon=True).start()

@@ -201,6 +201,11 @@ class _Node:
     def seen(self) -> None:
         self.last_seen = time.monotonic()
 
+    def mark_lost(self, reason: str) -> None:
+        """The connection is gone; the first reason given is kept (until reconnected)."""
+        if self.lost is None:
+            self.lost = reason
+
 
 class _TrustAndSudo:
     """SshTransport's answers to "may I trust this key?" (known_hosts markers) and "may I send
