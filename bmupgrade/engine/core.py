@@ -239,9 +239,7 @@ class Engine:
         return REFUSED if self.mode == Mode.RUN or not self._anything_sent() else FAILED_RUN
 
     def _anything_sent(self) -> bool:
-        return any(e.get("state") not in (PENDING, None) and any(
-            n.get("state") != PENDING for n in e.get("nodes", {}).values())
-            for e in self.journal.data["steps"].values())
+        return any(self.step_was_sent(sid) for sid in self.journal.data["steps"])
 
     def rolled_back_status(self, done: bool) -> str:
         return ROLLED_BACK_RUN if done else FAILED_RUN
