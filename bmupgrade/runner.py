@@ -14,8 +14,8 @@ from typing import Any, Callable
 from bmupgrade.engine.core import Engine, Mode, RunOptions
 from bmupgrade.engine.guards import fencing_gap
 from bmupgrade.errors import EXIT_OK, UsageError
-from bmupgrade.journal import (DONE, OPEN_STATUSES, RUNNING, Journal, LocalLock, RunStore, new_run_id, now,
-                               owner_alive, whoami)
+from bmupgrade.journal import (DONE, OPEN_STATUSES, PARTLY_ROLLED_BACK, ROLLED_BACK_RUN, RUNNING, Journal, LocalLock,
+                               RunStore, new_run_id, now, owner_alive, whoami)
 from bmupgrade.runbook import Runbook, load_runbook
 from bmupgrade.templating import Redactor
 
@@ -179,8 +179,13 @@ def _refuse_not_resumable(journal: Journal, *, rollback: bool) -> None:
         raise UsageError(f"run {rid} was refused before any change: nothing to "
                          + ("roll back" if rollback else "resume; fix the cause and start a new `bmupgrade run`"))
     if rollback:
-        if status == "rolled-back":
+        if status == ROLLED_BACK_RUN:
             raise UsageError(f"run {rid} is already rolled back")
+        if status == PARTLY_ROLLED_BACK:
+            raise UsageError(f"run {rid} is rolled back as far as its point of no return and its HA window is "
+                             "closed (failover back on): the steps up to that point stay, and are not undone with "
+                             "failover on; the back-out for them is a restore from the backup "
+                             f"(`bmupgrade status {rid}` shows them)")
         return
     if status not in OPEN_STATUSES:
         raise UsageError(f"run {rid} is {status}: nothing to resume (`bmupgrade status {rid}`)")

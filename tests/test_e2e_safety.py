@@ -261,18 +261,29 @@ def test_rollback_after_post_install_keeps_the_packages_and_turns_ha_on(lab, tmp
     assert r.returncode == 0, flat(r)
     out = flat(r)
     assert "Rolled back as far as the point of no return 'post-install', HA handling on" in out
-    assert "Cannot be undone automatically: everything up to and including 'post-install'" in out
+    assert "Cannot be undone automatically: packages, unmask-passive: held by the point of no return " \
+           "'post-install', and the HA window is closed (rolling back 'ha-off' turned failover back on)" in out
     assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
     assert not [c for c in changes_sent(lab, before) if "apt-get" in c or "bm-cli" in c]
     assert [c for c in changes_sent(lab, before) if "--update" in c] == [
         f"bm1: crm_attribute --type crm_config --name {MAINT} --update false"]
     assert lab.cluster_state()["properties"].get(MAINT) == "false"
     j = journal(state)
-    assert j["status"] == "rolled-back" and j["ha"]["state"] == "on"
+    assert j["status"] == "partly-rolled-back" and j["ha"]["state"] == "on"  # 4.9.3 stays: not "rolled-back"
     assert j["steps"]["packages"]["state"] == "done" and j["steps"]["post-install"]["state"] == "done"
     assert j["steps"]["config-sync"]["state"] == "failed" and j["steps"]["ha-off"]["state"] == "rolled-back"
     for n in ("bm1", "bm2"):
         assert list(lab.node(n).state_dir.iterdir()) == []
+    # the window is closed: a later rollback, even forced, never downgrades with failover on
+    before, text = mark(lab), jpath.read_bytes()
+    for extra in ((), ("--force",)):
+        r = bmupgrade("rollback", "--yes", *extra, state=state)
+        assert r.returncode == 2, flat(r)
+        assert f"run {rid} is rolled back as far as its point of no return and its HA window is closed" in flat(r)
+        assert ledger(lab, "bm1")[before["bm1"]:] == [] and ledger(lab, "bm2")[before["bm2"]:] == []
+    assert jpath.read_bytes() == text
+    r = bmupgrade("runs", state=state)
+    assert "partly-rolled-back" in r.stdout
 
 
 def test_rollback_turning_failover_back_on_checks_fencing_again(lab, tmp_path):
@@ -309,7 +320,7 @@ def test_rollback_turning_failover_back_on_checks_fencing_again(lab, tmp_path):
     assert [c for c in changes_sent(lab, before) if "--update" in c] == [
         f"bm1: crm_attribute --type crm_config --name {MAINT} --update false"]
     j = journal(state)
-    assert j["status"] == "rolled-back" and j["ha"]["state"] == "on"
+    assert j["status"] == "partly-rolled-back" and j["ha"]["state"] == "on"  # post-install stays
     assert j["fencing_accepted"]["how"] == "prompt" and j["fencing_accepted"]["step"] == "ha-off"
 
 

@@ -501,6 +501,54 @@ def test_rollback_after_the_point_of_no_return_turns_ha_on_and_never_downgrades(
     assert any("point of no return" in c and "restore from the backup" in c for c in cannot)
     assert not any("allow-downgrades" in u for u in undo) and default is True  # a failed run: default yes
     assert t.state["version"] == {"bm1": "4.9.3", "bm2": "4.9.3"}
+    assert journal(tmp_path)["status"] == "partly-rolled-back"  # not "rolled-back": 4.9.3 stays
+    # the window is closed: no later rollback downgrades with failover on, forced or not
+    for force in (False, True):
+        t3 = sim("bm1")
+        t3.state = t.state
+        with pytest.raises(UsageError, match="rolled back as far as its point of no return and its HA window is "
+                                             "closed") as e:
+            rollback(session(tmp_path, t3, _Rollbacker(yes=True, typed=True)), None, force=force)
+        assert e.value.exit_code == 2 and t3.calls == []
+    assert journal(tmp_path)["status"] == "partly-rolled-back"
+
+
+PONR_CRON = PONR.replace("steps:\n", """steps:
+  - id: cron
+    on: all
+    always_undo: true
+    run: systemctl stop cron
+    rollback: systemctl start cron
+""")
+
+
+def test_a_forced_rollback_after_failover_went_back_on_never_downgrades(tmp_path):
+    """A rollback held by the point of no return turns HA back on, then fails on a later undo
+    (cron): the run stays resumable backwards. `rollback --force` (typed) must not then
+    downgrade the packages with failover on: the window's steps are out of reach, said so."""
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR_CRON)
+    t = sim("bm1")
+    t.on("bm1", "crm_attribute --type crm_config --name maintenance-mode --update false", exit_code=1, times=1)
+    assert start_run(rb, session(tmp_path, t)).exit_code == 5
+    t2 = sim("bm1")
+    t2.state = t.state
+    t2.on("bm2", "systemctl start cron", exit_code=1, times=1)
+    s = rollback(session(tmp_path, t2, _Rollbacker(yes=True)), None)
+    assert s.exit_code == 1 and t.state["maint"] == "false", s.message  # HA back on, cron failed on bm2
+    assert journal(tmp_path)["status"] == "failed"
+    t3 = sim("bm1")
+    t3.state = t.state
+    pr = _Rollbacker(yes=True, typed=True)
+    s = rollback(session(tmp_path, t3, pr), None, force=True)
+    assert s.exit_code == 0, s.message
+    assert [(n, c) for n, c in t3.calls if "cron" in c or "apt-get" in c or "maintenance" in c] == [
+        ("bm2", "systemctl start cron")]
+    assert t.state["version"] == {"bm1": "4.9.3", "bm2": "4.9.3"}
+    undo, cannot, _ = pr.asked[0]
+    assert any(c.startswith("packages: the HA window is closed (rolling back 'ha-off' turned failover back on)") for c in cannot), cannot
 
 
 def test_rollback_of_a_succeeded_run_defaults_to_no_and_declining_changes_nothing(tmp_path, rb_path):

@@ -21,7 +21,9 @@ I8 automatic failover goes back on (the HA-on step, or rolling back the HA-off s
    this invocation saw fencing enabled, or the operator accepted the split-brain risk (the
    prompt, or --allow-no-stonith);
 I9 a `bmupgrade resume RUN` or `bmupgrade rollback RUN` that an invocation printed is accepted by
-   that run as it is left.
+   that run as it is left;
+I10 a run that says `rolled-back` has undone every step it sent (a point of no return that held
+   the rollback says `partly-rolled-back`).
 
 BMUPGRADE_MODEL_EXAMPLES sets the number of examples (CI: the default; deeper: 2000+).
 """
@@ -288,7 +290,7 @@ class OperatorStories(RuleBasedStateMachine):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
         prompter = self._operator(answers, unattended, on_failure_policy=policy[0], **flags)
         overrides = dict([change.split("=")]) if change else {}
-        open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back")]
+        open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back", "partly-rolled-back")]
         target = open_runs[0] if oldest and open_runs else open_runs[-1] if open_runs else None
         differs = target is not None and any(target["vars"].get(k) != v for k, v in overrides.items())
         run_id = target["run_id"] if oldest and target else None  # `resume RUN` of an older open run
@@ -478,6 +480,23 @@ class OperatorStories(RuleBasedStateMachine):
                                            assume_done=[flags.get("assume-done", "")])
             except UsageError as exc:
                 raise AssertionError(f"I9: printed `{cmd}`, which is refused: {exc}") from None
+
+    @invariant()
+    def i10_rolled_back_means_undone(self):
+        """A run that says `rolled-back` has undone every step it sent that has rollback commands
+        (turning HA back on aside); one held by a point of no return says `partly-rolled-back`."""
+        if not any(d["status"] == "rolled-back" for d in self._journal_view()):
+            return
+        steps = [s for s in load_runbook(self.rb_path).steps if s.rollback and s.ha != "enable"]
+        for d in self._journal_view():
+            if d["status"] != "rolled-back":
+                continue
+            for s in steps:
+                undone = d["rollback"].get(s.id, {}).get("nodes", {})
+                for node, e in d["steps"][s.id]["nodes"].items():
+                    if e.get("attempts", 0) or e.get("state", "pending") not in ("pending", "skipped"):
+                        assert undone.get(node, {}).get("state") == "done", \
+                            f"I10: run {d['run_id']} says rolled-back, but {s.id} on {node} was sent and not undone"
 
     @invariant()
     def i3b_post_install_on_one_node_per_run(self):

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from bmupgrade.engine.guards import HaDebt, Signals
 from bmupgrade.engine.phases import CHANGING, PHASES, SUCCESS, Mode
 from bmupgrade.errors import EXIT_DEADLINE, EXIT_FAILED, EXIT_HA_OFF, EXIT_INTERRUPTED, EXIT_OK, BmError
-from bmupgrade.journal import (ABORTED, DONE, FAILED_RUN, INTERRUPTED, PENDING, REFUSED, ROLLED_BACK_RUN, SKIPPED,
-                               STARTED, UNKNOWN, Journal, now)
+from bmupgrade.journal import (ABORTED, DONE, FAILED_RUN, INTERRUPTED, PARTLY_ROLLED_BACK, PENDING, REFUSED,
+                               ROLLED_BACK_RUN, SKIPPED, STARTED, UNKNOWN, Journal, now)
 from bmupgrade.outcome import ABORT, CONTINUE, ROLLBACK, StepRow, Summary
 from bmupgrade.plan import Renderer
 from bmupgrade.probes import PROBE_TIMEOUT, VipProbe, on_each
@@ -127,7 +127,7 @@ class Engine:
             self._safely(lambda: self.journal.set_status(status, ended_at=now(),
                                                          exit={"code": code, "message": message}))
         self._safely(self.reporter.step_end)
-        if self.safety_passed and not hard and status not in (None, "succeeded", "rolled-back") \
+        if self.safety_passed and not hard and status not in (None, "succeeded", ROLLED_BACK_RUN, PARTLY_ROLLED_BACK) \
                 and self.mode in (Mode.RUN, Mode.RESUME):
             self._safely(lambda: self.record_facts("stop"))  # what resume compares with
         keep_lock = hard and any(self.in_flight.values())
@@ -242,7 +242,13 @@ class Engine:
         return any(self.step_was_sent(sid) for sid in self.journal.data["steps"])
 
     def rolled_back_status(self, done: bool) -> str:
-        return ROLLED_BACK_RUN if done else FAILED_RUN
+        """After a rollback: partly, when a point of no return held it (the upgrade up to it stays)."""
+        from bmupgrade.engine.rollback import barrier
+
+        if not done:
+            return FAILED_RUN
+        held = not self.options.force_past_no_return and barrier(self) is not None
+        return PARTLY_ROLLED_BACK if held else ROLLED_BACK_RUN
 
     def step_was_sent(self, step_id: str) -> bool:
         return bool(self.journal.nodes_sent(step_id)) or \
@@ -321,13 +327,14 @@ class Engine:
         window = ha["on_t"] - self._ha_off_sent_at() if ha.get("off_t") and ha.get("on_t") else None
         ha_open = self.ha.is_off()
         nxt = []
-        if exit_code != EXIT_OK and status not in (ROLLED_BACK_RUN, REFUSED) and self.mode != Mode.CHECK:
+        if exit_code != EXIT_OK and status not in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, REFUSED) \
+                and self.mode != Mode.CHECK:
             nxt = [self.hint("resume"), self.hint("rollback")]
         if ha_open:
             message += " HA handling is still OFF (maintenance): the cluster will not fail over."
         from bmupgrade.engine.rollback import preview
 
-        cannot = preview(self)[1] if status in (ROLLED_BACK_RUN, FAILED_RUN, ABORTED) else []
+        cannot = preview(self)[1] if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED) else []
         logs = [str(self.journal.path)] + ([str(self.audit.jsonl_path)] if self.audit else [])
         return Summary(self.journal.run_id, status, exit_code, message, rows, window, ha_open,
                        self.ha.restore_hint() if ha_open else None, nxt, cannot,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from bmupgrade import checks as checks_mod
 from bmupgrade.errors import EXIT_FAILED, EXIT_OK, EXIT_PREFLIGHT, BmError
-from bmupgrade.journal import DONE, RUNNING, SKIPPED, now, whoami
+from bmupgrade.journal import DONE, PARTLY_ROLLED_BACK, RUNNING, SKIPPED, now, whoami
 from bmupgrade.plan import build_plan
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ def rollback(eng: "Engine") -> None:
         raise Stop(EXIT_FAILED, "failed", "Rollback incomplete: see above; `" + eng.hint("rollback") + "` goes on.")
     stop = None if eng.options.force_past_no_return else barrier(eng)
     if stop is not None:  # not a plain "Rolled back.": the upgrade itself stays
-        raise Stop(EXIT_OK, "rolled-back", f"Rolled back as far as the point of no return '{stop.id}'"
+        raise Stop(EXIT_OK, PARTLY_ROLLED_BACK, f"Rolled back as far as the point of no return '{stop.id}'"
                    + ("" if eng.ha.is_off() else ", HA handling on") + ": nothing up to it was undone (no "
                    "downgrade under migrated data); the back-out for the rest is a restore from the backup.")
 

@@ -63,7 +63,19 @@ def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
         # HA goes off again only if this rollback also turns it back on: a run that never turned
         # it off (`--from` past the HA-off step) would be left with HA off and nothing to undo it
         out = [s for s in out if s.ha != "enable"]
-    return out
+    closed = window_closed(eng)
+    return [s for s in out if s.id not in closed]
+
+
+def window_closed(eng: "Engine") -> list[str]:
+    """The HA window's steps, once an earlier rollback undid the HA-off step (failover is back
+    on): undoing them now would downgrade with failover on. Empty while the window is open."""
+    off, on = eng.rb.ha_step("disable"), eng.rb.ha_step("enable")
+    undone = eng.journal.step(off.id, rollback=True)["nodes"] if off else {}
+    if not undone or any(e.get("state") != DONE for e in undone.values()):
+        return []
+    ids = [s.id for s in eng.rb.steps]
+    return ids[ids.index(off.id) + 1: ids.index(on.id) if on else len(ids)]
 
 
 def failover_back_on(eng: "Engine", *, force: bool) -> Step | None:
@@ -82,10 +94,17 @@ def preview(eng: "Engine", *, force: bool = False) -> tuple[list[str], list[str]
         elif s.rollback is None:  # `rollback: []` says there is nothing to undo
             cannot.append(f"{s.id} ({s.label})")
     stop = None if force else barrier(eng)
-    if stop is not None:
+    closed = [s for s in window_closed(eng) if eng.rb.step(s).rollback and _ran_on(eng, eng.rb.step(s))]
+    if stop is not None and not closed:
         cannot.append(f"everything up to and including '{stop.id}' ({stop.label}) but closing the window (HA "
                       "back on): it is the point of no return — the back-out is a restore from the backup, not a "
-                      "downgrade (--force overrides)")
+                      "downgrade (--force overrides, in this rollback only: once failover is back on, these steps "
+                      "are never undone)")
+    if closed:
+        cannot.append(", ".join(closed) + (f": held by the point of no return '{stop.id}', and" if stop else ":")
+                      + f" the HA window is closed (rolling back '{eng.rb.ha_step('disable').id}' turned failover "
+                      "back on): undoing them now would run with failover on — the back-out is a restore from the "
+                      "backup")
     return undo, cannot
 
 

@@ -36,6 +36,10 @@ class RunState(str, Enum):
     DEADLINE = "deadline"
     SUCCEEDED = "succeeded"
     ROLLED_BACK = "rolled-back"
+    # Rolled back as far as a point of no return: the window is closed (HA back on), the steps up
+    # to it stay. Not "rolled-back": the cluster runs the new version, and with failover back on
+    # those steps are never undone (a downgrade with failover on); the back-out is a restore.
+    PARTLY_ROLLED_BACK = "partly-rolled-back"
 
     def __str__(self) -> str:
         return self.value
@@ -74,9 +78,10 @@ ROLLBACK_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
 STOPPED = frozenset({R.FAILED, R.ABORTED, R.INTERRUPTED, R.DEADLINE})  # resumable
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     # RUNNING -> RUNNING: a resume takes over a run whose owner is gone (SIGKILL, power loss).
-    R.RUNNING: frozenset({R.RUNNING, R.REFUSED, R.SUCCEEDED, R.ROLLED_BACK} | STOPPED),
+    R.RUNNING: frozenset({R.RUNNING, R.REFUSED, R.SUCCEEDED, R.ROLLED_BACK, R.PARTLY_ROLLED_BACK} | STOPPED),
     **{s: frozenset({R.RUNNING}) for s in STOPPED},
     R.SUCCEEDED: frozenset({R.RUNNING}),  # only `bmupgrade rollback` (after its confirmation)
+    R.PARTLY_ROLLED_BACK: frozenset(),  # the window is closed: what stays is backed out by a restore
     R.REFUSED: frozenset(),
     R.ROLLED_BACK: frozenset(),
 }
