@@ -653,31 +653,37 @@ def bench_streaming(lab: Lab, work: Path, size: int, reps: int, budget: float) -
 
 
 # =========================================================================== 4. HA-off window
+PY_STANDIN, FAST_STANDIN = "systemctl is-active bluemind.target", "ip -o addr show to 192.0.2.10"
+
+
 def standin_cost(lab: Lab, work: Path, reps: int = 21) -> dict:
-    """What one lab stand-in (a Python script) adds to a command: `ip ...` minus `true`, both
-    over an open ControlMaster (the HA window is mostly a chain of such commands)."""
+    """What one lab stand-in adds to a command, over an open ControlMaster (the HA window is
+    mostly a chain of such commands), minus `true`: a Python stand-in (`systemctl ...`) and the
+    VIP probe, which the lab answers from bash (bmlab.FAST_IP) while no fault is set."""
     base = ssh_base(lab) + ["-o", "ControlPath=" + str(work / "cm-%C")]
     run(base + ["-o", "ControlMaster=yes", "-o", "ControlPersist=60", "bm1", "true"])
     try:
-        t = {c: stats([timed(base + ["bm1", c]) for _ in range(reps)])
-             for c in ("true", "ip -o addr show to 192.0.2.10")}
+        t = {c: stats([timed(base + ["bm1", c]) for _ in range(reps)]) for c in ("true", PY_STANDIN, FAST_STANDIN)}
     finally:
         run(base + ["-O", "exit", "bm1"], check=False)
-    return {"ssh_cm_true": t["true"], "ssh_cm_standin": t["ip -o addr show to 192.0.2.10"],
-            "standin_extra": t["ip -o addr show to 192.0.2.10"]["median"] - t["true"]["median"]}
+    return {"ssh_cm_true": t["true"], "ssh_cm_standin": t[PY_STANDIN],
+            "standin_extra": t[PY_STANDIN]["median"] - t["true"]["median"],
+            "fast_probe_extra": t[FAST_STANDIN]["median"] - t["true"]["median"]}
 
 
-def window_commands(lab: Lab, off: float, on: float) -> tuple[int, int]:
-    """Stand-in calls inside the window other than the package install: (all, serial), where
-    calls on different nodes starting within 5 ms of each other (one parallel probe) count once."""
-    calls = sorted((c["time"], nd.name) for nd in lab.nodes for c in nd.calls()
+def window_commands(lab: Lab, off: float, on: float) -> tuple[int, int, int]:
+    """Stand-in calls inside the window other than the package install: (all, serial, serial
+    answered by the bash fast path), where calls on different nodes starting within 5 ms of each
+    other (one parallel probe) count once."""
+    calls = sorted((c["time"], nd.name, bool(c.get("fast"))) for nd in lab.nodes for c in nd.calls()
                    if off <= c["time"] <= on and not bmlab_is_install(c["argv"]))
-    serial, last = 0, None
-    for t, node in calls:
+    serial, fast, last = 0, 0, None
+    for t, node, quick in calls:
         if last is None or t - last[0] > 0.005 or node == last[1]:
             serial += 1
+            fast += quick
         last = (t, node)
-    return len(calls), serial
+    return len(calls), serial, fast
 
 
 def bmlab_is_install(argv: list[str]) -> bool:
@@ -705,10 +711,11 @@ def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str], slow: tuple[f
             window = j["ha"]["on_t"] - j["ha"]["off_t"]
             installs = {nd.name: [c["duration"] for c in nd.calls("apt-get install !--download-only")]
                         for nd in lab.nodes}
-            allc, serial = window_commands(lab, j["ha"]["off_t"], j["ha"]["on_t"])
+            allc, serial, fast = window_commands(lab, j["ha"]["off_t"], j["ha"]["on_t"])
             data[name].append({"wall": wall, "window": window, "printed": float(m.group(1)) if m else None,
                                "install": {k: v[-1] for k, v in installs.items()},
-                               "standin_calls_in_window": allc, "serial_standin_calls_in_window": serial})
+                               "standin_calls_in_window": allc, "serial_standin_calls_in_window": serial,
+                               "serial_fast_probes_in_window": fast})
             shutil.rmtree(state)
     lab.clear_faults()
     for name, rs in data.items():
@@ -723,12 +730,14 @@ def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str], slow: tuple[f
                      "overhead_over_installs": stats([w - b for w, b in zip(windows, base)]),
                      "window_over_slowest_install": stats([w / s for w, s in zip(windows, slowest)]),
                      "standin_calls_in_window": [r["standin_calls_in_window"] for r in rs],
-                     "serial_standin_calls_in_window": [r["serial_standin_calls_in_window"] for r in rs]}
+                     "serial_standin_calls_in_window": [r["serial_standin_calls_in_window"] for r in rs],
+                     "serial_fast_probes_in_window": [r["serial_fast_probes_in_window"] for r in rs]}
         k = statistics.median(res[name]["serial_standin_calls_in_window"])
+        f = statistics.median(res[name]["serial_fast_probes_in_window"])
         over = res[name]["overhead_over_installs"]["median"]
-        extra = res["_lab_command_cost"]["standin_extra"]
-        res[name]["overhead_split"] = {"lab_standin_startup_s": k * extra,
-                                       "rest_s (bmupgrade + ssh + shell)": over - k * extra}
+        cost = res["_lab_command_cost"]
+        lab_s = (k - f) * cost["standin_extra"] + f * cost["fast_probe_extra"]
+        res[name]["overhead_split"] = {"lab_standin_startup_s": lab_s, "rest_s (bmupgrade + ssh + shell)": over - lab_s}
     return res
 
 
@@ -793,7 +802,10 @@ def _rows_ha(r: dict, rows: Rows) -> None:
     for name, d in r.get("ha", {}).items():
         if name.startswith("_"):
             rows.append(("6 HA-off window", "lab stand-in start-up (per call)", "", _ms(d["standin_extra"]), "", "",
-                         "info: ssh-CM `ip ...` - `true`"))
+                         "info: ssh-CM `%s` - `true`" % (PY_STANDIN if "fast_probe_extra" in d else "ip ...")))
+            if "fast_probe_extra" in d:
+                rows.append(("6 HA-off window", "lab VIP probe, bash fast path (per call)", "",
+                             _ms(d["fast_probe_extra"]), "", "", "info: ssh-CM `ip ...` - `true`"))
             continue
         rows.add("6 HA-off window", name + ": window", d["window"], note="journal ha.on_t - ha.off_t")
         base = "installs_sum" if "sequential" in name else "slowest_install"
@@ -801,8 +813,10 @@ def _rows_ha(r: dict, rows: Rows) -> None:
                  d[base], note="lab ledger, apt-get install")
         sp = d["overhead_split"]
         rows.add("6 HA-off window", name + ": overhead", d["overhead_over_installs"], "ms",
-                 note="%d serial stand-in calls ≈ %.0f ms, rest %.0f ms" % (
-                     statistics.median(d["serial_standin_calls_in_window"]), sp["lab_standin_startup_s"] * 1000,
+                 note="%d serial stand-in calls (%s VIP probes) ≈ %.0f ms, rest %.0f ms" % (
+                     statistics.median(d["serial_standin_calls_in_window"]),
+                     "%g" % statistics.median(d["serial_fast_probes_in_window"])
+                     if "serial_fast_probes_in_window" in d else "?", sp["lab_standin_startup_s"] * 1000,
                      sp["rest_s (bmupgrade + ssh + shell)"] * 1000))
 
 

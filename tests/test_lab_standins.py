@@ -289,6 +289,42 @@ def test_ip_addr(lab, batch):
     assert (r2[0].rc, r2[0].out) == (0, "")
 
 
+def test_the_vip_probe_fast_path_answers_as_the_python_stand_in_and_steps_aside_for_faults(lab, batch):
+    """`ip -o addr show to VIP` is answered by bash (bin/ip) from the answer the lab keeps per
+    node; it must say what the Python stand-in says (an equivalent command form goes to Python)
+    after every state change, and leave the call to Python while the node has a fault set."""
+    probe, same = "ip -o addr show to 192.0.2.10", "ip -o addr show to 192.0.2.10/32"  # the latter: Python
+
+    def answers():
+        out = {}
+        for n in ("bm1", "bm2"):
+            fast, slow = batch(lab.node(n), probe, same)
+            assert fast.rc == slow.rc == 0
+            out[n] = (fast.out, slow.out, lab.node(n).calls("ip")[-2:])
+        return out
+
+    a = answers()
+    assert "inet 192.0.2.10/32 scope global eth0" in a["bm1"][0] and a["bm2"][0] == ""
+    for n, (fast, slow, calls) in a.items():
+        assert fast == slow
+        assert [c.get("fast", False) for c in calls] == [True, False]
+        assert {k: v for k, v in calls[0].items() if k not in ("fast", "time", "pid", "duration")} == \
+               {k: v for k, v in calls[1].items() if k not in ("time", "pid", "duration")} | {"argv": probe.split()}
+    lab.failover("bm2")
+    a = answers()
+    assert a["bm1"][0] == "" and "inet 192.0.2.10/32" in a["bm2"][0] and a["bm2"][0] == a["bm2"][1]
+    lab.fault("split-brain")
+    a = answers()
+    assert all("inet 192.0.2.10/32" in a[n][0] and a[n][0] == a[n][1] for n in a)
+    lab.clear_faults()
+    lab.fault("fail", node="bm1", command="ip", exit_code=7)
+    r = batch(lab.node("bm1"), probe)[0]
+    assert r.rc == 7 and "fast" not in lab.node("bm1").calls("ip")[-1]
+    assert batch(lab.node("bm2"), probe)[0].rc == 0 and lab.node("bm2").calls("ip")[-1].get("fast")
+    lab.clear_faults()
+    assert batch(lab.node("bm1"), probe)[0].rc == 0 and lab.node("bm1").calls("ip")[-1].get("fast")
+
+
 def test_systemctl_and_bmctl(lab, batch):
     r = batch(lab.node("bm2"), "systemctl is-active bluemind.target", "systemctl is-active --quiet bluemind.target",
               "bmctl status", "bmctl start", "systemctl is-active --quiet bluemind.target", "bmctl status",
