@@ -539,6 +539,7 @@ def test_a_forced_rollback_after_failover_went_back_on_never_downgrades(tmp_path
     s = rollback(session(tmp_path, t2, _Rollbacker(yes=True)), None)
     assert s.exit_code == 1 and t.state["maint"] == "false", s.message  # HA back on, cron failed on bm2
     assert journal(tmp_path)["status"] == "failed"
+    assert [c.split()[1] for c in s.next_commands] == ["rollback"]  # it never goes forward again
     t3 = sim("bm1")
     t3.state = t.state
     pr = _Rollbacker(yes=True, typed=True)
@@ -560,6 +561,7 @@ def test_rollback_of_a_succeeded_run_defaults_to_no_and_declining_changes_nothin
     pr = _Rollbacker(yes=False)
     s = rollback(session(tmp_path, t2, pr), None)
     assert s.exit_code == 1 and "declined" in s.message
+    assert [c.split()[1] for c in s.next_commands] == ["rollback"]  # a succeeded run: nothing to resume
     assert pr.asked[0][2] is False  # default No for a succeeded run
     assert t2.calls == []  # asked before connecting: nothing sent at all
     after = journal(tmp_path)

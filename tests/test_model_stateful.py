@@ -469,6 +469,7 @@ class OperatorStories(RuleBasedStateMachine):
         hint = getattr(summary, "ha_restore_hint", None)
         commands += [c.strip() for c in re.findall(r"(bmupgrade (?:resume|rollback) [^ ;()]+(?: --[^ ;()]+)*)",
                                                    hint or "")]
+        commands += list(getattr(summary, "next_commands", None) or [])  # the "Next:" lines
         for cmd in commands:
             verb, rid = cmd.split()[1:3]
             flags = dict(re.findall(r"--(rerun|assume-done) (\S+)", cmd))

@@ -314,6 +314,18 @@ class Engine:
                   if e.get("t_start")] if step else []
         return min(starts) if starts else ha["off_t"]
 
+    def _next_commands(self) -> list[str]:
+        """`resume` / `rollback` for the run as it is left — only what that run accepts: no
+        `resume` of a run that is not open or goes backwards, no `rollback` with nothing to undo."""
+        from bmupgrade.engine.rollback import preview
+        from bmupgrade.journal import OPEN_STATUSES
+
+        status = self.journal.status
+        if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, REFUSED):
+            return []
+        forward = status in OPEN_STATUSES and self.journal.data.get("direction") != "rollback"
+        return ([self.hint("resume")] if forward else []) + ([self.hint("rollback")] if preview(self)[0] else [])
+
     def summary(self, exit_code: int, status: str, message: str) -> Summary:
         rows = []
         for s in self.rb.steps:
@@ -326,13 +338,11 @@ class Engine:
         ha = self.journal.data["ha"]
         window = ha["on_t"] - self._ha_off_sent_at() if ha.get("off_t") and ha.get("on_t") else None
         ha_open = self.ha.is_off()
-        nxt = []
-        if exit_code != EXIT_OK and status not in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, REFUSED) \
-                and self.mode != Mode.CHECK:
-            nxt = [self.hint("resume"), self.hint("rollback")]
+        from bmupgrade.engine.rollback import preview
+
+        nxt = self._next_commands() if exit_code != EXIT_OK and self.mode != Mode.CHECK else []
         if ha_open:
             message += " HA handling is still OFF (maintenance): the cluster will not fail over."
-        from bmupgrade.engine.rollback import preview
 
         cannot = preview(self)[1] if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED) else []
         logs = [str(self.journal.path)] + ([str(self.audit.jsonl_path)] if self.audit else [])
