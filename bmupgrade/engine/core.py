@@ -338,11 +338,10 @@ class Engine:
         ha = self.journal.data["ha"]
         window = ha["on_t"] - self._ha_off_sent_at() if ha.get("off_t") and ha.get("on_t") else None
         ha_open = self.ha.is_off()
-        from bmupgrade.engine.rollback import preview
-
         nxt = self._next_commands() if exit_code != EXIT_OK and self.mode != Mode.CHECK else []
         if ha_open:
             message += " HA handling is still OFF (maintenance): the cluster will not fail over."
+        from bmupgrade.engine.rollback import preview
 
         cannot = preview(self)[1] if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED) else []
         logs = [str(self.journal.path)] + ([str(self.audit.jsonl_path)] if self.audit else [])
