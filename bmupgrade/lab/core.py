@@ -32,6 +32,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import configs
+
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"
 NODES = (("bm1", "127.0.0.11"), ("bm2", "127.0.0.12"))
@@ -154,13 +156,35 @@ def _accepting(host: str, port: int) -> bool:
         return False
 
 
-def _yaml_str(value: str) -> str:
-    """A YAML scalar: plain when unambiguous, else a JSON (= YAML double-quoted) string."""
-    import re
-    if re.fullmatch(r"[A-Za-z0-9_./@+-][A-Za-z0-9_./@+:-]*", value) and value.lower() not in {
-            "yes", "no", "true", "false", "on", "off", "null", "y", "n", "~"} and not re.fullmatch(r"[0-9.+-]+", value):
-        return value
-    return json.dumps(value)
+def _launch_sshds(nodes: list["LabNode"], meta: dict) -> dict[str, str]:
+    """Start sshd for `nodes` in parallel on the ports in `meta`, wait until each accepts
+    connections (and wrote its pid file), and return node name -> why it failed (empty: all up).
+    One attempt of Lab._start, which retries with new ports when a port was taken."""
+    procs = {}
+    for n in nodes:
+        n.pidfile.unlink(missing_ok=True)
+        with open(n.log, "ab") as log:
+            procs[n.name] = subprocess.Popen(
+                [SSHD, "-D", "-f", str(n.sshd_config), "-E", str(n.log)], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, start_new_session=True, close_fds=True)
+    pending = {n.name: n for n in nodes}
+    failed: dict[str, str] = {}
+    deadline = time.monotonic() + START_TIMEOUT
+    while pending and time.monotonic() < deadline:
+        for name, n in list(pending.items()):
+            p = procs[name]
+            if p.poll() is not None:
+                failed[name] = _last_log_line(n.log)
+                del pending[name]
+            elif _accepting(n.host, meta["nodes"][name]["port"]) and n.pid == p.pid:
+                del pending[name]
+        if pending:
+            time.sleep(0.005)
+    for name, n in pending.items():
+        procs[name].kill()
+        procs[name].wait()
+        failed[name] = "did not start within %.0f s: %s" % (START_TIMEOUT, _last_log_line(n.log))
+    return failed
 
 
 # --------------------------------------------------------------------------- nodes
@@ -401,108 +425,12 @@ class Lab:
             bmlab.refresh_fast_answers(bmlab.Txn(self._store))
 
     def _install_standins(self) -> None:
-        bindir = self.dir / "bin"
-        bindir.mkdir(exist_ok=True)
-        for name, data in (("bmlab.py", STANDINS_SRC.read_bytes()), ("bmlab", bmlab.launcher().encode())):
-            target = bindir / name
-            if not target.exists() or target.read_bytes() != data:
-                bmlab.write_file(str(target), data)
-            target.chmod(0o755)
-        for cmd in bmlab.COMMANDS:
-            link = bindir / cmd
-            if cmd == "ip":  # the VIP probe's fast path (bmlab.FAST_IP), a script of its own
-                if link.is_symlink() or not link.exists() or link.read_text() != bmlab.FAST_IP:
-                    link.unlink(missing_ok=True)
-                    bmlab.write_file(str(link), bmlab.FAST_IP.encode())
-                link.chmod(0o755)
-            elif not link.is_symlink():
-                link.unlink(missing_ok=True)
-                link.symlink_to("bmlab")
-        for n in self.nodes:  # the session's HOME: bash sources home/.bashrc for ssh commands
-            home = n.dir / "home"
-            home.mkdir(parents=True, exist_ok=True)
-            path = "%s:/usr/bin:/bin" % bindir
-            (home / ".bashrc").write_text("# bmupgrade lab: keep the stand-ins first on PATH\nexport PATH=%s\n" % _sh(path))
-            (home / ".bash_profile").write_text(
-                "# bmupgrade lab (login shells: /etc/profile resets PATH)\nexport PATH=%s\nPS1='%s:\\w\\$ '\n" % (_sh(path), n.name))
+        """At every up(): a changed bmlab.py (e.g. a new checkout) reaches a lab's bin/ without recreating it."""
+        configs.install_standins(self.dir / "bin", self.nodes, bmlab, STANDINS_SRC)
 
     def _write_configs(self) -> None:
-        meta = self._meta()
-        user = meta["user"]
-        bindir = self.dir / "bin"
-        for n in self.nodes:
-            port = meta["nodes"][n.name]["port"]
-            env = ["PATH=%s:/usr/bin:/bin" % bindir, "BMLAB_NODE_DIR=%s" % n.dir, "HOME=%s" % (n.dir / "home"),
-                   "BMLAB_NODE=%s" % n.name]
-            lines = [
-                "# bmupgrade lab node %s (written by `bmupgrade lab up`)" % n.name,
-                "ListenAddress %s:%d" % (n.host, port),
-                "HostKey %s" % _q(n.host_key),
-                "PidFile %s" % _q(n.pidfile),
-                "AuthorizedKeysFile %s" % _q(self.dir / "authorized_keys"),
-                "AllowUsers %s" % user,
-                "AuthenticationMethods publickey",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "HostbasedAuthentication no",
-                "PermitRootLogin prohibit-password",
-                "PermitEmptyPasswords no",
-                "UsePAM no",
-                "StrictModes no",
-                "PermitUserEnvironment no",
-                "AcceptEnv LANG LC_* DEBIAN_FRONTEND",
-                "SetEnv " + " ".join(_q(e) for e in env),
-                "X11Forwarding no",
-                "AllowTcpForwarding no",
-                "AllowAgentForwarding no",
-                "PermitTunnel no",
-                "PrintMotd no",
-                "PrintLastLog no",
-                "UseDNS no",
-                "MaxStartups 64:30:128",
-                "MaxSessions 32",
-                "LoginGraceTime 30",
-                "Subsystem sftp internal-sftp",
-                "LogLevel INFO",
-                # sntrup761x25519 (OpenSSH 9's default) costs ~55 ms a session here; a lab needs no
-                # post-quantum key exchange, and Paramiko negotiates curve25519 anyway
-                "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,"
-                "diffie-hellman-group16-sha512,diffie-hellman-group14-sha256",
-                "",
-            ]
-            _atomic(n.sshd_config, "\n".join(lines))
-        pubs = {n.name: " ".join(Path(str(n.host_key) + ".pub").read_text().split()[:2]) for n in self.nodes}
-        _atomic(self.known_hosts, "".join(
-            "[%s]:%d %s\n" % (n.host, meta["nodes"][n.name]["port"], pubs[n.name]) for n in self.nodes))
-        cfg = ["# bmupgrade lab (written by `bmupgrade lab up`): ssh -F %s bm1" % self.ssh_config]
-        for n in self.nodes:
-            cfg += ["Host %s" % n.name,
-                    "  HostName %s" % n.host,
-                    "  Port %d" % meta["nodes"][n.name]["port"],
-                    "  User %s" % user,
-                    "  IdentityFile %s" % _q(self.client_key),
-                    "  IdentitiesOnly yes",
-                    "  UserKnownHostsFile %s" % _q(self.known_hosts),
-                    "  GlobalKnownHostsFile /dev/null",
-                    "  StrictHostKeyChecking yes",
-                    "  PasswordAuthentication no",
-                    "  KbdInteractiveAuthentication no",
-                    "  BatchMode yes",
-                    ""]
-        _atomic(self.ssh_config, "\n".join(cfg))
-        inv = ["# bmupgrade lab inventory (written by `bmupgrade lab up`)",
-               "# use: bmupgrade plan|run RUNBOOK -i %s" % self.inventory_path,
-               "# by hand: ssh -F %s bm1" % self.ssh_config,
-               "cluster:",
-               "  public_ip: %s" % self.public_ip,
-               "  known_hosts: %s" % _yaml_str(str(self.known_hosts)),
-               "  nodes:"]
-        for n in self.nodes:
-            inv.append("    - {name: %s, host: %s, port: %d, user: %s, identity_file: %s, state_dir: %s}" % (
-                n.name, n.host, meta["nodes"][n.name]["port"], _yaml_str(user), _yaml_str(str(self.client_key)),
-                _yaml_str(str(n.state_dir))))
-        _atomic(self.inventory_path, "\n".join(inv) + "\n")
+        """sshd_config of each node, known_hosts, ssh_config, inventory.yaml (ports from lab.json)."""
+        configs.write_configs(self, self._meta(), bmlab.write_file)
 
     def _start(self, nodes: list[LabNode]) -> None:
         """Start sshd for `nodes` in parallel and wait until each accepts connections."""
@@ -519,30 +447,7 @@ class Lab:
                     meta["nodes"][n.name]["port"] = _free_port(n.host)
             self._write_meta(meta)
             self._write_configs()
-            procs = {}
-            for n in nodes:
-                n.pidfile.unlink(missing_ok=True)
-                with open(n.log, "ab") as log:
-                    procs[n.name] = subprocess.Popen(
-                        [SSHD, "-D", "-f", str(n.sshd_config), "-E", str(n.log)], stdin=subprocess.DEVNULL,
-                        stdout=log, stderr=log, start_new_session=True, close_fds=True)
-            pending = {n.name: n for n in nodes}
-            failed: dict[str, str] = {}
-            deadline = time.monotonic() + START_TIMEOUT
-            while pending and time.monotonic() < deadline:
-                for name, n in list(pending.items()):
-                    p = procs[name]
-                    if p.poll() is not None:
-                        failed[name] = _last_log_line(n.log)
-                        del pending[name]
-                    elif _accepting(n.host, meta["nodes"][name]["port"]) and n.pid == p.pid:
-                        del pending[name]
-                if pending:
-                    time.sleep(0.005)
-            for name in pending:
-                procs[name].kill()
-                procs[name].wait()
-                failed[name] = "did not start within %.0f s: %s" % (START_TIMEOUT, _last_log_line(self.node(name).log))
+            failed = _launch_sshds(nodes, meta)
             if not failed:
                 return
             if not any("Address already in use" in m or "Cannot bind" in m for m in failed.values()):
@@ -675,19 +580,6 @@ def _float(fault, key, v):
         return float(v)
     except (TypeError, ValueError):
         raise LabError("fault %s: %s must be a number, not %r" % (fault, key, v)) from None
-
-
-def _atomic(path: Path, text: str) -> None:
-    bmlab.write_file(str(path), text.encode())
-
-
-def _q(value) -> str:
-    s = str(value)
-    return '"%s"' % s if (" " in s or "#" in s) else s
-
-
-def _sh(value: str) -> str:
-    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def _last_log_line(path: Path) -> str:
