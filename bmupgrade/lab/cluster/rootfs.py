@@ -189,6 +189,12 @@ def _ssh(cfg: ClusterConfig, node: str, keys: dict[str, Path]) -> None:
     put(cfg, node, "root/.ssh/config", "".join("Host %s\n  HostName %s\n" % (n.name, n.address) for n in cfg.nodes)
         + "Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n")
     os.chmod(upper(cfg, node) / "root/.ssh", 0o700)
+    # root's shell start-up files are the node's own, not the host's seen through the lower
+    # layer: bash sources ~/.bashrc for every ssh command, and a host's `pyenv init` there cost
+    # ~150 ms a command (a node must answer like a server: a few ms, as the stand-in lab does)
+    for name in (".bashrc", ".profile", ".bash_profile"):
+        put(cfg, node, "root/" + name, "# bmupgrade cluster lab node %s: root's %s (deliberately empty)\n"
+            % (node, name))
 
 
 def known_hosts(cfg: ClusterConfig, keys: dict[str, Path]) -> str:
