@@ -612,45 +612,50 @@ def set_fault(tx: Txn, name: str, nodes: list[str], opts: dict) -> None:
     names = tx.node_names()
     record = {"name": name, "nodes": nodes, "options": dict(opts), "at": time.time()}
     if name in COMMAND_FAULTS:
-        f = {"kind": name, "command": opts.get("command"), "remaining": opts.get("times")}
-        if name == "fail":
-            f.update(exit_code=int(opts.get("exit_code", 1)), message=opts.get("message"))
-        elif name == "hang":
-            f.update(seconds=float(opts.get("seconds", 30)))
-        elif name == "drop":
-            f.update(when=opts.get("when", "after"))
-        elif name == "vip-move":
-            f.update(to=opts.get("to"))
+        f = command_fault(name, opts)
         for n in nodes:
             tx.node(n)["faults"].append(dict(f))
-    elif name == "slow-apt":
-        for n in nodes:
-            d = tx.node(n)["apt_delays"]
-            if "download" in opts:
-                d["download"] = float(opts["download"])
-            if "install" in opts:
-                d["install"] = float(opts["install"])
     elif name == "split-brain":
         c["vip"] = list(names)
     elif name == "no-vip":
         c["vip"] = []
     elif name == "stonith-disabled":
         c["properties"]["stonith-enabled"] = "false"
+    elif not set_node_fault(tx, name, nodes, opts):
+        raise ValueError("unknown fault %r" % name)
+    c["faults"].append(record)
+
+
+def command_fault(name: str, opts: dict) -> dict:
+    """The per-node record of a command fault (fail, hang, drop, vip-move), which each call matches."""
+    f = {"kind": name, "command": opts.get("command"), "remaining": opts.get("times")}
+    if name == "fail":
+        f.update(exit_code=int(opts.get("exit_code", 1)), message=opts.get("message"))
+    elif name == "hang":
+        f.update(seconds=float(opts.get("seconds", 30)))
+    elif name == "drop":
+        f.update(when=opts.get("when", "after"))
+    elif name == "vip-move":
+        f.update(to=opts.get("to"))
+    return f
+
+
+def set_node_fault(tx: Txn, name: str, nodes: list[str], opts: dict) -> bool:
+    """The node-state part of a fault, on each of `nodes`; False when `name` is not a node fault."""
+    if name == "slow-apt":
+        for n in nodes:
+            d = tx.node(n)["apt_delays"]
+            if "download" in opts:
+                d["download"] = float(opts["download"])
+            if "install" in opts:
+                d["install"] = float(opts["install"])
     elif name == "nfs-meta":
         for n in nodes:
             tx.node(n)["mounts"]["/var/spool/cyrus/meta"] = {
                 "fstype": "nfs4", "source": "nas.example.org:/export/cyrus-meta", "blocks": 26214400,
                 "bfree": 20000000, "bavail": 20000000, "bsize": 4096, "files": 6553600, "ffree": 6000000}
     elif name == "config-drift":
-        path = opts.get("file", "/etc/aliases")
-        for n in nodes:
-            p = os.path.join(tx.store.node_root(n), path.lstrip("/"))
-            try:
-                with open(p, "rb") as f:
-                    data = f.read()
-            except OSError:
-                data = b""
-            write_file(p, data + ("# edited by hand on %s only\n" % n).encode())
+        drift_config(tx, nodes, opts.get("file", "/etc/aliases"))
     elif name == "half-configured":
         for n in nodes:
             hc = tx.node(n)["half_configured"]
@@ -670,21 +675,38 @@ def set_fault(tx: Txn, name: str, nodes: list[str], opts: dict) -> None:
         for n in nodes:
             tx.node(n)["backup_running"] = True
     elif name == "stale-plugin":
-        pkg = opts.get("package", STALE_PLUGIN)
-        for n in nodes:
-            st = tx.node(n)
-            st["installed"][pkg] = st["installed"].get("bm-core", START_VERSION)
-            st.setdefault("pkg_versions", {})[pkg] = [st["installed"][pkg]]
-            if pkg not in st.setdefault("core_dependents", list(EXTRAS)):
-                st["core_dependents"].append(pkg)
+        add_stale_plugin(tx, nodes, opts.get("package", STALE_PLUGIN))
     elif name == "core-starting":
         for n in nodes:
             tx.node(n)["core_starting"] = int(opts.get("times", 1))
     elif name == "node-down":
         pass  # the lab stops the node's sshd; recorded here for status and clear
     else:
-        raise ValueError("unknown fault %r" % name)
-    c["faults"].append(record)
+        return False
+    return True
+
+
+def drift_config(tx: Txn, nodes: list[str], path: str) -> None:
+    """config-drift: a hand edit of one synchronized file on `nodes` only (clear_faults restores it)."""
+    for n in nodes:
+        p = os.path.join(tx.store.node_root(n), path.lstrip("/"))
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""
+        write_file(p, data + ("# edited by hand on %s only\n" % n).encode())
+
+
+def add_stale_plugin(tx: Txn, nodes: list[str], pkg: str) -> None:
+    """stale-plugin: a package that depends on exactly bm-core and has no newer version, so an
+    upgrade of bm-core removes it."""
+    for n in nodes:
+        st = tx.node(n)
+        st["installed"][pkg] = st["installed"].get("bm-core", START_VERSION)
+        st.setdefault("pkg_versions", {})[pkg] = [st["installed"][pkg]]
+        if pkg not in st.setdefault("core_dependents", list(EXTRAS)):
+            st["core_dependents"].append(pkg)
 
 
 def clear_faults(tx: Txn) -> list[dict]:
@@ -998,12 +1020,58 @@ def pkg_versions(st: dict, p: str) -> list[str]:
 
 
 def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
+    """apt-get install / upgrade / dist-upgrade / full-upgrade: resolve, show the plan, ask, then
+    download, unpack and configure (one helper per phase, in the order apt runs them)."""
     st = ctx.state()
-    quiet = o.quiet
     if broken_packages(st):
         ctx.die(100, "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem. ")
-    known = st["known_versions"]
-    candidate = vmax(known)
+    candidate = vmax(st["known_versions"])
+    requested = apt_requested(ctx, st, op, pkgs, o.quiet)
+    if requested is None:
+        return 0
+    changes, removals, full = apt_resolve(ctx, st, op, requested, candidate)
+    held_changed = [p for p in list(changes) + removals if p in st["held"]]
+    if held_changed and apt_keep_held(ctx, st, op, requested, changes, held_changed, full):
+        return 0
+    downgrades = sorted(p for p, (old, new) in changes.items() if old and vcmp(new, old) < 0)
+    if not changes and not removals:
+        for p in requested:
+            ctx.out("%s is already the newest version (%s)." % (p, st["installed"][p]))
+        ctx.out("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
+        return 0
+    apt_show_plan(ctx, changes, downgrades, removals, held_changed)
+    if o.simulate:
+        apt_simulate(ctx, st["installed"], changes, removals)
+        return 0
+    apt_check_allowed(ctx, o, removals, held_changed, downgrades)
+    to_fetch = [p for p in sorted(changes) if "%s=%s" % (p, changes[p][1]) not in st["cache"]]
+    size = sum(pkg_size(p) for p in to_fetch)
+    if to_fetch:
+        ctx.out("Need to get %s kB of archives." % format(size, ","))
+    ctx.out("After this operation, 0 B of additional disk space will be used.")
+    need_prompt = bool(set(changes) - set(requested)) or bool(downgrades) or bool(held_changed) or op != "install"
+    if need_prompt and not o.yes and not apt_confirm(ctx):
+        return 1
+    got_lock = False
+    try:
+        if not o.download_only:
+            apt_lock(ctx, o)
+            got_lock = True
+        if to_fetch:
+            apt_download(ctx, st, changes, to_fetch, size)
+        if o.download_only:
+            ctx.out("Download complete and in download only mode")
+            return 0
+        apt_unpack_configure(ctx, o, st, changes, removals)
+        return 0
+    finally:
+        if got_lock:
+            apt_unlock(ctx)
+
+
+def apt_requested(ctx: Ctx, st: dict, op: str, pkgs: list[str], quiet: int) -> dict | None:
+    """The packages `install` names, at the version asked for or their candidate ({} for the upgrade
+    operations); None when `install` names none (apt has then said there is nothing to do)."""
     installed = st["installed"]
     names = pkg_names(st)
     requested: dict[str, str] = {}
@@ -1012,7 +1080,7 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
             ctx.out("Reading package lists...") if quiet < 2 else None
             ctx.out("Building dependency tree...\nReading state information...") if quiet < 2 else None
             ctx.out("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
-            return 0
+            return None
         for spec in pkgs:
             name, _, ver = spec.partition("=")
             name = name.split("/", 1)[0]
@@ -1027,23 +1095,33 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
     else:
         if quiet < 2:
             ctx.out("Reading package lists...\nBuilding dependency tree...\nReading state information...\nCalculating upgrade...")
-    # resolve: bm-full pins PINNED to its own version; core_dependents need bm-core (= their version)
+    return requested
+
+
+def apt_unmet(ctx: Ctx, lines: list[str]):
+    """apt's answer to a request its resolver cannot satisfy (exit 100)."""
+    ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
+    ctx.out("The following packages have unmet dependencies:")
+    for line in lines:
+        ctx.out(line)
+    ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
+
+
+def apt_resolve(ctx: Ctx, st: dict, op: str, requested: dict,
+                candidate: str | None) -> tuple[dict, list[str], str | None]:
+    """The resolver: bm-full pins PINNED to its own version; core_dependents need bm-core (= their
+    version) and are removed when no version of theirs fits. Returns (changes: package -> (old,
+    new), removals, bm-full's target version)."""
+    installed = st["installed"]
     targets = dict(installed)
     full = requested.get(BM_FULL, candidate if op != "install" else installed.get(BM_FULL))
     for p in [BM_FULL] + PINNED:
         if op != "install" or BM_FULL in requested:
             targets[p] = full
-
-    def unmet(lines):
-        ctx.out("Some packages could not be installed. This may mean that you have\nrequested an impossible situation.\n")
-        ctx.out("The following packages have unmet dependencies:")
-        for line in lines:
-            ctx.out(line)
-        ctx.die(100, "E: Unable to correct problems, you have held broken packages.")
     dependents = [d for d in st.get("core_dependents", EXTRAS) if d in installed]
     for p, v in requested.items():
         if p in PINNED and v != full:
-            unmet([" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, v)])
+            apt_unmet(ctx, [" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, v)])
         targets[p] = v
     core = targets.get("bm-core")
     if op != "install":  # upgrade: every dependent to its candidate
@@ -1055,30 +1133,34 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
         if targets.get(d) == core:
             continue
         if d in requested:
-            unmet([" %s : Depends: bm-core (= %s) but %s is to be installed" % (d, targets[d], core)])
+            apt_unmet(ctx, [" %s : Depends: bm-core (= %s) but %s is to be installed" % (d, targets[d], core)])
         if core in pkg_versions(st, d):
             targets[d] = core  # apt's resolver installs the candidate that fits
         else:
             removals.append(d)  # no version of d fits the new bm-core: apt removes it
             targets.pop(d)
     changes = {p: (installed.get(p), v) for p, v in targets.items() if installed.get(p) != v}
-    held_changed = [p for p in list(changes) + removals if p in st["held"]]
-    if held_changed:
-        not_asked = [p for p in held_changed if p not in requested]
-        if not_asked or op != "install":
-            if op != "install":
-                ctx.out("The following packages have been kept back:\n  %s" % " ".join(sorted(changes)))
-                ctx.out("0 upgraded, 0 newly installed, 0 to remove and %d not upgraded." % len(changes))
-                return 0
-            unmet([" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, installed.get(p))
-                   for p in not_asked])
-    downgrades = sorted(p for p, (old, new) in changes.items() if old and vcmp(new, old) < 0)
+    return changes, removals, full
+
+
+def apt_keep_held(ctx: Ctx, st: dict, op: str, requested: dict, changes: dict, held_changed: list[str],
+                  full: str | None) -> bool:
+    """Held packages the plan would change: an upgrade keeps everything back (True: apt is done);
+    an install that changes held packages it was not asked for has unmet dependencies."""
+    not_asked = [p for p in held_changed if p not in requested]
+    if not_asked or op != "install":
+        if op != "install":
+            ctx.out("The following packages have been kept back:\n  %s" % " ".join(sorted(changes)))
+            ctx.out("0 upgraded, 0 newly installed, 0 to remove and %d not upgraded." % len(changes))
+            return True
+        apt_unmet(ctx, [" %s : Depends: %s (= %s) but %s is to be installed" % (BM_FULL, p, full, st["installed"].get(p))
+                        for p in not_asked])
+    return False
+
+
+def apt_show_plan(ctx: Ctx, changes: dict, downgrades: list[str], removals: list[str], held_changed: list[str]):
+    """The plan apt prints before it asks: removed, upgraded, downgraded and held packages, and the counts."""
     upgrades = sorted(p for p in changes if p not in downgrades)
-    if not changes and not removals:
-        for p in requested:
-            ctx.out("%s is already the newest version (%s)." % (p, installed[p]))
-        ctx.out("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
-        return 0
     if removals:
         ctx.out("The following packages will be REMOVED:\n  %s" % " ".join(sorted(removals)))
     if upgrades:
@@ -1089,91 +1171,93 @@ def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
         ctx.out("The following held packages will be changed:\n  %s" % " ".join(sorted(held_changed)))
     ctx.out("%d upgraded, 0 newly installed, %d downgraded, %d to remove and 0 not upgraded."
             % (len(upgrades), len(downgrades), len(removals)))
-    if o.simulate:
-        for p in sorted(removals):
-            ctx.out("Remv %s [%s]" % (p, installed[p]))
-        for p in sorted(changes):
-            old, new = changes[p]
-            ctx.out("Inst %s [%s] (%s BlueMind:4.9/bookworm [all])" % (p, old, new))
-        for p in sorted(changes):
-            ctx.out("Conf %s (%s BlueMind:4.9/bookworm [all])" % (p, changes[p][1]))
-        return 0
+
+
+def apt_simulate(ctx: Ctx, installed: dict, changes: dict, removals: list[str]):
+    """-s: the Remv / Inst / Conf lines of the plan, nothing changed."""
+    for p in sorted(removals):
+        ctx.out("Remv %s [%s]" % (p, installed[p]))
+    for p in sorted(changes):
+        old, new = changes[p]
+        ctx.out("Inst %s [%s] (%s BlueMind:4.9/bookworm [all])" % (p, old, new))
+    for p in sorted(changes):
+        ctx.out("Conf %s (%s BlueMind:4.9/bookworm [all])" % (p, changes[p][1]))
+
+
+def apt_check_allowed(ctx: Ctx, o: AptOpts, removals: list[str], held_changed: list[str], downgrades: list[str]):
+    """apt's refusals: removals under --no-remove, held or downgraded packages under -y without
+    the option that allows them (exit 100)."""
     if removals and o.no_remove:
         ctx.die(100, "E: Packages need to be removed but remove is disabled.")
     if held_changed and o.yes and not o.allow_held:
         ctx.die(100, "E: Held packages were changed and -y was used without --allow-change-held-packages.")
     if downgrades and o.yes and not o.allow_downgrades:
         ctx.die(100, "E: Packages were downgraded and -y was used without --allow-downgrades.")
-    to_fetch = [p for p in sorted(changes) if "%s=%s" % (p, changes[p][1]) not in st["cache"]]
-    size = sum(pkg_size(p) for p in to_fetch)
-    if to_fetch:
-        ctx.out("Need to get %s kB of archives." % format(size, ","))
-    ctx.out("After this operation, 0 B of additional disk space will be used.")
-    need_prompt = bool(set(changes) - set(requested)) or bool(downgrades) or bool(held_changed) or op != "install"
-    if need_prompt and not o.yes:
-        ctx.out("Do you want to continue? [Y/n] ", end="")
-        sys.stdout.flush()
-        answer = sys.stdin.readline()
-        if not answer or answer.strip().lower() not in ("", "y", "yes"):
-            ctx.out("Abort.")
-            return 1
-    got_lock = False
-    try:
-        if not o.download_only:
-            apt_lock(ctx, o)
-            got_lock = True
-        if to_fetch:
-            for i, p in enumerate(to_fetch, 1):
-                ctx.out("Get:%d %s bookworm/main amd64 %s all %s [%s kB]" % (i, REPO_URL, p, changes[p][1], format(pkg_size(p), ",")))
-            sys.stdout.flush()
-            ctx.sleep(float(st["apt_delays"].get("download", 0)))
-            with ctx.txn() as tx:
-                cache = tx.node(ctx.node)["cache"]
-                for p in to_fetch:
-                    key = "%s=%s" % (p, changes[p][1])
-                    if key not in cache:
-                        cache.append(key)
-            for p in to_fetch:
-                write_file(os.path.join(ctx.root, "var/cache/apt/archives/%s_%s_all.deb" % (p, changes[p][1])), b"!<arch>\n")
-            ctx.out("Fetched %s kB in 0s (%s kB/s)" % (format(size, ","), format(size * 4, ",")))
-        if o.download_only:
-            ctx.out("Download complete and in download only mode")
-            return 0
-        with ctx.txn() as tx:
-            tx.node(ctx.node)["pending_install"] = {"pid": os.getpid(), "versions": {p: changes[p][1] for p in changes}}
-        if quiet < 1:
-            ctx.out("(Reading database ... 61234 files and directories currently installed.)")
-        for p in sorted(changes):
-            old, new = changes[p]
-            ctx.out("Preparing to unpack .../%s_%s_all.deb ..." % (p, new))
-            ctx.out("Unpacking %s (%s) over (%s) ..." % (p, new, old))
-        sys.stdout.flush()
-        ctx.sleep(float(st["apt_delays"].get("install", 0)))
-        if removals:
-            for p in sorted(removals):
-                ctx.out("Removing %s (%s) ..." % (p, installed[p]))
-        with ctx.txn() as tx:
-            node = tx.node(ctx.node)
-            node["installed"].update({p: changes[p][1] for p in changes})
-            for p in removals:
-                node["installed"].pop(p, None)
-            node["pending_install"] = None
-            effects = postinst(ctx, tx, node, changes)
-        if removals:
-            ctx.notes["removed"] = sorted(removals)
-        for p in sorted(changes):
-            ctx.out("Setting up %s (%s) ..." % (p, changes[p][1]))
-            for line in effects.get(p, []):
-                ctx.out(line)
-        if effects.get("failed"):
-            ctx.err("dpkg: error processing package %s (--configure):\n installed %s package post-installation "
-                    "script subprocess returned error exit status 1" % (NGINX_PACKAGE, NGINX_PACKAGE))
-            ctx.err("Errors were encountered while processing:\n %s" % NGINX_PACKAGE)
-            ctx.die(100, "E: Sub-process /usr/bin/dpkg returned an error code (1)")
-        return 0
-    finally:
-        if got_lock:
-            apt_unlock(ctx)
+
+
+def apt_confirm(ctx: Ctx) -> bool:
+    """apt's prompt, answered on stdin: False (after "Abort.") unless the answer is yes."""
+    ctx.out("Do you want to continue? [Y/n] ", end="")
+    sys.stdout.flush()
+    answer = sys.stdin.readline()
+    if not answer or answer.strip().lower() not in ("", "y", "yes"):
+        ctx.out("Abort.")
+        return False
+    return True
+
+
+def apt_download(ctx: Ctx, st: dict, changes: dict, to_fetch: list[str], size: int):
+    """Fetch the archives not in the cache yet (slowed by the slow-apt fault), into the cache."""
+    for i, p in enumerate(to_fetch, 1):
+        ctx.out("Get:%d %s bookworm/main amd64 %s all %s [%s kB]" % (i, REPO_URL, p, changes[p][1], format(pkg_size(p), ",")))
+    sys.stdout.flush()
+    ctx.sleep(float(st["apt_delays"].get("download", 0)))
+    with ctx.txn() as tx:
+        cache = tx.node(ctx.node)["cache"]
+        for p in to_fetch:
+            key = "%s=%s" % (p, changes[p][1])
+            if key not in cache:
+                cache.append(key)
+    for p in to_fetch:
+        write_file(os.path.join(ctx.root, "var/cache/apt/archives/%s_%s_all.deb" % (p, changes[p][1])), b"!<arch>\n")
+    ctx.out("Fetched %s kB in 0s (%s kB/s)" % (format(size, ","), format(size * 4, ",")))
+
+
+def apt_unpack_configure(ctx: Ctx, o: AptOpts, st: dict, changes: dict, removals: list[str]):
+    """Unpack, remove and configure (the maintainer scripts: postinst). pending_install marks the
+    packages half-installed meanwhile, so an apt-get killed here leaves them broken, as dpkg does."""
+    installed = st["installed"]
+    with ctx.txn() as tx:
+        tx.node(ctx.node)["pending_install"] = {"pid": os.getpid(), "versions": {p: changes[p][1] for p in changes}}
+    if o.quiet < 1:
+        ctx.out("(Reading database ... 61234 files and directories currently installed.)")
+    for p in sorted(changes):
+        old, new = changes[p]
+        ctx.out("Preparing to unpack .../%s_%s_all.deb ..." % (p, new))
+        ctx.out("Unpacking %s (%s) over (%s) ..." % (p, new, old))
+    sys.stdout.flush()
+    ctx.sleep(float(st["apt_delays"].get("install", 0)))
+    if removals:
+        for p in sorted(removals):
+            ctx.out("Removing %s (%s) ..." % (p, installed[p]))
+    with ctx.txn() as tx:
+        node = tx.node(ctx.node)
+        node["installed"].update({p: changes[p][1] for p in changes})
+        for p in removals:
+            node["installed"].pop(p, None)
+        node["pending_install"] = None
+        effects = postinst(ctx, tx, node, changes)
+    if removals:
+        ctx.notes["removed"] = sorted(removals)
+    for p in sorted(changes):
+        ctx.out("Setting up %s (%s) ..." % (p, changes[p][1]))
+        for line in effects.get(p, []):
+            ctx.out(line)
+    if effects.get("failed"):
+        ctx.err("dpkg: error processing package %s (--configure):\n installed %s package post-installation "
+                "script subprocess returned error exit status 1" % (NGINX_PACKAGE, NGINX_PACKAGE))
+        ctx.err("Errors were encountered while processing:\n %s" % NGINX_PACKAGE)
+        ctx.die(100, "E: Sub-process /usr/bin/dpkg returned an error code (1)")
 
 
 def service_start(ctx: Ctx, node: dict, unit: str, by: str) -> bool:
@@ -1732,29 +1816,7 @@ def cmd_crm_attribute(ctx: Ctx, args):
         if user_cib_file(ctx):
             return run_real_on_file(ctx, "crm_attribute", args, user_cib_file(ctx))
         return run_real_pacemaker(ctx, "crm_attribute", args)
-    opts, rest = getopts(ctx, args, "t:n:Gv:Dqd:l:N:s:i:VUz", [
-        "type=", "name=", "query", "update=", "delete", "quiet", "default=", "lifetime=", "node=",
-        "set-name=", "id=", "verbose", "utilization", "quiet"], lambda opt, m: pcmk_usage(ctx, "crm_attribute", opt))
-    typ, name, op, value, quiet, default, node = "crm_config", None, "query", None, False, None, None
-    for k, v in opts:
-        if k in ("-t", "--type", "-l", "--lifetime"):
-            typ = v
-        elif k in ("-n", "--name"):
-            name = v
-        elif k in ("-G", "--query"):
-            op = "query"
-        elif k in ("-v", "--update"):
-            op, value = "update", v
-        elif k in ("-D", "--delete"):
-            op = "delete"
-        elif k in ("-q", "--quiet"):
-            quiet = True
-        elif k in ("-d", "--default"):
-            default = v
-        elif k in ("-N", "--node"):
-            node = v
-    if rest:
-        pcmk_usage(ctx, "crm_attribute", rest[0])
+    typ, name, op, value, quiet, default, node = crm_attribute_opts(ctx, args)
     if typ not in ("crm_config", "rsc_defaults") or node:
         ctx.die(64, "crm_attribute: only --type crm_config and rsc_defaults are simulated in the bmupgrade lab")
     if user_cib_file(ctx) and name:
@@ -1784,6 +1846,35 @@ def cmd_crm_attribute(ctx: Ctx, args):
                 if not quiet:
                     ctx.out("Deleted %s option: id=%s-%s name=%s" % (typ, CIB_SECTIONS[typ][2], name, name))
     return 0
+
+
+def crm_attribute_opts(ctx: Ctx, args) -> tuple:
+    """crm_attribute's options, as (type, name, operation, value, quiet, default, node); an
+    unknown option or a stray argument is Pacemaker's usage error."""
+    opts, rest = getopts(ctx, args, "t:n:Gv:Dqd:l:N:s:i:VUz", [
+        "type=", "name=", "query", "update=", "delete", "quiet", "default=", "lifetime=", "node=",
+        "set-name=", "id=", "verbose", "utilization", "quiet"], lambda opt, m: pcmk_usage(ctx, "crm_attribute", opt))
+    typ, name, op, value, quiet, default, node = "crm_config", None, "query", None, False, None, None
+    for k, v in opts:
+        if k in ("-t", "--type", "-l", "--lifetime"):
+            typ = v
+        elif k in ("-n", "--name"):
+            name = v
+        elif k in ("-G", "--query"):
+            op = "query"
+        elif k in ("-v", "--update"):
+            op, value = "update", v
+        elif k in ("-D", "--delete"):
+            op = "delete"
+        elif k in ("-q", "--quiet"):
+            quiet = True
+        elif k in ("-d", "--default"):
+            default = v
+        elif k in ("-N", "--node"):
+            node = v
+    if rest:
+        pcmk_usage(ctx, "crm_attribute", rest[0])
+    return typ, name, op, value, quiet, default, node
 
 
 CONTROLLER_OPS = ("--refresh", "-R", "--cleanup", "-C", "--wait")
@@ -2115,16 +2206,7 @@ def cmd_pcs(ctx: Ctx, args):
         ctx.die(1, "\nUsage: pcs [-f file] [-h] [commands]...\nControl and configure pacemaker and corosync.")
     cmd, sub = args[0], args[1:]
     if cmd == "status":
-        if sub and sub[0] not in ("cluster", "resources", "nodes"):
-            ctx.die(1, "Error: unknown command 'pcs status %s'" % sub[0])
-        cib_unavailable(ctx, "pcs")
-        with ctx.txn() as tx:
-            v = cluster_view(ctx, tx)
-        ctx.out("Cluster name: %s" % CLUSTER_NAME)
-        ctx.out("\n".join(crm_mon_text(ctx, v)))
-        if not sub:
-            ctx.out("\nDaemon Status:\n  corosync: active/enabled\n  pacemaker: active/enabled\n  pcsd: active/enabled")
-        return 0
+        return pcs_status(ctx, sub)
     if cmd != "property":
         ctx.die(1, "Error: the bmupgrade lab simulates only 'pcs property' and 'pcs status' (got 'pcs %s')" % cmd)
     if not sub:
@@ -2140,26 +2222,7 @@ def cmd_pcs(ctx: Ctx, args):
                     ctx.out("  %s=%s" % (k, props[k]))
             return 0
         if op == "set":
-            if not rest:
-                ctx.die(1, "\nUsage: pcs property set <property>=[<value>] ...")
-            changes = {}
-            for item in rest:
-                if "=" not in item:
-                    ctx.die(1, "Error: missing value of '%s' option" % item)
-                k, val = item.split("=", 1)
-                kind = PCS_PROPERTIES.get(k)
-                if kind is None and not force:
-                    ctx.die(1, "Error: invalid cluster property: '%s', use --force to override\nError: Errors have occurred, therefore pcs is unable to continue" % k)
-                if kind == "ro":
-                    ctx.die(1, "Error: cannot set property '%s', it is managed by the cluster" % k)
-                if kind == "bool" and val and val.lower() not in BOOL_TRUE | BOOL_FALSE:
-                    ctx.die(1, "Error: '%s' is not a valid %s value, use '0', '1', 'false', 'n', 'no', 'off', 'on', 'true', 'y', 'yes', use --force to override\nError: Errors have occurred, therefore pcs is unable to continue" % (val, k))
-                changes[k] = val
-            for k, val in changes.items():
-                if val == "":
-                    props.pop(k, None)
-                else:
-                    props[k] = val
+            pcs_property_set(ctx, props, rest, force)
             return 0
         if op in ("unset", "delete"):
             for k in rest:
@@ -2168,6 +2231,45 @@ def cmd_pcs(ctx: Ctx, args):
                 props.pop(k, None)
             return 0
     ctx.die(1, "Error: unknown command 'pcs property %s'" % op)
+
+
+def pcs_status(ctx: Ctx, sub: list[str]) -> int:
+    """pcs status [cluster|resources|nodes]: crm_mon's text under the cluster name (and the daemons)."""
+    if sub and sub[0] not in ("cluster", "resources", "nodes"):
+        ctx.die(1, "Error: unknown command 'pcs status %s'" % sub[0])
+    cib_unavailable(ctx, "pcs")
+    with ctx.txn() as tx:
+        v = cluster_view(ctx, tx)
+    ctx.out("Cluster name: %s" % CLUSTER_NAME)
+    ctx.out("\n".join(crm_mon_text(ctx, v)))
+    if not sub:
+        ctx.out("\nDaemon Status:\n  corosync: active/enabled\n  pacemaker: active/enabled\n  pcsd: active/enabled")
+    return 0
+
+
+def pcs_property_set(ctx: Ctx, props: dict, rest: list[str], force: bool) -> None:
+    """pcs property set NAME=VALUE...: every item is checked before any is set (an empty value
+    unsets); unknown names need --force, cluster-managed ones cannot be set."""
+    if not rest:
+        ctx.die(1, "\nUsage: pcs property set <property>=[<value>] ...")
+    changes = {}
+    for item in rest:
+        if "=" not in item:
+            ctx.die(1, "Error: missing value of '%s' option" % item)
+        k, val = item.split("=", 1)
+        kind = PCS_PROPERTIES.get(k)
+        if kind is None and not force:
+            ctx.die(1, "Error: invalid cluster property: '%s', use --force to override\nError: Errors have occurred, therefore pcs is unable to continue" % k)
+        if kind == "ro":
+            ctx.die(1, "Error: cannot set property '%s', it is managed by the cluster" % k)
+        if kind == "bool" and val and val.lower() not in BOOL_TRUE | BOOL_FALSE:
+            ctx.die(1, "Error: '%s' is not a valid %s value, use '0', '1', 'false', 'n', 'no', 'off', 'on', 'true', 'y', 'yes', use --force to override\nError: Errors have occurred, therefore pcs is unable to continue" % (val, k))
+        changes[k] = val
+    for k, val in changes.items():
+        if val == "":
+            props.pop(k, None)
+        else:
+            props[k] = val
 
 
 # --------------------------------------------------------------------------- ip / systemctl / bmctl
@@ -2212,8 +2314,44 @@ def _address_in(address: str, to) -> bool:
 
 
 def cmd_ip(ctx: Ctx, args):
-    oneline, family, js = False, None, False
     args = list(args)
+    oneline, family, js = ip_options(ctx, args)
+    if not args:
+        ctx.die(255, "Usage: ip [ OPTIONS ] OBJECT { COMMAND | help }")
+    obj = args.pop(0)
+    if not "address".startswith(obj) or len(obj) < 1:
+        if obj in ("link", "route", "r", "l", "neigh"):
+            ctx.die(255, 'the bmupgrade lab simulates only "ip addr"')
+        ctx.die(255, 'Object "%s" is unknown, try "ip help".' % obj)
+    verb = args.pop(0) if args else "show"
+    if verb not in ("show", "list", "lst", "ls", "sh", "s", "l"):
+        ctx.die(255, 'Command "%s" is unknown, try "ip address help".' % verb)
+    dev, to = ip_selectors(ctx, args)
+    with ctx.txn() as tx:
+        ifaces = ip_interfaces(ctx, tx)
+    if dev and dev not in [i["ifname"] for i in ifaces]:
+        ctx.die(1, 'Device "%s" does not exist.' % dev)
+    result = []
+    for i in ifaces:
+        if dev and i["ifname"] != dev:
+            continue
+        addrs = []
+        for fam, a, plen, scope in i["addrs"]:
+            if family and fam != family:
+                continue
+            if to is not None and not _address_in(a, to):
+                continue
+            addrs.append((fam, a, plen, scope))
+        if to is not None and not addrs:
+            continue
+        result.append((i, addrs))
+    ip_show(ctx, result, oneline, js)
+    return 0
+
+
+def ip_options(ctx: Ctx, args: list[str]) -> tuple[bool, str | None, bool]:
+    """ip's global options (taken off the front of `args`): (oneline, family, json)."""
+    oneline, family, js = False, None, False
     while args and args[0].startswith("-"):
         a = args.pop(0)
         if a in ("-o", "-oneline"):
@@ -2228,16 +2366,12 @@ def cmd_ip(ctx: Ctx, args):
             family = {"inet": "inet", "inet6": "inet6"}.get(args.pop(0))
         else:
             ctx.die(255, 'Option "%s" is unknown, try "ip -help".' % a)
-    if not args:
-        ctx.die(255, "Usage: ip [ OPTIONS ] OBJECT { COMMAND | help }")
-    obj = args.pop(0)
-    if not "address".startswith(obj) or len(obj) < 1:
-        if obj in ("link", "route", "r", "l", "neigh"):
-            ctx.die(255, 'the bmupgrade lab simulates only "ip addr"')
-        ctx.die(255, 'Object "%s" is unknown, try "ip help".' % obj)
-    verb = args.pop(0) if args else "show"
-    if verb not in ("show", "list", "lst", "ls", "sh", "s", "l"):
-        ctx.die(255, 'Command "%s" is unknown, try "ip address help".' % verb)
+    return oneline, family, js
+
+
+def ip_selectors(ctx: Ctx, args: list[str]) -> tuple:
+    """The selectors of `ip addr show` (consumes `args`): (dev, to); `to` is a dotted quad or an
+    ipaddress network (imported only for a prefix: the VIP probe stays cheap)."""
     dev, to = None, None
     while args:
         a = args.pop(0)
@@ -2257,31 +2391,18 @@ def cmd_ip(ctx: Ctx, args):
             dev = a
         else:
             ctx.die(255, 'Error: either "dev" is duplicate, or "%s" is a garbage.' % a)
-    with ctx.txn() as tx:
-        ifaces = ip_interfaces(ctx, tx)
-    if dev and dev not in [i["ifname"] for i in ifaces]:
-        ctx.die(1, 'Device "%s" does not exist.' % dev)
-    result = []
-    for i in ifaces:
-        if dev and i["ifname"] != dev:
-            continue
-        addrs = []
-        for fam, a, plen, scope in i["addrs"]:
-            if family and fam != family:
-                continue
-            if to is not None and not _address_in(a, to):
-                continue
-            addrs.append((fam, a, plen, scope))
-        if to is not None and not addrs:
-            continue
-        result.append((i, addrs))
+    return dev, to
+
+
+def ip_show(ctx: Ctx, result: list[tuple], oneline: bool, js: bool) -> None:
+    """Print the selected interfaces and addresses as `ip` does: JSON, one line each, or in full."""
     if js:
         data = [{"ifindex": i["ifindex"], "ifname": i["ifname"], "mtu": i["mtu"], "operstate": "UP" if i["ifindex"] > 1 else "UNKNOWN",
                  "addr_info": [{"family": f, "local": a, "prefixlen": p, "scope": s, "label": i["ifname"],
                                 "valid_life_time": 4294967295, "preferred_life_time": 4294967295}
                                for f, a, p, s in addrs]} for i, addrs in result]
         ctx.out(json_dumps(data))
-        return 0
+        return
     for i, addrs in result:
         if oneline:
             for addr in addrs:
@@ -2292,7 +2413,6 @@ def cmd_ip(ctx: Ctx, args):
             for f, a, p, s in addrs:
                 ctx.out("    %s %s/%d scope %s%s" % (f, a, p, s, (" " + i["ifname"]) if f == "inet" else ""))
                 ctx.out("       valid_lft forever preferred_lft forever")
-    return 0
 
 
 def oneline_address(i: dict, addr: tuple) -> str:
@@ -2344,6 +2464,29 @@ def unit_name(u: str) -> str:
 
 
 def cmd_systemctl(ctx: Ctx, args):
+    quiet, runtime, rest = systemctl_args(ctx, args)
+    if not rest:
+        return systemctl_list(ctx)
+    verb, units = rest[0], [unit_name(u) for u in rest[1:]]
+    if verb in ("is-active", "is-failed", "start", "stop", "restart", "reload", "try-restart", "status", "is-enabled",
+                "enable", "disable", "mask", "unmask") and not units:
+        if verb != "status":
+            ctx.die(1, "Too few arguments.")
+    node = ctx.state()
+    st, masked = node["services"], node.get("masked") or []
+    if verb in ("is-active", "is-failed", "is-enabled"):
+        return systemctl_is(ctx, verb, units, st, masked, quiet)
+    if verb in ("mask", "unmask"):
+        return systemctl_mask(ctx, verb, units, runtime)
+    if verb in ("start", "stop", "restart", "reload", "try-restart", "enable", "disable"):
+        return systemctl_change(ctx, verb, units, masked)
+    if verb == "status":
+        return systemctl_status(ctx, units or list(UNITS), st, masked)
+    ctx.die(1, "Unknown command verb %s." % verb)
+
+
+def systemctl_args(ctx: Ctx, args) -> tuple[bool, bool, list[str]]:
+    """systemctl's options (the display ones are accepted and ignored): (quiet, runtime, verb + units)."""
     quiet = runtime = False
     rest = []
     for a in args:
@@ -2357,20 +2500,22 @@ def cmd_systemctl(ctx: Ctx, args):
             ctx.die(1, "systemctl: unrecognized option '%s'" % a if a.startswith("--") else "systemctl: invalid option -- '%s'" % a.lstrip("-")[:1])
         else:
             rest.append(a)
-    if not rest:
-        st = ctx.state()["services"]
-        ctx.out("  UNIT%s LOAD   ACTIVE   SUB     DESCRIPTION" % (" " * 20))
-        for u, desc in UNITS.items():
-            s = st.get(u, "inactive")
-            ctx.out("  %-24s loaded %-8s %-7s %s" % (u, s, "running" if s == "active" else "dead", desc))
-        return 0
-    verb, units = rest[0], [unit_name(u) for u in rest[1:]]
-    if verb in ("is-active", "is-failed", "start", "stop", "restart", "reload", "try-restart", "status", "is-enabled",
-                "enable", "disable", "mask", "unmask") and not units:
-        if verb != "status":
-            ctx.die(1, "Too few arguments.")
-    node = ctx.state()
-    st, masked = node["services"], node.get("masked") or []
+    return quiet, runtime, rest
+
+
+def systemctl_list(ctx: Ctx) -> int:
+    """systemctl without a verb: the lab's units and their states."""
+    st = ctx.state()["services"]
+    ctx.out("  UNIT%s LOAD   ACTIVE   SUB     DESCRIPTION" % (" " * 20))
+    for u, desc in UNITS.items():
+        s = st.get(u, "inactive")
+        ctx.out("  %-24s loaded %-8s %-7s %s" % (u, s, "running" if s == "active" else "dead", desc))
+    return 0
+
+
+def systemctl_is(ctx: Ctx, verb: str, units: list[str], st: dict, masked: list[str], quiet: bool) -> int:
+    """is-active / is-failed / is-enabled: the states printed (unless -q) and the exit code that
+    scripts test (is-active: 0 if any unit is active, else 3)."""
     if verb == "is-active":
         any_active = False
         for u in units:
@@ -2384,73 +2529,80 @@ def cmd_systemctl(ctx: Ctx, args):
             for u in units:
                 ctx.out(st.get(u, "inactive"))
         return 1
-    if verb == "is-enabled":
-        code = 0
+    code = 0
+    for u in units:
+        if u not in UNITS:
+            ctx.die(1, "Failed to get unit file state for %s: No such file or directory" % u)
+        state = "masked-runtime" if u in masked else "enabled"
+        code = code or (1 if u in masked else 0)
+        if not quiet:
+            ctx.out(state)
+    return code
+
+
+def systemctl_mask(ctx: Ctx, verb: str, units: list[str], runtime: bool) -> int:
+    """mask / unmask --runtime (only runtime masks, /run/systemd/system/UNIT -> /dev/null, are
+    simulated: they are gone at reboot)."""
+    if not runtime:
+        ctx.die(1, "systemctl: the bmupgrade lab simulates only `systemctl %s --runtime` (a mask in /run, "
+                   "gone at reboot)" % verb)
+    for u in units:
+        if u not in UNITS:
+            ctx.die(1, "Failed to %s unit: Unit file %s does not exist." % (verb, u))
+    with ctx.txn() as tx:
+        m = tx.node(ctx.node).setdefault("masked", [])
         for u in units:
-            if u not in UNITS:
-                ctx.die(1, "Failed to get unit file state for %s: No such file or directory" % u)
-            state = "masked-runtime" if u in masked else "enabled"
-            code = code or (1 if u in masked else 0)
-            if not quiet:
-                ctx.out(state)
-        return code
-    if verb in ("mask", "unmask"):
-        # only runtime masks (/run/systemd/system/UNIT -> /dev/null) are simulated
-        if not runtime:
-            ctx.die(1, "systemctl: the bmupgrade lab simulates only `systemctl %s --runtime` (a mask in /run, "
-                       "gone at reboot)" % verb)
+            if verb == "mask" and u not in m:
+                m.append(u)
+                ctx.err("Created symlink /run/systemd/system/%s \u2192 /dev/null." % u)
+            elif verb == "unmask" and u in m:
+                m.remove(u)
+                ctx.err("Removed \"/run/systemd/system/%s\"." % u)
+    return 0
+
+
+def systemctl_change(ctx: Ctx, verb: str, units: list[str], masked: list[str]) -> int:
+    """start / stop / restart / reload / try-restart / enable / disable: every unit is checked
+    before any changes (unknown: exit 5, masked start: exit 1); starting keepalived may move the VIP."""
+    for u in units:
+        if u not in UNITS:
+            word = {"stop": "stop", "restart": "restart", "reload": "reload"}.get(verb, "start")
+            ctx.die(5, "Failed to %s %s: Unit %s %s." % (word, u, u, "not loaded" if verb == "stop" else "not found"))
+        if verb in ("start", "restart") and u in masked:
+            ctx.die(1, "Failed to %s %s: Unit %s is masked." % (verb, u, u))
+    with ctx.txn() as tx:
+        node = tx.node(ctx.node)
+        svc = node["services"]
         for u in units:
-            if u not in UNITS:
-                ctx.die(1, "Failed to %s unit: Unit file %s does not exist." % (verb, u))
-        with ctx.txn() as tx:
-            m = tx.node(ctx.node).setdefault("masked", [])
-            for u in units:
-                if verb == "mask" and u not in m:
-                    m.append(u)
-                    ctx.err("Created symlink /run/systemd/system/%s \u2192 /dev/null." % u)
-                elif verb == "unmask" and u in m:
-                    m.remove(u)
-                    ctx.err("Removed \"/run/systemd/system/%s\"." % u)
-        return 0
-    if verb in ("start", "stop", "restart", "reload", "try-restart", "enable", "disable"):
-        for u in units:
-            if u not in UNITS:
-                word = {"stop": "stop", "restart": "restart", "reload": "reload"}.get(verb, "start")
-                ctx.die(5, "Failed to %s %s: Unit %s %s." % (word, u, u, "not loaded" if verb == "stop" else "not found"))
-            if verb in ("start", "restart") and u in masked:
-                ctx.die(1, "Failed to %s %s: Unit %s is masked." % (verb, u, u))
-        with ctx.txn() as tx:
-            node = tx.node(ctx.node)
-            svc = node["services"]
-            for u in units:
-                if verb in ("start", "restart"):
-                    service_start(ctx, node, u, "systemctl " + verb)
-                    if u == "keepalived.service":
-                        keepalived_started(ctx, tx)
-                elif verb == "stop":
-                    svc[u] = "inactive"
-                elif verb == "try-restart":
-                    pass
-        return 0
-    if verb == "status":
-        units = units or list(UNITS)
-        code = 0
-        for u in units:
-            if u not in UNITS:
-                ctx.err("Unit %s could not be found." % u)
-                code = 4
-                continue
-            s = st.get(u, "inactive")
-            ctx.out("%s %s - %s" % ("\u25cf" if s == "active" else "\u25cb", u, UNITS[u]))
-            if u in masked:
-                ctx.out("     Loaded: masked (Reason: Unit %s is masked.)" % u)
-            else:
-                ctx.out("     Loaded: loaded (/lib/systemd/system/%s; enabled; preset: enabled)" % u)
-            ctx.out("     Active: %s" % ("active (running)" if s == "active" else "inactive (dead)"))
-            if s != "active" and code == 0:
-                code = 3
-        return code
-    ctx.die(1, "Unknown command verb %s." % verb)
+            if verb in ("start", "restart"):
+                service_start(ctx, node, u, "systemctl " + verb)
+                if u == "keepalived.service":
+                    keepalived_started(ctx, tx)
+            elif verb == "stop":
+                svc[u] = "inactive"
+            elif verb == "try-restart":
+                pass
+    return 0
+
+
+def systemctl_status(ctx: Ctx, units: list[str], st: dict, masked: list[str]) -> int:
+    """systemctl status: the header lines per unit; exit 4 if a unit is unknown, else 3 if one is inactive."""
+    code = 0
+    for u in units:
+        if u not in UNITS:
+            ctx.err("Unit %s could not be found." % u)
+            code = 4
+            continue
+        s = st.get(u, "inactive")
+        ctx.out("%s %s - %s" % ("\u25cf" if s == "active" else "\u25cb", u, UNITS[u]))
+        if u in masked:
+            ctx.out("     Loaded: masked (Reason: Unit %s is masked.)" % u)
+        else:
+            ctx.out("     Loaded: loaded (/lib/systemd/system/%s; enabled; preset: enabled)" % u)
+        ctx.out("     Active: %s" % ("active (running)" if s == "active" else "inactive (dead)"))
+        if s != "active" and code == 0:
+            code = 3
+    return code
 
 
 def keepalived_conf(ctx: Ctx, node: str) -> dict:
@@ -2763,44 +2915,19 @@ def copy_tree(ctx: Ctx, prog: str, sources: list[str], dest: str, recursive: boo
               verbose: bool, dry_run: bool = False, delete: bool = False) -> int:
     dhost, dpath = _split_remote(dest)
     code = 0
-
-    def side(host):
-        if host is None:
-            return ctx.node
-        n = ctx.resolve_host(host)
-        if n is None:
-            ctx.err("ssh: Could not resolve hostname %s: Name or service not known" % host.rsplit("@", 1)[-1])
-            return None
-        if n != ctx.node and sshd_pid(ctx.store, n) is None:
-            ctx.err("ssh: connect to host %s port 22: Connection refused" % ctx.store.meta()["nodes"][n]["host"])
-            return None
-        return n
-
-    def fail_conn():
-        if prog == "rsync":
-            ctx.err("rsync: connection unexpectedly closed (0 bytes received so far) [sender]")
-            ctx.err("rsync error: unexplained error (code 255) at io.c(231) [sender=3.2.7]")
-        raise Exit(255)
-
-    dnode = side(dhost)
+    dnode = _copy_side(ctx, dhost)
     if dnode is None:
-        fail_conn()
+        _copy_connection_failed(ctx, prog)
     droot = ctx.store.node_root(dnode)
-
-    def in_root(root, path):
-        if not os.path.isabs(path):
-            return path if root == ctx.root else os.path.join(root, path)  # remote relative: home = root
-        return root + os.path.normpath(path) if path != "/" else root + "/"
-
-    dest_abs = in_root(droot, dpath)
+    dest_abs = _in_root(ctx, droot, dpath)
     multi = len(sources) > 1
     for src in sources:
         shost, spath = _split_remote(src)
-        snode = side(shost)
+        snode = _copy_side(ctx, shost)
         if snode is None:
-            fail_conn()
+            _copy_connection_failed(ctx, prog)
         sroot = ctx.store.node_root(snode)
-        s_abs = in_root(sroot, spath) if shost else ctx.map(spath)
+        s_abs = _in_root(ctx, sroot, spath) if shost else ctx.map(spath)
         if not os.path.lexists(s_abs):
             if prog == "rsync":
                 ctx.err('rsync: [sender] link_stat "%s" failed: No such file or directory (2)' % spath)
@@ -2815,33 +2942,73 @@ def copy_tree(ctx: Ctx, prog: str, sources: list[str], dest: str, recursive: boo
                 ctx.err("scp: %s: not a regular file" % spath)
                 code = 1
             continue
-        if relative:
-            target = dest_abs.rstrip("/") + "/" + os.path.normpath(spath).lstrip("/")
-        elif os.path.isdir(s_abs) and spath.endswith("/"):
-            target = dest_abs
-        elif dpath.endswith("/") or os.path.isdir(dest_abs) or multi:
-            target = os.path.join(dest_abs, os.path.basename(os.path.normpath(spath)))
-        else:
-            target = dest_abs
+        target = _copy_target(spath, s_abs, dpath, dest_abs, relative, multi)
         if verbose:
             ctx.out(os.path.normpath(spath).lstrip("/") if relative else os.path.basename(os.path.normpath(spath)))
         if dry_run:
             continue
         if os.path.isdir(s_abs):
-            import shutil
-            os.makedirs(target, exist_ok=True)
-            shutil.copytree(s_abs, target, dirs_exist_ok=True, symlinks=True)
-            if delete:
-                for dirpath, dirnames, filenames in os.walk(target, topdown=False):
-                    rel = os.path.relpath(dirpath, target)
-                    for f in filenames + dirnames:
-                        if not os.path.lexists(os.path.join(s_abs, rel, f)):
-                            p = os.path.join(dirpath, f)
-                            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            _copy_dir(s_abs, target, delete)
         else:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
             _copy_file(s_abs, target)
     return code
+
+
+def _copy_side(ctx: Ctx, host: str | None) -> str | None:
+    """The node one side of a copy is on (None: a local path, this node); None with ssh's error
+    when the host is unknown or its node is down."""
+    if host is None:
+        return ctx.node
+    n = ctx.resolve_host(host)
+    if n is None:
+        ctx.err("ssh: Could not resolve hostname %s: Name or service not known" % host.rsplit("@", 1)[-1])
+        return None
+    if n != ctx.node and sshd_pid(ctx.store, n) is None:
+        ctx.err("ssh: connect to host %s port 22: Connection refused" % ctx.store.meta()["nodes"][n]["host"])
+        return None
+    return n
+
+
+def _copy_connection_failed(ctx: Ctx, prog: str):
+    """A side could not be reached: rsync's connection error, and exit 255 (as ssh's)."""
+    if prog == "rsync":
+        ctx.err("rsync: connection unexpectedly closed (0 bytes received so far) [sender]")
+        ctx.err("rsync error: unexplained error (code 255) at io.c(231) [sender=3.2.7]")
+    raise Exit(255)
+
+
+def _in_root(ctx: Ctx, root: str, path: str) -> str:
+    """A path of a copy's side under that node's root (a remote relative path is from the home: the root)."""
+    if not os.path.isabs(path):
+        return path if root == ctx.root else os.path.join(root, path)  # remote relative: home = root
+    return root + os.path.normpath(path) if path != "/" else root + "/"
+
+
+def _copy_target(spath: str, s_abs: str, dpath: str, dest_abs: str, relative: bool, multi: bool) -> str:
+    """Where one source lands, by rsync's rules: -R keeps the full path, a trailing slash copies a
+    directory's content, a directory destination (or several sources) receives the base name."""
+    if relative:
+        return dest_abs.rstrip("/") + "/" + os.path.normpath(spath).lstrip("/")
+    if os.path.isdir(s_abs) and spath.endswith("/"):
+        return dest_abs
+    if dpath.endswith("/") or os.path.isdir(dest_abs) or multi:
+        return os.path.join(dest_abs, os.path.basename(os.path.normpath(spath)))
+    return dest_abs
+
+
+def _copy_dir(s_abs: str, target: str, delete: bool) -> None:
+    """Copy a directory tree over `target` (symlinks kept); with --delete, remove what the source lacks."""
+    import shutil
+    os.makedirs(target, exist_ok=True)
+    shutil.copytree(s_abs, target, dirs_exist_ok=True, symlinks=True)
+    if delete:
+        for dirpath, dirnames, filenames in os.walk(target, topdown=False):
+            rel = os.path.relpath(dirpath, target)
+            for f in filenames + dirnames:
+                if not os.path.lexists(os.path.join(s_abs, rel, f)):
+                    p = os.path.join(dirpath, f)
+                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
 
 
 def _copy_file(src: str, dst: str) -> None:
@@ -2986,15 +3153,7 @@ def cmd_curl(ctx: Ctx, args):
     show = "-S" in keys or "--show-error" in keys
     method = next((v for k, v in opts if k in ("-X", "--request")), None)
     data = next((v for k, v in opts if k in ("-d", "--data", "--data-raw")), None)
-    headers = []
-    for k, v in opts:
-        if k in ("-H", "--header"):
-            if v.startswith("@"):
-                src = v[1:]
-                text = sys.stdin.read() if src == "-" else open(ctx.map(src)).read()
-                headers += [h.strip() for h in text.splitlines() if h.strip()]
-            else:
-                headers.append(v)
+    headers = curl_headers(ctx, opts)
     method = method or ("POST" if data is not None else "GET")
 
     def error(code, msg):
@@ -3020,6 +3179,32 @@ def cmd_curl(ctx: Ctx, args):
     given = [h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("x-bm-apikey:")]
     if any(given):
         ctx.notes["api_key"] = "given" if token and given[-1] == token else "wrong"
+    status, body = curl_api_answer(ctx, st, path, method, data, token, given)
+    ctx.notes["http_status"] = status
+    if status >= 400 and fail:
+        error(22, "The requested URL returned error: %d" % status)
+    sys.stdout.write(body)
+    return 0
+
+
+def curl_headers(ctx: Ctx, opts) -> list[str]:
+    """The -H headers, in order; `-H @FILE` / `-H @-` reads them from a file or stdin (the API key)."""
+    headers = []
+    for k, v in opts:
+        if k in ("-H", "--header"):
+            if v.startswith("@"):
+                src = v[1:]
+                text = sys.stdin.read() if src == "-" else open(ctx.map(src)).read()
+                headers += [h.strip() for h in text.splitlines() if h.strip()]
+            else:
+                headers.append(v)
+    return headers
+
+
+def curl_api_answer(ctx: Ctx, st: dict, path: str, method: str, data: str | None, token: str | None,
+                    given: list[str]) -> tuple[int, str]:
+    """BlueMind's answer (status, body): 502 while BlueMind is down, 401 without the right API key,
+    else the installation state / version or the running backup jobs (404 for any other path)."""
     status, body = 200, ""
     if st["services"].get("bluemind.target") != "active":
         status, body = 502, "<html><body><h1>502 Bad Gateway</h1></body></html>"
@@ -3051,11 +3236,7 @@ def cmd_curl(ctx: Ctx, args):
             body = json_dumps({"total": len(values), "values": values}).replace(", ", ",").replace(": ", ":")
     else:
         status, body = 404, '{"errorCode":"NOT_FOUND","message":"%s"}' % path
-    ctx.notes["http_status"] = status
-    if status >= 400 and fail:
-        error(22, "The requested URL returned error: %d" % status)
-    sys.stdout.write(body)
-    return 0
+    return status, body
 
 
 def cmd_find(ctx: Ctx, args):
@@ -3295,11 +3476,19 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("%s: bmupgrade lab: cannot tell which node this is (BMLAB_NODE_DIR unset)\n" % cmd)
         return 127
     ctx = Ctx(where[0], where[1], [cmd] + args)
-
-    def on_signal(signum, _frame):
-        raise Signalled(signum)
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(s, on_signal)
+        signal.signal(s, _on_signal)
+    return run_call(ctx, cmd, run_args)
+
+
+def _on_signal(signum, _frame):
+    """SIGTERM / SIGHUP / SIGINT end the call through `Signalled`, so its ledger entry is still written."""
+    raise Signalled(signum)
+
+
+def run_call(ctx: Ctx, cmd: str, run_args: list[str]) -> int:
+    """One stand-in call on a node: its faults, the command, then its ledger entry (always) and
+    the dropped connection of a drop fault. Returns the process exit code."""
     start = time.time()
     code, drop, fault_names = None, None, []
     try:
@@ -3336,23 +3525,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 70
     finally:
         ctx.unregister()
-        entry = {"time": round(start, 6), "node": ctx.node, "argv": ctx.argv,
-                 "exit": None if code == -1 else code, "duration": round(time.time() - start, 6),
-                 "pid": os.getpid(), "user": ctx.user()}
-        if fault_names:
-            entry["faults"] = fault_names
-        if drop:
-            entry["dropped"] = True
-        entry.update(ctx.notes)
-        try:
-            fd = os.open(ctx.store.ledger_path(ctx.node), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, (json_dumps(entry) + "\n").encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            sys.stderr.write("bmlab: cannot write the ledger: %s\n" % e)
+        write_ledger(ctx, start, code, fault_names, drop)
     with suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -3360,6 +3533,28 @@ def main(argv: list[str] | None = None) -> int:
         drop_connection(ctx)
         code = 255
     return code if code is not None and code >= 0 else 255
+
+
+def write_ledger(ctx: Ctx, start: float, code: int | None, fault_names: list[str], drop: str | None) -> None:
+    """Append the call's entry to the node's ledger (flocked: calls run concurrently); a ledger
+    that cannot be written is reported, never fatal to the call."""
+    entry = {"time": round(start, 6), "node": ctx.node, "argv": ctx.argv,
+             "exit": None if code == -1 else code, "duration": round(time.time() - start, 6),
+             "pid": os.getpid(), "user": ctx.user()}
+    if fault_names:
+        entry["faults"] = fault_names
+    if drop:
+        entry["dropped"] = True
+    entry.update(ctx.notes)
+    try:
+        fd = os.open(ctx.store.ledger_path(ctx.node), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, (json_dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        sys.stderr.write("bmlab: cannot write the ledger: %s\n" % e)
 
 
 def run() -> int:
