@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import hashlib
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -437,7 +438,9 @@ def test_sudo_standin(lab, batch):
 # ---------------------------------------------------------------- the stand-ins' JSON codec
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from bmupgrade.lab.core import bmlab as _bmlab  # noqa: E402
+from bmupgrade.lab.core import STANDINS_SRC, bmlab as _bmlab  # noqa: E402
+
+_BMLAB_DIR = STANDINS_SRC.parent
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -456,10 +459,22 @@ def test_standin_json_codec_matches_the_json_module(value, sort_keys):
     assert _bmlab.json_loads(json.dumps(value, indent=1) + "\n") == json.loads(text)
 
 
-@pytest.mark.parametrize("bad", ["", "{", '{"a": 1} x', "nul", "[1,]"])
+@pytest.mark.parametrize("bad", ["", "{", '{"a": 1} x', "nul", "[1,]", "[1", '{"a": [1, 2'])
 def test_standin_json_codec_refuses_what_json_refuses(bad):
     with pytest.raises(ValueError):
         _bmlab.json_loads(bad)
+
+
+def test_standin_json_codec_refuses_bad_json_as_a_stand_in_call_does():
+    """In a stand-in call the json module is never imported; _json's scanner then reports some
+    errors (an unclosed list) as SystemError: the codec must still say ValueError."""
+    import json
+
+    code = ("import bmlab\nfor bad in ['[1', '{\"a\": [1, 2', '{']:\n    try:\n        bmlab.json_loads(bad)\n"
+            "    except ValueError:\n        print('ValueError')\n")
+    r = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", "import sys; sys.path.insert(0, %s)\n%s"
+                        % (json.dumps(str(_BMLAB_DIR)), code)], capture_output=True, text=True)
+    assert r.stdout.split() == ["ValueError"] * 3, r.stdout + r.stderr
 
 
 def _format_fields_reference(fmt, fields):

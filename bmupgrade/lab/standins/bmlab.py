@@ -68,6 +68,8 @@ def json_loads(text: str):
         obj, j = _scan(text, i)
     except StopIteration:
         raise ValueError("invalid JSON at character %d" % i) from None
+    except SystemError:  # _json raises JSONDecodeError only once the json module is imported
+        raise ValueError("invalid JSON after character %d" % i) from None
     while j < end and text[j] in ws:
         j += 1
     if j != end:
