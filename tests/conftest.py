@@ -146,14 +146,15 @@ def yaml_loader(request, monkeypatch):
     return request.param
 
 
-# The longest test files (seconds in the four-worker suite, 2026-12-02), heaviest first: with
+# The longest test files (seconds in the four-worker suite, 2026-12-05), heaviest first: with
 # `--dist loadfile --no-loadscope-reorder` (scripts/test.sh) xdist hands files out in collection
 # order, so the long ones start first and the short ones fill the gaps at the end
 # (longest-processing-time-first). A stale order only costs balance, never a test.
-HEAVY_FILES_FIRST = ("test_e2e_run", "test_e2e_safety", "test_cluster_lab", "test_e2e_guided",
-                     "test_runbooks_lab", "test_cluster_window_faults", "test_runbooks_cluster",
-                     "test_e2e_misc", "test_e2e_unknown", "test_cluster_lab_keepalived",
-                     "test_model_stateful", "test_logs", "test_lab_standins", "test_startup")
+HEAVY_FILES_FIRST = ("test_e2e_run", "test_e2e_safety", "test_e2e_guided", "test_cluster_lab",
+                     "test_runbooks_lab", "test_cluster_window_faults", "test_e2e_unknown",
+                     "test_runbooks_cluster", "test_cluster_lab_keepalived", "test_e2e_misc",
+                     "test_lab_standins", "test_model_stateful", "test_lab_faults", "test_transport_ssh",
+                     "test_logs", "test_startup")
 
 
 def pytest_collection_modifyitems(config, items):
