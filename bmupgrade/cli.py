@@ -508,7 +508,8 @@ def resume(
     assume_done: List[str] = AssumeDoneOpt,
     step: bool = StepOpt,
     as_json: bool = JsonOpt,
-    force: bool = typer.Option(False, "--force", help="Resume even though the runbook changed."),
+    force: bool = typer.Option(False, "--force", help="Resume even though the runbook changed, or a later run changed the "
+                               "cluster since."),
     break_lock: bool = typer.Option(False, "--break-lock", help="Take over a dead run's cluster lock."),
     allow_no_stonith: bool = AllowNoStonithOpt,
     state_dir: Optional[Path] = StateDirOpt,
@@ -536,8 +537,9 @@ def rollback(
     extra: List[str] = ExtraOpt,
     yes: bool = typer.Option(False, "--yes", "-y", help="Unattended: roll back without asking for confirmation."),
     as_json: bool = JsonOpt,
-    force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed, and past the "
-                               "point of no return (after typing the run id at a terminal)."),
+    force: bool = typer.Option(False, "--force", help="Roll back even though the runbook changed or a later run "
+                               "changed the cluster since, and past the point of no return (after typing the run id "
+                               "at a terminal)."),
     allow_no_stonith: bool = AllowNoStonithOpt,
     state_dir: Optional[Path] = StateDirOpt,
 ) -> None:

@@ -56,12 +56,23 @@ def default_state_dir() -> Path:
 
 
 def new_run_id(state_dir: Path | None = None) -> str:
-    """Start time + a random suffix; with `state_dir`, one no journal there has yet (runs started
-    in the same second may draw the same 16-bit suffix)."""
-    while True:
-        rid = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        if state_dir is None or not (Path(state_dir) / "runs" / f"{rid}{SUFFIX}").exists():
-            return rid
+    """Start time + a random suffix. With `state_dir`, a run started in the same second as
+    others there gets the next suffix after theirs: ids never collide, and within a state dir
+    their order is the order the runs started in (which run came after which matters)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-")
+    same = sorted(p.name[len(stamp):len(stamp) + 4] for p in (Path(state_dir) / "runs").glob(stamp + "*" + SUFFIX)) \
+        if state_dir is not None and (Path(state_dir) / "runs").is_dir() else []
+    if not same:
+        return stamp + secrets.token_hex(2)
+    return stamp + ("%04x" % (int(same[-1], 16) + 1) if same[-1] != "ffff" else "ffff" + secrets.token_hex(1))
+
+
+def started_after(a: dict, b: dict) -> bool:
+    """Whether run `a` started after run `b` (journal views): by the UTC start second, then by
+    run id (ids of one state dir sort in start order within a second; local-time ids alone go
+    backwards when clocks fall back)."""
+    ta, tb = (dt.datetime.fromisoformat(d["created_at"]).timestamp() for d in (a, b))
+    return (ta, a["run_id"]) > (tb, b["run_id"])
 
 
 def whoami() -> dict[str, Any]:

@@ -6,6 +6,7 @@ This is the library entry point the CLI calls for `run`, `resume`, `rollback` an
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Any, Callable
 
 from bmupgrade.engine.core import Engine, Mode, RunOptions
 from bmupgrade.engine.guards import fencing_gap
-from bmupgrade.errors import EXIT_OK, UsageError
+from bmupgrade.errors import EXIT_OK, BmError, UsageError
 from bmupgrade.journal import (DONE, OPEN_STATUSES, PARTLY_ROLLED_BACK, ROLLED_BACK_RUN, RUNNING, Journal, LocalLock,
-                               RunStore, new_run_id, now, owner_alive, whoami)
+                               RunStore, new_run_id, now, owner_alive, started_after, whoami)
 from bmupgrade.runbook import Runbook, load_runbook
 from bmupgrade.templating import Redactor
 
@@ -194,6 +195,48 @@ def _refuse_not_resumable(journal: Journal, *, rollback: bool) -> None:
                          f"`bmupgrade rollback {rid}` finishes the rollback")
 
 
+def later_change(store: RunStore, journal: Journal) -> dict | None:
+    """A run started after this one on the same cluster that sent something and was not rolled
+    back: the cluster is no longer what this run's remaining steps or rollback commands assume."""
+    cluster = journal.data.get("cluster_id")
+    # ids start with the local start time: a run started later has a later id, give or take
+    # the hour a clock falls back (started_after decides on the UTC start)
+    since = (dt.datetime.strptime(journal.run_id[:15], "%Y%m%d-%H%M%S") - dt.timedelta(hours=2)).strftime(
+        "%Y%m%d-%H%M%S")
+    for path in reversed(store.paths()):
+        if path.name < since:
+            break
+        if path == journal.path:
+            continue
+        try:
+            d = Journal.load(path).data
+        except BmError:  # damaged: `bmupgrade runs` shows it; it cannot vouch for anything
+            continue
+        sent = any(e.get("attempts", 0) for step in d["steps"].values() for e in step["nodes"].values())
+        if cluster and d.get("cluster_id") == cluster and sent and d["status"] != ROLLED_BACK_RUN \
+                and started_after(d, journal.data):
+            return d
+    return None
+
+
+def _refuse_superseded(store: RunStore, journal: Journal, *, rollback: bool, force: bool) -> None:
+    later = later_change(store, journal)
+    if later is None or force:
+        return
+    rid, lid = journal.run_id, later["run_id"]
+    if rollback:
+        instead = ("roll back that run first (`bmupgrade rollback " + lid + "`)"
+                   if later["status"] != PARTLY_ROLLED_BACK else "restore from the backup")
+        raise UsageError(f"run {rid} was followed by run {lid} ({later['status']}) on the same cluster, which "
+                         f"changed it: rolling {rid} back would apply its rollback commands over those changes. "
+                         f"{instead[0].upper() + instead[1:]}, or add --force to roll {rid} back anyway. "
+                         "Nothing was changed.")
+    raise UsageError(f"run {rid} was followed by run {lid} ({later['status']}) on the same cluster, which changed "
+                     f"it: resuming {rid} would send its remaining steps over those changes (a step such as "
+                     "post-install could run twice on the cluster). Start a new `bmupgrade run` (its preflight "
+                     f"sees the cluster as it is), or add --force to resume {rid} anyway. Nothing was changed.")
+
+
 def identity_changes(journal: Journal, rb: Runbook) -> list[str]:
     """What differs from the run's identity: the runbook/inventory files and the effective variables."""
     data = journal.data
@@ -212,6 +255,7 @@ def load_for_resume(session: Session, run_id: str | None, *, force: bool, overri
     store = RunStore(session.state_dir)
     journal = store.find(run_id, open_only=not rollback and run_id is None)
     _refuse_not_resumable(journal, rollback=rollback)
+    _refuse_superseded(store, journal, rollback=rollback, force=force)
     data = journal.data
     path = data["runbook"]["path"]
     merged = {**data.get("overrides", {}), **overrides}

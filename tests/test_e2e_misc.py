@@ -154,3 +154,31 @@ def test_a_flood_of_output_streams_bounded_to_terminal_and_log(lab, tmp_path):
     blob = [json.loads(l) for l in (state / "runs" / f"{run_id}.audit.jsonl").read_text().splitlines()
             if '"key": "blob"' in l and '"event": "result"' in l]
     assert blob[0]["exit_code"] == 0 and blob[0]["output_tail"].endswith("the-end\n")  # the tail is kept
+
+
+def test_resume_of_a_run_a_later_run_overtook_is_refused(lab, tmp_path):
+    """The common sequence: a run fails before HA goes off (cron could not be stopped), the admin
+    just starts `run` again and it upgrades the cluster; a later `bmupgrade resume` finds the
+    first run (the only open one). It must not send that run's steps over the second run's work:
+    refused, exit 2, nothing reaches a node, and the message says what to do."""
+    from tests.e2e import ledger
+
+    state = tmp_path / "s"
+    lab.fault("fail", node="bm2", command="systemctl stop cron.service", exit_code=1, times=3)
+    first = run_upgrade(lab, state)
+    lab.clear_faults()
+    assert first.returncode == 1, first.stdout + first.stderr
+    first_id = journal(state)["run_id"]
+    second = run_upgrade(lab, state)
+    assert second.returncode == 0, second.stdout + second.stderr
+    second_id = max(p.name[:20] for p in (state / "runs").glob("*.journal.jsonl"))
+    assert second_id != first_id
+    before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
+    for args in (("resume", "--yes", "--ack", "backup,prepare"), ("rollback", first_id, "--yes")):
+        r = bmupgrade(*args, state=state)
+        out = one_line(r.stdout + r.stderr)
+        assert r.returncode == 2, out
+        assert f"run {first_id} was followed by run {second_id} (succeeded) on the same cluster, which changed " \
+               "it" in out and "Nothing was changed." in out
+    assert {n: len(ledger(lab, n)) for n in ("bm1", "bm2")} == before
+    assert journal(state, first_id)["status"] == "failed"

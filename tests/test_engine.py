@@ -584,6 +584,38 @@ def test_rollback_force_past_the_point_of_no_return_needs_the_typed_confirmation
     assert t3.state["version"] == {"bm1": "4.9.2", "bm2": "4.9.2"}  # forced: downgraded
 
 
+def test_a_run_followed_by_another_changing_run_is_neither_resumed_nor_rolled_back_unforced(tmp_path):
+    """Run A stops at its first step (HA on); the admin starts a new run B, which upgrades the
+    cluster. A later `bmupgrade resume` finds A (the only open run): resuming it would send A's
+    steps over B's — post-install a second time on the cluster — and rolling it back would apply
+    A's rollback commands over B's changes. Both are refused, nothing sent; --force goes on."""
+    from bmupgrade.runner import rollback
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(PONR_CRON)
+    t = sim("bm1")
+    t.on("bm1", "systemctl stop cron", exit_code=1, times=1)
+    a = start_run(rb, session(tmp_path, t))
+    assert a.exit_code == 1 and t.state["maint"] == "false", a.message
+    tb = sim("bm1")
+    tb.state = t.state
+    b = start_run(rb, session(tmp_path, tb))
+    assert b.exit_code == 0, b.message
+    assert len([c for _, c in tb.calls if c.startswith("bm-cli setup upgrade")]) == 1
+    for attempt in (lambda s: resume_run(s, None), lambda s: rollback(s, a.run_id)):
+        t2 = sim("bm1")
+        t2.state = t.state
+        with pytest.raises(UsageError, match=f"run {a.run_id} was followed by run {b.run_id} \\(succeeded\\) on "
+                                             "the same cluster, which changed it") as e:
+            attempt(session(tmp_path, t2, _Rollbacker(yes=True)))
+        assert e.value.exit_code == 2 and t2.calls == []
+    assert f"`bmupgrade rollback {b.run_id}`" in str(e.value)
+    t3 = sim("bm1")
+    t3.state = t.state
+    s = resume_run(session(tmp_path, t3), a.run_id, force=True)  # the admin's explicit choice: it goes on
+    assert s.run_id == a.run_id and s.message.startswith("Step 'cron' failed on bm1"), s.message
+
+
 def _stopped_with_ha_off(tmp_path, rb_text=None):
     """A run whose packages failed (unattended, abort): stopped with HA off, packages sent."""
     rb = tmp_path / "rb.yaml"

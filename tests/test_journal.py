@@ -128,9 +128,10 @@ def test_a_full_disk_is_an_exit_path_like_the_others(tmp_path):
         subprocess.run(["umount", str(small)], check=False)
 
 
-def test_two_runs_started_in_the_same_second_with_the_same_suffix_get_two_journals(tmp_path, monkeypatch):
-    """The run id is the start second + 16 random bits: a second run drawing the same id (same
-    second, same suffix) gets another one, not a FileExistsError traceback."""
+def test_two_runs_started_in_the_same_second_get_two_journals_in_start_order(tmp_path, monkeypatch):
+    """The run id is the start second + 16 random bits: a second run in the same second (which
+    could draw the same suffix) gets the next suffix, not a FileExistsError traceback, and the
+    ids sort in the order the runs started (a later run must be seen as later)."""
     import datetime as real_dt
 
     from bmupgrade import journal as journal_mod
@@ -140,11 +141,14 @@ def test_two_runs_started_in_the_same_second_with_the_same_suffix_get_two_journa
         def now(cls, tz=None):
             return real_dt.datetime(2026, 12, 2, 10, 0, 0, tzinfo=tz)
 
-    drawn = iter(["abcd", "abcd", "abcd", "beef"])
+    drawn = iter(["ffe0", "0001", "0001"])
     monkeypatch.setattr(journal_mod.dt, "datetime", _SameSecond)
     monkeypatch.setattr(journal_mod.secrets, "token_hex", lambda n: next(drawn))
     first = _journal(tmp_path)
-    second_id = journal_mod.new_run_id(tmp_path / "state")
-    second = Journal.create(tmp_path / "state", run_id=second_id, runbook={"path": "rb", "sha256": "x", "name": "t"})
-    assert (first.run_id, second.run_id) == ("20261202-100000-abcd", "20261202-100000-beef")
-    assert len(RunStore(tmp_path / "state").paths()) == 2
+    ids = [first.run_id]
+    for _ in range(2):
+        rid = journal_mod.new_run_id(tmp_path / "state")
+        ids.append(Journal.create(tmp_path / "state", run_id=rid, runbook={"path": "rb", "sha256": "x",
+                                                                          "name": "t"}).run_id)
+    assert ids == ["20261202-100000-ffe0", "20261202-100000-ffe1", "20261202-100000-ffe2"]
+    assert [p.name[:20] for p in RunStore(tmp_path / "state").paths()] == ids
