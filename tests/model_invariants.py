@@ -1,4 +1,4 @@
-"""The safety invariants of the stateful model test (I1-I10, see test_model_stateful.py),
+"""The safety invariants of the stateful model test (I1-I11, see test_model_stateful.py),
 checked after every rule against what the model nodes really saw and what the journals say.
 
 A mixin of OperatorStories: it reads the machine's `cluster` (the model), `state` (the state
@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis.stateful import invariant
 
 from bmupgrade.errors import BmError
-from bmupgrade.journal import Journal, RunStore
+from bmupgrade.journal import Journal, RunStore, started_after
 from bmupgrade.outcome import RERUN, RETRY
 from bmupgrade.runbook import load_runbook
 from tests.model_cluster import HA_ON, PRIMARY_STEPS
@@ -135,6 +135,21 @@ class SafetyInvariants:
                     if e.get("attempts", 0) or e.get("state", "pending") not in ("pending", "skipped"):
                         assert undone.get(node, {}).get("state") == "done", \
                             f"I10: run {d['run_id']} says rolled-back, but {s.id} on {node} was sent and not undone"
+
+    def overtaken(self) -> set[str]:
+        """Runs that a run started after them has overtaken: the later one sent step commands (as
+        the model nodes saw them) and is not rolled back. Taken at the start of each invocation."""
+        runs = self._journal_view()
+        sent_by = {s.run_id for s in self.cluster.m.sent if s.tag}
+        return {x["run_id"] for x in runs for y in runs
+                if y["run_id"] in sent_by and y["status"] != "rolled-back" and started_after(y, x)}
+
+    @invariant()
+    def i11_nothing_over_a_later_run(self):
+        for s in self.cluster.m.sent:
+            if s.invocation not in self.forced and s.run_id in self.overtaken_at.get(s.invocation, ()):
+                raise AssertionError(f"I11: {s.command} reached {s.node} for run {s.run_id} (invocation "
+                                     f"{s.invocation}), which a later run had overtaken, without --force")
 
     @invariant()
     def i3b_post_install_on_one_node_per_run(self):

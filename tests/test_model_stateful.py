@@ -23,7 +23,9 @@ I8 automatic failover goes back on (the HA-on step, or rolling back the HA-off s
 I9 a `bmupgrade resume RUN` or `bmupgrade rollback RUN` that an invocation printed is accepted by
    that run as it is left;
 I10 a run that says `rolled-back` has undone every step it sent (a point of no return that held
-   the rollback says `partly-rolled-back`).
+   the rollback says `partly-rolled-back`);
+I11 no run is resumed or rolled back (nothing reaches a node for it) once a run started after
+   it sent step commands and was not rolled back, unless that invocation was given --force.
 
 The invariants live in tests/model_invariants.py (a mixin), the model cluster in
 tests/model_cluster.py. BMUPGRADE_MODEL_EXAMPLES sets the number of examples (CI: the default; deeper: 2000+).
@@ -187,6 +189,8 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         self.pending_interrupt: tuple[str, int] | None = None
         self.pending_crash: int | None = None
         self._token = 0
+        self.forced: set[int] = set()  # invocations given --force (resume, rollback)
+        self.overtaken_at: dict[int, set[str]] = {}  # per invocation: runs a later run had overtaken
 
     def teardown(self):
         import shutil
@@ -202,6 +206,7 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         m = self.cluster.m
         m.invocation += 1
         m.mode, m.safety = mode, {"fencing-risk-accepted": allow_no_stonith}
+        self.overtaken_at[m.invocation] = self.overtaken()
         self._token += 1
         token = f"tok{self._token}"
         self._arm(token)
@@ -291,7 +296,8 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         flags = {"rerun": {"post-install"} if rerun else set(), "assume_done": {"post-install"} if assume else set()}
         prompter = self._operator(answers, unattended, on_failure_policy=policy[0], **flags)
         overrides = dict([change.split("=")]) if change else {}
-        open_runs = [d for d in self._journal_view() if d["status"] not in ("succeeded", "refused", "rolled-back", "partly-rolled-back")]
+        open_runs = [d for d in self._journal_view()
+                     if d["status"] not in ("succeeded", "refused", "rolled-back", "partly-rolled-back")]
         target = open_runs[0] if oldest and open_runs else open_runs[-1] if open_runs else None
         differs = target is not None and any(target["vars"].get(k) != v for k, v in overrides.items())
         run_id = target["run_id"] if oldest and target else None  # `resume RUN` of an older open run
@@ -299,6 +305,8 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
                                                       allow_no_stonith=allow_no_stonith, on_failure=policy[0],
                                                       on_deadline=policy[1]), run_id, force=force,
                                         overrides=overrides), "resume", allow_no_stonith)
+        if force:
+            self.forced.add(self.cluster.m.invocation)
         if (differs and not force) or (change or "").startswith("targt_"):
             assert isinstance(self.last[0], BmError) and self.last[0].exit_code == 2, \
                 "I5: a resume with other variables (or an unknown -e) must be refused without --force"
@@ -318,6 +326,8 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         run_id = before[0]["run_id"] if oldest and before else None  # `rollback RUN` of the first run
         s = self._invoke(lambda: rollback(self._session(prompter, allow_no_stonith=allow_no_stonith), run_id,
                                           force=force), "rollback", allow_no_stonith)
+        if force:
+            self.forced.add(self.cluster.m.invocation)
         declined = [a for k, _, a in self.last[2] if k in ("rollback", "typed") and a == "no"]
         if declined and s is not None and not isinstance(s, BmError):
             assert self._journal_view() == before, "I7: a declined rollback changed the journal"
