@@ -427,19 +427,19 @@ class Txn:
         return self.store.node_names()
 
     def commit(self) -> None:
-        changed = False
+        changed = []
         for name, (before, d) in self._nodes.items():
             if json_dumps(d, sort_keys=True) != before:
                 self.store._write(os.path.join(self.store.node_dir(name), "state.json"), d)
-                changed = True
+                changed.append(name)
         if self._cluster is not None:
             before, d = self._cluster
             if json_dumps(d, sort_keys=True) != before:
                 d["last_change"] = time.time()
                 self.store._write(os.path.join(self.store.lab, "cluster.json"), d)
-                changed = True
-        if changed:
-            refresh_fast_answers(self)
+                changed = None  # the VIP may have moved: every node's answer
+        if changed != []:
+            refresh_fast_answers(self, changed)
 
 
 # --------------------------------------------------------------------------- shared logic
@@ -2429,9 +2429,10 @@ def oneline_address(i: dict, addr: tuple) -> str:
 # of a Python start, a lab run costs a third less CPU and the HA window's probes ~7 ms less each.
 # The answer is kept per node in `<node>/fast/ip-to-VIP`, rewritten under the lab's lock by every
 # state change (Txn.commit) and absent while the node has any fault set (faults need Python).
-def refresh_fast_answers(tx: Txn) -> None:
+def refresh_fast_answers(tx: Txn, nodes: list[str] | None = None) -> None:
+    """The kept answer of `nodes` (default: every node) from the state as `tx` sees it."""
     vip = tx.cluster()["public_ip"]
-    for node in tx.node_names():
+    for node in tx.node_names() if nodes is None else nodes:
         d = os.path.join(tx.store.node_dir(node), "fast")
         path = os.path.join(d, "ip-to-" + vip)
         if tx.node(node)["faults"] or not _plain_ipv4(vip):
