@@ -521,13 +521,15 @@ def resume(
     session = _session(state_dir, yes, on_failure, deadline, on_deadline, ack, as_json, step,
                        rerun=rerun, assume_done=assume_done, break_lock=break_lock,
                        allow_no_stonith=allow_no_stonith)
+    loaded = None
     if ack or rerun or assume_done:
         from bmupgrade.runner import load_for_resume
 
-        rb, found = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
+        loaded = rb, found = load_for_resume(session, run_id, force=force, overrides=parse_extra_vars(extra))
         _refuse_unknown_steps(rb, acks=ack, rerun=rerun, assume_done=assume_done)
         _refuse_unused_answers(rb, found, rerun=rerun, assume_done=assume_done)
-    _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra)), session.reporter)
+    _finish(resume_run(session, run_id, force=force, overrides=parse_extra_vars(extra), loaded=loaded),
+            session.reporter)
 
 
 @app.command()

@@ -209,12 +209,12 @@ def later_change(store: RunStore, journal: Journal) -> dict | None:
         if path == journal.path:
             continue
         try:
-            d = Journal.load(path).data
+            other = Journal.load(path)
         except BmError:  # damaged: `bmupgrade runs` shows it; it cannot vouch for anything
             continue
-        sent = any(e.get("attempts", 0) for step in d["steps"].values() for e in step["nodes"].values())
-        if cluster and d.get("cluster_id") == cluster and sent and d["status"] != ROLLED_BACK_RUN \
-                and started_after(d, journal.data):
+        d = other.data
+        if cluster and d.get("cluster_id") == cluster and d["status"] != ROLLED_BACK_RUN \
+                and any(other.nodes_sent(sid) for sid in d["steps"]) and started_after(d, journal.data):
             return d
     return None
 
@@ -276,8 +276,10 @@ def load_for_resume(session: Session, run_id: str | None, *, force: bool, overri
 
 
 def resume_run(session: Session, run_id: str | None, *, force: bool = False,
-               overrides: dict[str, str] | None = None):
-    rb, journal = load_for_resume(session, run_id, force=force, overrides=overrides or {})
+               overrides: dict[str, str] | None = None, loaded: tuple[Runbook, Journal] | None = None):
+    """`loaded`: what load_for_resume already returned for these arguments (the CLI checks its
+    flags against it first), so the journals are not read and checked twice."""
+    rb, journal = loaded or load_for_resume(session, run_id, force=force, overrides=overrides or {})
     refusal = stonith_guard_refusal(rb, session, journal.data, nothing="sent")
     if refusal:
         raise UsageError(refusal)

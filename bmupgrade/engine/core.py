@@ -243,12 +243,11 @@ class Engine:
 
     def rolled_back_status(self, done: bool) -> str:
         """After a rollback: partly, when a point of no return held it (the upgrade up to it stays)."""
-        from bmupgrade.engine.rollback import barrier
+        from bmupgrade.engine.rollback import held_by
 
         if not done:
             return FAILED_RUN
-        held = not self.options.force_past_no_return and barrier(self) is not None
-        return PARTLY_ROLLED_BACK if held else ROLLED_BACK_RUN
+        return PARTLY_ROLLED_BACK if held_by(self) is not None else ROLLED_BACK_RUN
 
     def step_was_sent(self, step_id: str) -> bool:
         return bool(self.journal.nodes_sent(step_id)) or \
@@ -314,17 +313,16 @@ class Engine:
                   if e.get("t_start")] if step else []
         return min(starts) if starts else ha["off_t"]
 
-    def _next_commands(self) -> list[str]:
+    def _next_commands(self, undo: list[str]) -> list[str]:
         """`resume` / `rollback` for the run as it is left — only what that run accepts: no
         `resume` of a run that is not open or goes backwards, no `rollback` with nothing to undo."""
-        from bmupgrade.engine.rollback import preview
         from bmupgrade.journal import OPEN_STATUSES
 
         status = self.journal.status
         if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, REFUSED):
             return []
         forward = status in OPEN_STATUSES and self.journal.data.get("direction") != "rollback"
-        return ([self.hint("resume")] if forward else []) + ([self.hint("rollback")] if preview(self)[0] else [])
+        return ([self.hint("resume")] if forward else []) + ([self.hint("rollback")] if undo else [])
 
     def summary(self, exit_code: int, status: str, message: str) -> Summary:
         rows = []
@@ -338,12 +336,13 @@ class Engine:
         ha = self.journal.data["ha"]
         window = ha["on_t"] - self._ha_off_sent_at() if ha.get("off_t") and ha.get("on_t") else None
         ha_open = self.ha.is_off()
-        nxt = self._next_commands() if exit_code != EXIT_OK and self.mode != Mode.CHECK else []
-        if ha_open:
-            message += " HA handling is still OFF (maintenance): the cluster will not fail over."
         from bmupgrade.engine.rollback import preview
 
-        cannot = preview(self)[1] if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED) else []
+        undo, cannot = preview(self)
+        nxt = self._next_commands(undo) if exit_code != EXIT_OK and self.mode != Mode.CHECK else []
+        if ha_open:
+            message += " HA handling is still OFF (maintenance): the cluster will not fail over."
+        cannot = cannot if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED) else []
         logs = [str(self.journal.path)] + ([str(self.audit.jsonl_path)] if self.audit else [])
         return Summary(self.journal.run_id, status, exit_code, message, rows, window, ha_open,
                        self.ha.restore_hint() if ha_open else None, nxt, cannot,

@@ -308,13 +308,13 @@ def steps(eng: "Engine") -> None:
 
 def rollback(eng: "Engine") -> None:
     from bmupgrade.engine.core import Stop
-    from bmupgrade.engine.rollback import barrier, roll_back
+    from bmupgrade.engine.rollback import held_by, roll_back
 
     assert eng.safety_passed and eng.rollback_confirmed
     done = roll_back(eng, ask=False)
     if not done:
         raise Stop(EXIT_FAILED, "failed", "Rollback incomplete: see above; `" + eng.hint("rollback") + "` goes on.")
-    stop = None if eng.options.force_past_no_return else barrier(eng)
+    stop = held_by(eng)
     if stop is not None:  # not a plain "Rolled back.": the upgrade itself stays
         raise Stop(EXIT_OK, PARTLY_ROLLED_BACK, f"Rolled back as far as the point of no return '{stop.id}'"
                    + ("" if eng.ha.is_off() else ", HA handling on") + ": nothing up to it was undone (no "

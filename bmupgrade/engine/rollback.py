@@ -42,6 +42,11 @@ def barrier(eng: "Engine") -> Step | None:
     return None
 
 
+def held_by(eng: "Engine") -> Step | None:
+    """The point of no return this invocation's rollback stops at (None when forced past it)."""
+    return None if eng.options.force_past_no_return else barrier(eng)
+
+
 def _undoable(eng: "Engine", *, force: bool) -> list[Step]:
     """Steps to undo, newest first. Past a point of no return (unless forced) rollback only closes
     the window: the later steps that ran, and the earlier ones that restore normal operation
@@ -137,7 +142,7 @@ def outcome_text(eng: "Engine", done: bool) -> str:
     upgrade itself stays)."""
     if not done:
         return "rollback not (fully) done — see above."
-    stop = None if eng.options.force_past_no_return else barrier(eng)
+    stop = held_by(eng)
     if stop is None:
         return "rolled back."
     return (f"rolled back as far as the point of no return '{stop.id}': nothing up to it was undone; the "
