@@ -1,7 +1,11 @@
 """The journal: a durable, resumable record of one run, written before every change.
 
-An append-only log of JSON lines, one per transition, each fsync'd before the effect it
-announces (O(1) per transition, whatever the run's length). The first line holds the run's
+An append-only log of JSON lines, one per transition (O(1) each, whatever the run's length).
+A record that announces an effect (a command about to be sent, a status, a marker) is
+fdatasync'd before that effect. A record that only reports an outcome (`sync=False`) is
+written at once — a killed process keeps it — and made durable by the next announcing record
+or the run's end (fdatasync covers every earlier write to the file): power lost in between
+leaves that step "started", i.e. in doubt, which resume already settles (verify, or ask). The first line holds the run's
 header; loading replays the records into `data`, the plain-JSON view the rest of bmupgrade
 reads. A torn last line (a crash mid-write) is ignored; damage anywhere else is reported with
 the path and line, never as "run not found". When a run ends, the log is compacted into one
@@ -23,6 +27,7 @@ import secrets
 import socket
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,8 +48,18 @@ PARTLY_ROLLED_BACK = RunState.PARTLY_ROLLED_BACK
 OPEN_STATUSES = {RUNNING, FAILED_RUN, ABORTED, INTERRUPTED, DEADLINE}
 
 
+_NOW: list = [None, ""]  # (whole second, its text): one text per second, as isoformat gives
+
+
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    """Local time with its offset, to the second (every record has one: formatting it through
+    the local zone every time was a tenth of a step's CPU)."""
+    t = time.time()
+    sec = int(t)
+    if _NOW[0] != sec:
+        _NOW[1] = dt.datetime.fromtimestamp(sec, dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+        _NOW[0] = sec
+    return _NOW[1]
 
 
 def default_state_dir() -> Path:
@@ -233,6 +248,7 @@ class Journal:
         self.path = path
         self.data = data
         self._fd = fd
+        self._unsynced = False  # an outcome was written since the last fdatasync
         self._crash_at = os.environ.get("BMUPGRADE_CRASH_AT")  # fault injection for tests
         self.after_write: Callable[[dict], None] | None = None  # the model test's crash point
 
@@ -311,16 +327,24 @@ class Journal:
 
     def close(self) -> None:
         if self._fd is not None:
+            if self._unsynced:  # outcomes written since the last announcing record
+                try:
+                    os.fdatasync(self._fd)
+                except OSError:
+                    pass
+                self._unsynced = False
             os.close(self._fd)
             self._fd = None
 
     # ---------------------------------------------------------------- persistence
-    def _write(self, rec: dict[str, Any]) -> None:
+    def _write(self, rec: dict[str, Any], sync: bool = True) -> None:
         line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
         fd = self._open_for_append()
         try:
             os.write(fd, line)
-            os.fdatasync(fd)
+            if sync:
+                os.fdatasync(fd)
+            self._unsynced = not sync
         except OSError as exc:
             raise BmError(f"cannot write the journal {self.path}: {exc.strerror} (disk full?); the run stops "
                           "here") from None
@@ -328,9 +352,9 @@ class Journal:
         if hook:
             hook(rec)
 
-    def _record(self, rec: dict[str, Any]) -> None:
+    def _record(self, rec: dict[str, Any], sync: bool = True) -> None:
         rec["at"] = now()
-        self._write(rec)
+        self._write(rec, sync)
         _apply(self.data, rec)
 
     def snapshot(self) -> None:
@@ -366,8 +390,9 @@ class Journal:
 
     # ---------------------------------------------------------------- transitions
     def mark(self, step_id: str, nodes: list[str], state: str, *, rollback: bool = False,
-             node_fields: dict[str, dict] | None = None, **fields: Any) -> None:
-        """One durable record: `state` for a step on some nodes (checked against the table)."""
+             node_fields: dict[str, dict] | None = None, sync: bool = True, **fields: Any) -> None:
+        """One record: `state` for a step on some nodes (checked against the table); durable at
+        once unless `sync=False` (an outcome: see the module docstring)."""
         for node in nodes:
             check_node(step_id, node, self.node_state(step_id, node, rollback=rollback), state, rollback=rollback)
         rec: dict[str, Any] = {"r": "node", "step": step_id, "nodes": list(nodes), "state": str(state)}
@@ -377,7 +402,7 @@ class Journal:
             rec["f"] = fields
         if node_fields:
             rec["nf"] = {n: node_fields[n] for n in nodes if n in node_fields}
-        self._record(rec)
+        self._record(rec, sync)
         for node in nodes:
             self._maybe_crash(str(state) if not rollback else f"rollback-{state}", step_id, node)
 
@@ -387,9 +412,9 @@ class Journal:
             fields["owner"] = owner_record()
         self._record({"r": "run", "status": str(status), "f": fields})
 
-    def set(self, path: str | list[str], value: Any) -> None:
+    def set(self, path: str | list[str], value: Any, *, sync: bool = True) -> None:
         """Set a top-level key (or a nested one: ["captured", "from_version"])."""
-        self._record({"r": "set", "p": [path] if isinstance(path, str) else list(path), "v": value})
+        self._record({"r": "set", "p": [path] if isinstance(path, str) else list(path), "v": value}, sync)
 
     def add(self, key: str, item: Any) -> None:
         """Append to a top-level list (facts, resumes)."""

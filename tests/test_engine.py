@@ -847,3 +847,79 @@ def test_a_required_step_that_cannot_be_reapplied_stops_before_the_step(tmp_path
     assert "'mask' no longer held on bm2 and re-applying it failed (bm2: exit 1)" in s.message
     assert sent == ["bm2", "bm2"] and not [c for _, c in t.calls if c.startswith("apt-get")]
     assert journal(tmp_path)["steps"]["packages"]["state"] == "pending"
+
+
+def _io_trace(monkeypatch, t):
+    """(event, file or node, detail) in order: journal/audit writes and syncs, and every send."""
+    import os as _os
+
+    events, real_write, real_fdatasync, real_fsync = [], _os.write, _os.fdatasync, _os.fsync
+
+    def path(fd):
+        try:
+            return _os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return "?"
+
+    def write(fd, data):
+        p = path(fd)
+        if p.endswith(".journal.jsonl"):
+            what = re.search(rb'"state":"\w+"', data) or re.search(rb'"r":"\w+"', data)
+            events.append(("write", "journal", what.group(0).decode()))
+        return real_write(fd, data)
+
+    def sync(real):
+        def f(fd):
+            p = path(fd)
+            kind = next((k for k, end in (("journal", ".journal.jsonl"), ("audit", ".audit.jsonl"),
+                                          ("output", ".output.log")) if p.endswith(end)), "other")
+            events.append(("sync", kind, ""))
+            return real(fd)
+        return f
+
+    monkeypatch.setattr(_os, "write", write)
+    monkeypatch.setattr(_os, "fdatasync", sync(real_fdatasync))
+    monkeypatch.setattr(_os, "fsync", sync(real_fsync))
+    run = t.run
+
+    def send(node, command, **kw):
+        events.append(("send", node, command))
+        return run(node, command, **kw)
+    t.run = send
+    return events
+
+
+def test_every_send_follows_a_durable_started_record_and_outcomes_ride_the_next_sync(tmp_path, rb_path,
+                                                                                      monkeypatch):
+    import bmupgrade.audit
+
+    monkeypatch.setattr(bmupgrade.audit, "SYNC_EVERY", 3600.0)
+    t = sim("bm1")
+    events = _io_trace(monkeypatch, t)
+    s = start_run(rb_path, session(tmp_path, t))
+    assert s.exit_code == 0, s.message
+    journal_io = [e for e in events if e[1] == "journal"]
+    for i, e in enumerate(events):
+        if e[0] == "send" and CHANGES.search(e[2]):  # a change: its "started" record is on disk first
+            before = [x for x in events[:i] if x[1] == "journal"]
+            last_write = max(k for k, x in enumerate(before) if x[0] == "write")
+            assert before[last_write][2] == '"state":"started"' and ("sync", "journal", "") in before[last_write:]
+    outcomes = [k for k, x in enumerate(journal_io) if x[2] == '"state":"done"']
+    assert outcomes and all(journal_io[k + 1][0] == "write" for k in outcomes[:-1])  # not synced on their own
+    assert journal_io.count(("sync", "journal", "")) < sum(1 for x in journal_io if x[0] == "write")
+    sends = sum(1 for e in events if e[0] == "send")
+    # the audit trail: synced at its first command and when closed, not per command
+    assert [e for e in events if e[0] == "sync" and e[1] == "audit"] == [("sync", "audit", "")] * 2 and sends > 2
+
+
+def test_audit_trail_synced_per_command_when_the_interval_has_passed(tmp_path, rb_path, monkeypatch):
+    import bmupgrade.audit
+
+    monkeypatch.setattr(bmupgrade.audit, "SYNC_EVERY", 0.0)
+    t = sim("bm1")
+    events = _io_trace(monkeypatch, t)
+    assert start_run(rb_path, session(tmp_path, t)).exit_code == 0
+    audit_syncs = [k for k, e in enumerate(events) if e == ("sync", "audit", "")]
+    sends = [k for k, e in enumerate(events) if e[0] == "send"]
+    assert len(audit_syncs) == len(sends) + 1  # each command's record, then the close
+    assert all(any(a < k for a in audit_syncs) for k in sends)

@@ -166,7 +166,7 @@ def _undo_step(eng: "Engine", s: Step) -> bool:
             if not r.ok:
                 break
         state = DONE if r.ok else (UNKNOWN if r.exit_code is None and r.sent else FAILED)
-        eng.journal.mark(s.id, [node], state, rollback=True, exit_code=r.exit_code)
+        eng.journal.mark(s.id, [node], state, rollback=True, exit_code=r.exit_code, sync=False)  # an outcome
         eng.reporter.node_done(f"rollback:{s.id}", node, r.ok, "ok" if r.ok else f"exit {r.exit_code}", r.duration)
         return r
 

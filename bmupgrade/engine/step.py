@@ -232,12 +232,12 @@ class StepRunner:
                          **({"stdout": eng.redact(r.stdout.strip())} if step.capture and r.ok else {})}
         for state in (DONE, FAILED, UNKNOWN):
             if by_state.get(state):
-                eng.journal.mark(step.id, by_state[state], state, node_fields=fields)
+                eng.journal.mark(step.id, by_state[state], state, node_fields=fields, sync=False)  # an outcome
         eng.in_flight.pop(step.id, None)
         for n, r in results.items():
             eng.reporter.node_done(step.id, n, r.ok, detail(r), r.duration)
             if step.capture and r.ok:
-                eng.journal.set(["captured", step.capture], eng.redact(r.stdout.strip()))
+                eng.journal.set(["captured", step.capture], eng.redact(r.stdout.strip()), sync=False)
 
     def _wait_before_retry(self, step: Step, attempt: int, bad: dict[str, CommandResult]) -> None:
         eng = self.eng
