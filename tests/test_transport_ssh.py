@@ -144,6 +144,43 @@ def test_one_connection_reused_for_every_command(bm1, transport):
     assert bm1.logins() - before == 1
 
 
+def test_a_command_reading_stdin_gets_eof_at_once(bm1, transport):
+    # no password: nothing is written to stdin and no EOF is sent; the wire's own
+    # `exec </dev/null` must still end a reader at once, as `ssh host cmd </dev/null` would
+    transport.connect([bm1.address()])
+    r = transport.run("bm1", "cat; read x || echo eof; test -t 0 || echo not-a-tty", capture=True, timeout=20)
+    assert r.ok and r.stdout == "eof\nnot-a-tty\n" and not r.timed_out
+
+
+def test_aes_gcm_preferred_and_any_other_cipher_still_accepted(bm1, transport, tmp_path):
+    from bmupgrade.transport.ssh import SshTransport
+
+    transport.connect([bm1.address()])
+    t = transport.connection("bm1").transport
+    assert (t.local_cipher, t.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
+    # a server whose sshd_config allows no GCM: the connection still opens, with what it allows
+    port = _free_port(bm1.host)
+    cfg = Path(bm1.lab_node.sshd_config).read_text()
+    cfg = re.sub(r"(?m)^ListenAddress .*$", f"ListenAddress {bm1.host}:{port}", cfg)
+    cfg = re.sub(r"(?m)^PidFile .*$", f"PidFile {tmp_path / 'ctr.pid'}", cfg) + "Ciphers aes256-ctr\n"
+    (tmp_path / "sshd_config").write_text(cfg)
+    slog = tmp_path / "sshd.log"
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(tmp_path / "sshd_config"), "-E", str(slog)])
+    try:
+        deadline = time.monotonic() + 5
+        while "Server listening" not in (slog.read_text() if slog.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        with SshTransport() as other:
+            other.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+            t = other.connection("bm1").transport
+            assert t.local_cipher == "aes256-ctr" and other.run("bm1", "true").ok
+    finally:
+        sshd.terminate()
+        sshd.wait(5)
+
+
 def test_nodes_connect_in_parallel(nodes, transport):
     before = {n: nodes[n].logins() for n in nodes}
     transport.connect([nodes["bm1"].address(), nodes["bm2"].address()])

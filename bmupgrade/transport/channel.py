@@ -76,10 +76,11 @@ class ChannelRun:
                                    error=f"{n.lost} while starting the command; its outcome is unknown")
             return self.result(sent=False, error=f"the server refused the command: {one_line(e)}")
         n.seen()
+        if self.password is None:
+            return None  # the wire itself made stdin /dev/null (streams.announcing_pid)
         try:
-            if self.password is not None:
-                self.chan.sendall((self.password + "\n").encode("utf-8"))
-            self.chan.shutdown_write()  # commands get EOF on stdin, like `ssh host cmd </dev/null`
+            self.chan.sendall((self.password + "\n").encode("utf-8"))
+            self.chan.shutdown_write()  # then EOF on stdin, like `ssh host cmd </dev/null`
         except (OSError, paramiko.SSHException):
             pass  # the command already ended or the connection died: the wait tells
         return None

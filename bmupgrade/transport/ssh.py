@@ -413,6 +413,7 @@ class SshTransport(_TrustAndSudo):
             conn.connect_timeout = int(max(1, self.connect_timeout))
         conn.connect_kwargs.setdefault("banner_timeout", self.connect_timeout)
         conn.connect_kwargs.setdefault("auth_timeout", self.connect_timeout)
+        conn.connect_kwargs.setdefault("transport_factory", _aead_first)
         client = conn.client
         kh = knownhosts.load(_known_hosts_files(conn, address.known_hosts), client.get_host_keys())
         self._known_hosts[id(conn)] = kh
@@ -548,7 +549,8 @@ class SshTransport(_TrustAndSudo):
             t = n.transport
         assert t is not None
 
-        wire = announcing_pid(sudo_wrap(command, with_password=password is not None) if use_sudo else command)
+        wire = announcing_pid(sudo_wrap(command, with_password=password is not None) if use_sudo else command,
+                              stdin_null=password is None)  # stdin carries nothing: no EOF to send
         with n.state_lock:
             n.active += 1
             if n.active == 1:
@@ -564,6 +566,19 @@ class SshTransport(_TrustAndSudo):
 
 
 # --------------------------------------------------------------------------- helpers
+
+AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _aead_first(sock, **kw) -> paramiko.Transport:
+    """A Paramiko transport that prefers AES-GCM (OpenSSH has offered it since 6.2): one C call
+    seals or opens a packet, where the default aes-ctr + hmac-sha2 pays Python's hmac module on
+    every packet (~10 % of a step's CPU). Only the order changes: a server that refuses GCM
+    still gets the rest of Paramiko's list."""
+    t = paramiko.Transport(sock, **kw)
+    opts = t.get_security_options()
+    opts.ciphers = [c for c in AEAD_CIPHERS if c in opts.ciphers] + [c for c in opts.ciphers if c not in AEAD_CIPHERS]
+    return t
 
 
 def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts: Iterable[str]) -> str:

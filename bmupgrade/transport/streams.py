@@ -108,12 +108,14 @@ PID_TAG = b"\x1ebmupgrade-pid "
 PID_LINE_LIMIT = 64 * 1024  # give up looking for the pid line after this much stderr
 
 
-def announcing_pid(wire: str) -> str:
+def announcing_pid(wire: str, *, stdin_null: bool = False) -> str:
     """The command line with a prefix that makes the session's shell print its pid on stderr
     first. sshd makes that shell a session and process-group leader, so `kill -- -PID` stops
     the whole command on timeout, also where sshd refuses RFC 4254 signal requests: for root
-    logins ("session signalling requires privilege separation")."""
-    return "printf '\\036bmupgrade-pid %s\\n' \"$$\" >&2; " + wire
+    logins ("session signalling requires privilege separation"). `stdin_null`: the shell's
+    stdin is /dev/null from the start, as `ssh host cmd </dev/null` — so the client need not
+    send EOF when nothing else goes to stdin (one packet less to seal and send per command)."""
+    return ("exec </dev/null; " if stdin_null else "") + "printf '\\036bmupgrade-pid %s\\n' \"$$\" >&2; " + wire
 
 
 class PidLine:

@@ -131,6 +131,14 @@ class ConsoleReporter:
         self._partial: dict[tuple[str, str], str] = {}
         self._echo = {}  # (node, stream) -> EchoBudget
         self._live = None
+        self._plain_console: bool | None = None  # a file or pipe rich need not lay out (see _plain)
+        self._is_terminal: bool | None = None
+
+    def _terminal(self) -> bool:
+        """console.is_terminal, asked once (rich asks isatty and the environment every time)."""
+        if self._is_terminal is None:
+            self._is_terminal = self.console.is_terminal
+        return self._is_terminal
 
     # ------------------------------------------------------------- simple lines
     def verdict(self, text: str, *, ok: bool) -> None:
@@ -180,9 +188,12 @@ class ConsoleReporter:
         """A log's line without rich (~0.25 ms a line through its markup parser and Text): for
         markup strings on a console that neither colours, wraps nor replaces emoji codes (a file
         or a pipe); None: let rich render it (tabs too: rich expands them by cell width)."""
-        c = self.console
-        if c.is_terminal or c.color_system is not None or c.width != LOG_WIDTH or getattr(c, "_emoji", True) or \
-                set(kw) - {"markup", "highlight"} or not all(isinstance(o, str) for o in objects):
+        if self._plain_console is None:  # asked once: rich recomputes width and isatty per call
+            c = self.console
+            self._plain_console = not (self._terminal() or c.color_system is not None or c.width != LOG_WIDTH
+                                       or getattr(c, "_emoji", True))
+        if not self._plain_console or set(kw) - {"markup", "highlight"} or \
+                not all(isinstance(o, str) for o in objects):
             return None
         markup = kw.get("markup") is not False
         line = " ".join(markup_plain(o) if markup else o for o in objects)
@@ -209,7 +220,7 @@ class ConsoleReporter:
         counter = _esc(f"[{seq}/{total}] ") if total else ""
         self._print(f"[bold]▶ {counter}{_esc(title)}[/bold] [dim]{_esc('[' + step_id + ']')}[/dim] "
                            f"on {_esc(where)}")
-        if self.console.is_terminal and self._live is None:
+        if self._live is None and self._terminal():
             from rich.live import Live
 
             self._live = Live(_Elapsed(f"{step_id} on {where}"), console=self.console, transient=True,
