@@ -312,7 +312,7 @@ class Journal:
         data = {"format": FORMAT, "run_id": "check", "status": RUNNING.value, "captured": {}, "facts": [],
                 "preflight": None, "rollback": {}, "ha": {}, "steps": {}, **header}
         journal = cls(Path("/dev/null"), data)
-        journal._write = lambda rec: None  # type: ignore[method-assign]
+        journal._write = lambda rec, sync=True: None  # type: ignore[method-assign]
         journal.snapshot = lambda: None  # type: ignore[method-assign]
         return journal
 
