@@ -267,6 +267,7 @@ def test_deadline_stops_before_a_step_that_cannot_fit(lab, tmp_path, policy):
     out = one_line(r.stdout)
     assert "Deadline: the HA-off window ('ha-off' … 'ha-on') may take " in out
     assert "(worst case from the timeouts) but only " in out
+    assert "Durations are learnt from earlier runs in this --state-dir" in out
     assert "stopped before it with HA on, nothing half-done." in out
     assert "HA handling is OFF" not in out and "HA handling is still OFF" not in out
     for n in ("bm1", "bm2"):

@@ -199,8 +199,21 @@ def test_deadline_stops_before_a_step_that_cannot_fit(tmp_path, rb_path):
     t = sim("bm1")
     s = start_run(rb_path, session(tmp_path, t, deadline=time.time() + 20 * 60))  # packages: timeout 45m
     assert s.exit_code == 4 and "HA-off window" in s.message and not s.ha_off_open
+    assert "(worst case from the timeouts)" in s.message  # no earlier run: says so, and what to do
+    assert "Durations are learnt from earlier runs in this --state-dir" in s.message
     assert not any(c.startswith("apt-get") for _, c in t.calls)
     assert changes(t) == []  # stopped before ha-off: HA was never turned off
+
+
+def test_deadline_message_says_how_much_of_the_estimate_was_measured(rb_path):
+    from bmupgrade.engine.guards import estimate_basis, window_steps
+
+    rb = load_runbook(rb_path)
+    steps = window_steps(rb, rb.ha_step("disable"))
+    assert [s.id for s in steps] == ["ha-off", "packages", "post-install", "ha-on"]
+    assert estimate_basis({s.id: 1.0 for s in steps}, steps) == ("measured in earlier runs", "")
+    basis, how = estimate_basis({"ha-off": 1.0, "ha-on": 1.0}, steps)
+    assert basis == "2 of 4 steps measured in earlier runs, the rest worst case from the timeouts" and how
 
 
 def test_unattended_run_needs_acks_before_anything(tmp_path, rb_path):

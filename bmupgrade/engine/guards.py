@@ -87,13 +87,31 @@ def step_estimate(rb: Runbook, history: dict[str, float], step: Step) -> float:
     return per_node if step.parallel else per_node * nodes
 
 
-def window_estimate(rb: Runbook, history: dict[str, float], start: Step) -> tuple[float, str]:
+def window_steps(rb: Runbook, start: Step) -> list[Step]:
     """Everything from `start` (the HA-off step) up to and including the HA-on step."""
     ids = [s.id for s in rb.steps]
     enable = rb.ha_step("enable")
     end = ids.index(enable.id) if enable else len(ids) - 1
-    steps = rb.steps[ids.index(start.id): end + 1]
+    return rb.steps[ids.index(start.id): end + 1]
+
+
+def window_estimate(rb: Runbook, history: dict[str, float], start: Step) -> tuple[float, str]:
+    steps = window_steps(rb, start)
     return sum(step_estimate(rb, history, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
+
+
+def estimate_basis(history: dict[str, float], steps: list[Step]) -> tuple[str, str]:
+    """How an estimate was made, and (when timeouts made it) how to get a truer one."""
+    timed = [s for s in steps if s.manual is None]
+    unmeasured = [s for s in timed if s.id not in history]
+    if not unmeasured:
+        return "measured in earlier runs", ""
+    basis = "worst case from the timeouts" if len(unmeasured) == len(timed) else \
+        f"{len(timed) - len(unmeasured)} of {len(timed)} steps measured in earlier runs, the rest worst case " \
+        "from the timeouts"
+    return basis, (" Durations are learnt from earlier runs in this --state-dir (a rehearsal on the lab or a "
+                   "staging pair counts); without them every attempt of every command is assumed to take its "
+                   "whole `timeout:`. Set a later --deadline, or lower the timeouts that are generous.")
 
 
 def check_deadline(eng: "Engine", step: Step) -> None:
@@ -105,20 +123,19 @@ def check_deadline(eng: "Engine", step: Step) -> None:
     if eng.options.deadline is None or step.manual is not None:
         return
     left = eng.options.deadline - time.time()
-    if step.ha == "disable" and not eng.ha.is_off():
-        need, what = window_estimate(eng.rb, eng.options.history, step)
-        label = f"the HA-off window ({what})"
-    else:
-        need, label = step_estimate(eng.rb, eng.options.history, step), f"step '{step.id}'"
+    in_window = step.ha == "disable" and not eng.ha.is_off()
+    scope = window_steps(eng.rb, step) if in_window else [step]
+    need = sum(step_estimate(eng.rb, eng.options.history, s) for s in scope)
     if need <= left:
         return
-    basis = "measured in earlier runs" if step.id in eng.options.history else "worst case from the timeouts"
+    label = f"the HA-off window ('{scope[0].id}' … '{scope[-1].id}')" if in_window else f"step '{step.id}'"
+    basis, how = estimate_basis(eng.options.history, scope)
     msg = (f"Deadline: {label} may take {format_duration(need)} ({basis}) but only "
            f"{format_duration(max(left, 0))} are left before {eng.deadline_text()}")
     if eng.ha.is_off():
         eng.reporter.warn(msg + "; HA is off, so the run goes on to bring it back rather than stop.")
         return
-    msg += "; stopped before it with HA on, nothing half-done."
+    msg += "; stopped before it with HA on, nothing half-done." + how
     if eng.options.on_deadline == "rollback":
         eng.reporter.warn(msg)
         from bmupgrade.engine.rollback import preview, roll_back
