@@ -118,7 +118,8 @@ class AuditLog:
             for f in (self._jsonl, self._out):
                 try:
                     f.flush()
-                    os.fsync(f.fileno())
+                    if f is self._jsonl:  # the output log, up to 16 MiB a command, is never fsync'd
+                        os.fsync(f.fileno())
                 except (OSError, ValueError):  # a full disk, or closed already
                     pass
                 try:
