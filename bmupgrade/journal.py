@@ -420,9 +420,13 @@ class Journal:
         """Append to a top-level list (facts, resumes)."""
         self._record({"r": "add", "p": key, "v": item})
 
+    def crash_point(self, what: str, step_id: str) -> None:
+        """A boundary other than a step's state (`ha-off`: the HA-off markers are journaled)."""
+        self._maybe_crash(what, step_id, None)
+
     def _maybe_crash(self, state: str, step_id: str, node: str | None) -> None:
         """BMUPGRADE_CRASH_AT=state:step[:node] kills the process right after that record is
-        durable — how the tests prove that resume is correct at every boundary."""
+        written — how the tests prove that resume is correct at every boundary."""
         if not self._crash_at:
             return
         want = self._crash_at.split(":")

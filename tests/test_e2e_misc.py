@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,3 +183,36 @@ def test_resume_of_a_run_a_later_run_overtook_is_refused(lab, tmp_path):
                "it" in out and "Nothing was changed." in out
     assert {n: len(ledger(lab, n)) for n in ("bm1", "bm2")} == before
     assert journal(state, first_id)["status"] == "failed"
+
+
+def test_killed_once_the_ha_markers_are_out_then_refused_stays_resumable(lab, tmp_path):
+    """A runbook whose first change is turning HA off. The run is killed right after the HA-off
+    markers are written (the HA-off command not yet sent); the admin resumes while the cluster
+    is split-brained: the preflight refuses and, HA possibly off, the summary says to resume.
+    That printed command must be accepted (the run was marked `refused`, "nothing to resume",
+    before): once the cluster is repaired it finishes the upgrade and clears the markers."""
+    from tests.e2e import run_printed, version
+
+    text = open(PACEMAKER).read()
+    refresh = text[text.index("  - id: refresh\n"):text.index("  - id: simulate\n")]
+    ha_off = text[text.index("  - id: ha-off\n"):text.index("  - id: mask-passive\n")]
+    text = text[:text.index("  - id: backup\n")] + ha_off + refresh + text[text.index("  - id: mask-passive\n"):]
+    book = tmp_path / "ha-first.yaml"
+    book.write_text(text[:text.index("  - id: resume-cron\n")] + text[text.index("postflight:"):])
+    state = tmp_path / "s"
+    r = bmupgrade("run", str(book), "-i", str(lab.inventory_path), "--yes", state=state,
+                  env={"BMUPGRADE_CRASH_AT": "ha-off:ha-off"})
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    assert all(list(lab.node(n).state_dir.iterdir()) for n in ("bm1", "bm2"))  # the markers are out
+    assert not count(lab, "bm1", "crm_attribute --update")  # the HA-off command was not sent
+    lab.fault("split-brain")
+    r = bmupgrade("resume", "--yes", state=state)
+    out = one_line(r.stdout + r.stderr)
+    assert r.returncode == 5 and "Preflight refused" in out and "HA handling is still OFF" in out, out
+    assert journal(state)["status"] == "failed"
+    resume = re.search(r"Next: (bmupgrade resume \S+ --state-dir \S+)", out).group(1)
+    lab.clear_faults()
+    r = run_printed(resume + " --yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert version(lab, "bm1") == version(lab, "bm2") == "4.9.3"
+    assert all(not list(lab.node(n).state_dir.iterdir()) for n in ("bm1", "bm2"))  # markers cleared

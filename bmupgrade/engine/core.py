@@ -239,7 +239,9 @@ class Engine:
         return REFUSED if self.mode == Mode.RUN or not self._anything_sent() else FAILED_RUN
 
     def _anything_sent(self) -> bool:
-        return any(self.step_was_sent(sid) for sid in self.journal.data["steps"])
+        """A step's command may have reached a node, or the HA-off markers did (they are written
+        before the HA-off command is sent; a resume or a rollback clears them)."""
+        return self.ha.is_off() or any(self.step_was_sent(sid) for sid in self.journal.data["steps"])
 
     def rolled_back_status(self, done: bool) -> str:
         """After a rollback: partly, when a point of no return held it (the upgrade up to it stays)."""

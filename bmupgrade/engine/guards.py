@@ -181,6 +181,7 @@ class HaDebt:
                        + f"; stopped before '{step.id}' with HA still on.")
         eng.journal.set("ha", {**eng.journal.data["ha"], "state": "off", "off_since": now(), "on_at": None,
                                "off_by": step.id, "off_t": time.time()})
+        eng.journal.crash_point("ha-off", step.id)  # tests: killed with the markers out, the command not yet
 
     def back_on(self, step_id: str, *, at: float | None = None) -> None:
         """HA is back on (`at`: when the enabling command returned; its verify only confirms it)."""
