@@ -936,3 +936,39 @@ def test_audit_trail_synced_per_command_when_the_interval_has_passed(tmp_path, r
     sends = [k for k, e in enumerate(events) if e[0] == "send"]
     assert len(audit_syncs) == len(sends) + 1  # each command's record, then the close
     assert all(any(a < k for a in audit_syncs) for k in sends)
+
+
+# the post-install requires two earlier steps verified on different nodes
+REQUIRES_TWO = MINIMAL.replace(
+    "  - id: ha-off\n    on: primary\n    ha: disable\n",
+    "  - id: mark-a\n    on: bm1\n    idempotent: true\n    run: touch-a\n    verify: check-a\n"
+    "  - id: mark-b\n    on: bm2\n    idempotent: true\n    run: touch-b\n    verify: check-b\n"
+    "  - id: ha-off\n    on: primary\n    ha: disable\n").replace(
+    "  - id: post-install\n    on: primary\n", "  - id: post-install\n    on: primary\n    requires: [mark-a, mark-b]\n")
+
+
+def test_requirements_are_checked_at_once_and_before_the_one_vip_probe(tmp_path):
+    """Both still-holds checks are out at the same time (each waits for the other: one round,
+    not one per required step), and the post-install's VIP probe comes after them, once."""
+    import threading
+
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(REQUIRES_TWO)
+    t = sim("bm1")
+    both = threading.Barrier(2, timeout=20)
+    seen = {"check-a": 0, "check-b": 0}
+
+    def check(c):
+        seen[c.command] += 1
+        if seen[c.command] == 2:  # the second time: the post-install's `requires`
+            both.wait()  # BrokenBarrierError (exit 70 in the result) if the other never comes
+    t.on(ANY, re.compile(r"^check-[ab]$"), check)
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 0, s.message
+    assert "reapplied" not in journal(tmp_path) and seen == {"check-a": 2, "check-b": 2}
+    calls = [c for _, c in t.calls]
+    cut = calls.index("bm-cli setup upgrade --password hunter2secret")
+    since = max(i for i, c in enumerate(calls[:cut]) if c.startswith("crm_attribute") or c.startswith("apt-get"))
+    before = calls[since + 1:cut]
+    assert sorted(before) == ["check-a", "check-b"] + ["ip -o addr show to 192.0.2.10"] * 2
+    assert [c.startswith("ip ") for c in before] == [False, False, True, True]  # the probe is the last look

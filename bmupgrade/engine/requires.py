@@ -22,17 +22,28 @@ if TYPE_CHECKING:
 
 
 def ensure_requirements(eng: "Engine", step: Step) -> None:
-    """Every step `step` requires holds where it is done, re-applied if it no longer does."""
-    for rid in step.requires:
+    """Every step `step` requires holds where it is done, re-applied if it no longer does. All
+    the checks go at once (one round trip per node, the nodes in parallel); once something was
+    re-applied, the later required steps are checked again, after it."""
+    where = {rid: eng.journal.nodes_in(rid, DONE) for rid in step.requires}
+    asked: dict[str, list[tuple[str, str, float]]] = {}
+    for rid, nodes in where.items():  # skipped, or not run on any node: nothing that should hold
         required = eng.rb.step(rid)
-        nodes = eng.journal.nodes_in(rid, DONE)
-        if not nodes:
-            continue  # skipped, or not run on any node: nothing that should hold
-        checks = eng.on_each(nodes, lambda n: eng.send(n, eng.render(required.verify, n), timeout=required.timeout,
-                                                       key=f"{required.id}:still-holds", quiet=True))
+        for n in nodes:
+            asked.setdefault(n, []).append((f"{rid}:still-holds", eng.render(required.verify, n), required.timeout))
+    answers = eng.ask_each(asked) if asked else {}
+    reapplied = False
+    for rid, nodes in where.items():
+        required = eng.rb.step(rid)
+        if reapplied:
+            checks = eng.on_each(nodes, lambda n: eng.send(n, eng.render(required.verify, n), timeout=required.timeout,
+                                                           key=f"{required.id}:still-holds", quiet=True))
+        else:
+            checks = {n: answers[n][f"{rid}:still-holds"] for n in nodes}
         lost = [n for n, r in checks.items() if not r.ok]
         if lost:
             _reapply(eng, step, required, lost, checks)
+            reapplied = True
 
 
 def _said(results: dict, what: str = "exit") -> str:

@@ -64,13 +64,19 @@ class StepRunner:
             return
         attempt, first = 0, True
         while True:
+            # a reboot may have undone an earlier step (`requires`); for a step on the VIP holder
+            # the VIP probe stays the last look before sending: a step never tried is pending
+            # wherever the VIP is, so its requirements go first and one probe follows
+            fresh = step.requires and step.on in ("primary", "secondary") and not eng.journal.step(step.id)["nodes"]
+            if fresh:
+                ensure_requirements(eng, step)
             nodes = self._targets(step)
             todo = self._pending(step, nodes)
             if not todo:
                 return self._finish(step, nodes)
-            if step.requires:  # a reboot may have undone an earlier step
+            if step.requires and not fresh:
                 ensure_requirements(eng, step)
-                if step.on in ("primary", "secondary"):  # the VIP re-probe stays the last look before sending
+                if step.on in ("primary", "secondary"):
                     nodes = self._targets(step)
                     todo = self._pending(step, nodes)
             if first:
