@@ -7,6 +7,7 @@ reason, except where a test exercises the lab's own ssh_config.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -91,6 +92,29 @@ def isolated_home(tmp_path, monkeypatch):
     return home
 
 
+@contextlib.contextmanager
+def _second_sshd(node, tmp_path, name: str, extra: str = ""):
+    """Another sshd with the lab node's config on a free port (plus `extra` lines): (port, log)."""
+    port = _free_port(node.host)
+    cfg = Path(node.lab_node.sshd_config).read_text()
+    cfg = re.sub(r"(?m)^ListenAddress .*$", f"ListenAddress {node.host}:{port}", cfg)
+    cfg = re.sub(r"(?m)^PidFile .*$", f"PidFile {tmp_path / (name + '.pid')}", cfg)
+    for line in extra.splitlines():  # an option given twice: sshd takes the first, so replace it
+        key = line.split()[0]
+        cfg = re.sub(rf"(?m)^{key} .*$\n?", "", cfg)
+    (tmp_path / f"{name}_sshd_config").write_text(extra + cfg)
+    log = tmp_path / f"{name}.log"
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(tmp_path / f"{name}_sshd_config"), "-E", str(log)])
+    try:
+        deadline = time.monotonic() + 5
+        while "Server listening" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield port, log
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
 @pytest.fixture
 def transport():
     from bmupgrade.transport.ssh import SshTransport
@@ -159,26 +183,12 @@ def test_aes_gcm_preferred_and_any_other_cipher_still_accepted(bm1, transport, t
     t = transport.connection("bm1").transport
     assert (t.local_cipher, t.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
     # a server whose sshd_config allows no GCM: the connection still opens, with what it allows
-    port = _free_port(bm1.host)
-    cfg = Path(bm1.lab_node.sshd_config).read_text()
-    cfg = re.sub(r"(?m)^ListenAddress .*$", f"ListenAddress {bm1.host}:{port}", cfg)
-    cfg = re.sub(r"(?m)^PidFile .*$", f"PidFile {tmp_path / 'ctr.pid'}", cfg) + "Ciphers aes256-ctr\n"
-    (tmp_path / "sshd_config").write_text(cfg)
-    slog = tmp_path / "sshd.log"
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(tmp_path / "sshd_config"), "-E", str(slog)])
-    try:
-        deadline = time.monotonic() + 5
-        while "Server listening" not in (slog.read_text() if slog.exists() else "") and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _second_sshd(bm1, tmp_path, "ctr", "Ciphers aes256-ctr\n") as (port, _), SshTransport() as other:
         kh = tmp_path / "kh"
         kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
-        with SshTransport() as other:
-            other.connect([bm1.address(port=port, known_hosts=(str(kh),))])
-            t = other.connection("bm1").transport
-            assert t.local_cipher == "aes256-ctr" and other.run("bm1", "true").ok
-    finally:
-        sshd.terminate()
-        sshd.wait(5)
+        other.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+        t = other.connection("bm1").transport
+        assert t.local_cipher == "aes256-ctr" and other.run("bm1", "true").ok
 
 
 def test_nodes_connect_in_parallel(nodes, transport):
@@ -246,38 +256,26 @@ def test_insecure_opt_out_accepts_unknown_but_not_changed(bm1, tmp_path):
 def test_proxyjump_hop_is_checked_too(nodes, lab, transport, tmp_path):
     # The lab forbids TCP forwarding; run a jump host from bm1's config that allows it.
     bm1, bm2 = nodes["bm1"], nodes["bm2"]
-    jport = _free_port(bm1.host)
-    cfg_text = Path(bm1.lab_node.sshd_config).read_text()
-    cfg_text = re.sub(r"(?m)^ListenAddress .*$", f"ListenAddress {bm1.host}:{jport}", cfg_text)
-    cfg_text = re.sub(r"(?m)^PidFile .*$", f"PidFile {tmp_path / 'jump.pid'}", cfg_text)
-    cfg_text = re.sub(r"(?m)^AllowTcpForwarding .*$", "AllowTcpForwarding yes", cfg_text)
-    (tmp_path / "jump_sshd_config").write_text(cfg_text)
-    jlog = tmp_path / "jump.log"
-    jump = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(tmp_path / "jump_sshd_config"), "-E", str(jlog)])
     try:
-        deadline = time.monotonic() + 5
-        while "Server listening" not in (jlog.read_text() if jlog.exists() else "") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        ssh_cfg = tmp_path / "ssh_config"
-        ssh_cfg.write_text(
-            f"Host jump\n  HostName {bm1.host}\n  Port {jport}\n  User {lab.user}\n  IdentityFile {lab.client_key}\n"
-            f"Host target\n  HostName {bm2.host}\n  Port {bm2.port}\n  User {lab.user}\n"
-            f"  IdentityFile {lab.client_key}\n  ProxyJump jump\n")
-        addr = dict(host="target", port=None, user=None, identity_file=None, ssh_config=str(ssh_cfg))
-        # the lab's known_hosts knows bm2, not the jump host on its new port
-        with pytest.raises(TransportError, match=rf"^bm2: unknown host key for {re.escape(bm1.host)}:{jport} "):
-            transport.connect([bm2.address(**addr)])
-        kh = tmp_path / "kh"
-        kh.write_text(f"[{bm1.host}]:{jport} {bm1.host_entry}\n")
-        before = bm2.logins()
-        transport.connect([bm2.address(known_hosts=(str(lab.known_hosts), str(kh)), **addr)])
-        r = transport.run("bm2", "echo $SSH_CONNECTION", capture=True)
-        assert r.ok and r.stdout.split()[2:] == [bm2.host, str(bm2.port)]
-        assert bm2.logins() - before == 1 and jlog.read_text().count("Accepted publickey") == 1
+        with _second_sshd(bm1, tmp_path, "jump", "AllowTcpForwarding yes\n") as (jport, jlog):
+            ssh_cfg = tmp_path / "ssh_config"
+            ssh_cfg.write_text(
+                f"Host jump\n  HostName {bm1.host}\n  Port {jport}\n  User {lab.user}\n  IdentityFile {lab.client_key}\n"
+                f"Host target\n  HostName {bm2.host}\n  Port {bm2.port}\n  User {lab.user}\n"
+                f"  IdentityFile {lab.client_key}\n  ProxyJump jump\n")
+            addr = dict(host="target", port=None, user=None, identity_file=None, ssh_config=str(ssh_cfg))
+            # the lab's known_hosts knows bm2, not the jump host on its new port
+            with pytest.raises(TransportError, match=rf"^bm2: unknown host key for {re.escape(bm1.host)}:{jport} "):
+                transport.connect([bm2.address(**addr)])
+            kh = tmp_path / "kh"
+            kh.write_text(f"[{bm1.host}]:{jport} {bm1.host_entry}\n")
+            before = bm2.logins()
+            transport.connect([bm2.address(known_hosts=(str(lab.known_hosts), str(kh)), **addr)])
+            r = transport.run("bm2", "echo $SSH_CONNECTION", capture=True)
+            assert r.ok and r.stdout.split()[2:] == [bm2.host, str(bm2.port)]
+            assert bm2.logins() - before == 1 and jlog.read_text().count("Accepted publickey") == 1
     finally:
         transport.close()
-        jump.terminate()
-        jump.wait(5)
 
 
 # --------------------------------------------------------------------------- errors
