@@ -2,7 +2,8 @@
 
 Hypothesis plays sequences of what admins and the world do — run, resume (with and without
 -e changes and flags), rollback (declined, accepted, forced), every prompt answer, Ctrl-C once
-or twice, SIGTERM, SIGHUP, a crash at any journal write, a second concurrent run, a deadline —
+or twice, SIGTERM, SIGHUP, a crash at any journal write (or a power cut: what the journal had
+not fdatasync'd is lost), a second concurrent run, a deadline —
 interleaved with faults (a command fails, hangs, loses its connection after send, keeps
 running; the VIP moves; split brain; no VIP; STONITH off; cluster unhealthy). After every
 step it checks the invariants against the model (what the nodes really saw):
@@ -188,6 +189,9 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         self.ran = False
         self.pending_interrupt: tuple[str, int] | None = None
         self.pending_crash: int | None = None
+        self.pending_power_loss: int | None = None  # a power cut right after the Nth outcome record
+        self.durable: dict[str, int] = {}  # journal path -> bytes on disk for sure (fdatasync'd)
+        self.power_cut: dict[str, int] | None = None  # the journals on disk when the power went
         self._token = 0
         self.forced: set[int] = set()  # invocations given --force (resume, rollback)
         self.overtaken_at: dict[int, set[str]] = {}  # per invocation: runs a later run had overtaken
@@ -213,14 +217,22 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         real_owner = journal_mod.owner_record
         journal_mod.owner_record = lambda: {**real_owner(), "start": token}
         before = len(self.story)
+        self.power_cut = None
+        real_fdatasync, summary = os.fdatasync, None
+        os.fdatasync = self._tracking_sync(real_fdatasync)
         try:
             summary = fn()
         except Crash:
             self.crashed.add(token)
             summary = None
+            if self.power_cut is not None:
+                self._lose_unsynced(self.power_cut)
         except BmError as exc:  # refused before anything (exit 2/3)
             summary = exc
         finally:
+            os.fdatasync = real_fdatasync
+            if summary is not None:  # a process that ends has synced its journal (Journal.close)
+                self.durable = {str(p): p.stat().st_size for p in RunStore(self.state).paths()}
             journal_mod.owner_record = real_owner
             m.hook = None
             Journal.after_write_hook = None
@@ -235,7 +247,8 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
         m = self.cluster.m
         interrupt, self.pending_interrupt = self.pending_interrupt, None
         crash_at, self.pending_crash = self.pending_crash, None
-        seen = {"cmd": 0, "writes": 0}
+        power_at, self.pending_power_loss = self.pending_power_loss, None
+        seen = {"cmd": 0, "writes": 0, "outcomes": 0}
 
         armed = m.invocation
 
@@ -258,8 +271,31 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
                 self.story.append(("flag", rec["step"], RERUN))
             if crash_at is not None and seen["writes"] == crash_at:
                 raise Crash()
+            if rec.get("r") == "node" and rec.get("state") in ("done", "failed", "unknown"):  # written lazily
+                seen["outcomes"] += 1
+                if seen["outcomes"] == power_at:  # now, before the `finally` blocks a SIGKILL would not run
+                    self.power_cut = dict(self.durable)
+                    raise Crash()
 
         Journal.after_write_hook = on_write
+
+    def _tracking_sync(self, real):
+        def fdatasync(fd):
+            real(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.endswith(".journal.jsonl"):
+                self.durable[path] = os.fstat(fd).st_size
+        return fdatasync
+
+    def _lose_unsynced(self, on_disk: dict[str, int]) -> None:
+        """A power cut: what the journals got since their last fdatasync is gone (the nodes keep
+        whatever the commands did)."""
+        self.durable = on_disk
+        for p in RunStore(self.state).paths():
+            size = on_disk.get(str(p))
+            if size is not None and p.stat().st_size > size:
+                _event("power cut: the journal lost unsynced records")
+                os.truncate(p, size)
 
     def _alive(self, owner) -> bool | None:
         return owner is not None and owner.get("start") not in self.crashed
@@ -392,6 +428,13 @@ class OperatorStories(SafetyInvariants, RuleBasedStateMachine):
     @rule(at=st.integers(1, 60))
     def crash_next(self, at):
         self.pending_crash = at
+
+    @rule(at=st.integers(1, 6))
+    def power_loss_next(self, at):
+        """The power goes right after the at-th outcome record of the next invocation: the
+        journal loses what it had not fdatasync'd (outcomes ride the next sync). The run must
+        still resume without sending a step twice (I2) and say the truth (I5)."""
+        self.pending_power_loss = at
 
 
 test_operator_stories = OperatorStories.TestCase
