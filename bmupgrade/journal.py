@@ -9,7 +9,8 @@ leaves that step "started", i.e. in doubt, which resume already settles (verify,
 The first line holds the run's header; loading replays the records into `data`, the
 plain-JSON view the rest of bmupgrade reads. A torn last line (a crash mid-write) is
 ignored; damage anywhere else is reported with the path and line, never as "run not found".
-When a run ends, the log is compacted into one snapshot line (atomic replace). Every state change is checked against `engine.states`.
+When a run ends, the log is compacted into one snapshot line (atomic replace). Every state
+change is checked against `engine.states`.
 
 Secrets never reach it: variables are stored redacted (secret overrides must be given again
 on resume). Files are opened with O_NOFOLLOW, mode 0600, in 0700 directories.
