@@ -191,6 +191,26 @@ def test_aes_gcm_preferred_and_any_other_cipher_still_accepted(bm1, transport, t
         assert t.local_cipher == "aes256-ctr" and other.run("bm1", "true").ok
 
 
+def test_aes_gcm_survives_rekeying_mid_command(bm1, tmp_path):
+    """A long apt-get log crosses rekeys on a real server (OpenSSH rekeys after gigabytes; this
+    sshd every 64 KB): the AES-GCM keys are replaced mid-stream and nothing is lost."""
+    from bmupgrade.transport.ssh import SshTransport
+
+    with _second_sshd(bm1, tmp_path, "rekey", "RekeyLimit 64K\nLogLevel DEBUG1\n") as (port, log), SshTransport() as t:
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+        assert t.connection("bm1").transport.local_cipher == "aes128-gcm@openssh.com"
+        r = t.run("bm1", "seq 1 200000 | sha256sum; seq 1 200000 | wc -c", capture=True, timeout=60)
+        want = subprocess.run("seq 1 200000 | sha256sum; seq 1 200000 | wc -c", shell=True, capture_output=True,
+                              text=True).stdout
+        assert r.ok and r.stdout == want
+        seen = []
+        r = t.run("bm1", "seq 1 200000", on_output=lambda n, s, text: seen.append(text), timeout=60)
+        assert r.ok and "".join(seen) == "".join(f"{i}\n" for i in range(1, 200001))  # 1.3 MB in all
+        assert log.read_text().count("rekeying out") >= 10  # sshd's own account of the new keys
+
+
 def test_nodes_connect_in_parallel(nodes, transport):
     before = {n: nodes[n].logins() for n in nodes}
     transport.connect([nodes["bm1"].address(), nodes["bm2"].address()])
