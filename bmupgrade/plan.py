@@ -135,12 +135,10 @@ class Plan:
         window fits: this is the last moment it may start."""
         if self.deadline is None or a.phase != "step" or a.kind != "command" or not a.timeout:
             return None
-        from bmupgrade.engine.guards import step_estimate, window_estimate
+        from bmupgrade.engine.guards import deadline_scope, estimate
 
         step = self.runbook.step(a.id)
-        if step.ha == "disable":  # HA goes off only if the whole window fits
-            return self.deadline - window_estimate(self.runbook, history or {}, step)[0]
-        return self.deadline - step_estimate(self.runbook, history or {}, step)
+        return self.deadline - estimate(self.runbook, history or {}, deadline_scope(self.runbook, step))
 
     @property
     def ha_window(self) -> tuple[str | None, str | None]:

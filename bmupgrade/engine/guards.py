@@ -95,9 +95,14 @@ def window_steps(rb: Runbook, start: Step) -> list[Step]:
     return rb.steps[ids.index(start.id): end + 1]
 
 
-def window_estimate(rb: Runbook, history: dict[str, float], start: Step) -> tuple[float, str]:
-    steps = window_steps(rb, start)
-    return sum(step_estimate(rb, history, s) for s in steps), f"'{steps[0].id}' … '{steps[-1].id}'"
+def deadline_scope(rb: Runbook, step: Step) -> list[Step]:
+    """What must fit before `step` starts: the whole HA window for the HA-off step (HA goes off
+    only if it can come back in time), else the step itself."""
+    return window_steps(rb, step) if step.ha == "disable" else [step]
+
+
+def estimate(rb: Runbook, history: dict[str, float], steps: list[Step]) -> float:
+    return sum(step_estimate(rb, history, s) for s in steps)
 
 
 def estimate_basis(history: dict[str, float], steps: list[Step]) -> tuple[str, str]:
@@ -124,8 +129,8 @@ def check_deadline(eng: "Engine", step: Step) -> None:
         return
     left = eng.options.deadline - time.time()
     in_window = step.ha == "disable" and not eng.ha.is_off()
-    scope = window_steps(eng.rb, step) if in_window else [step]
-    need = sum(step_estimate(eng.rb, eng.options.history, s) for s in scope)
+    scope = deadline_scope(eng.rb, step) if in_window else [step]
+    need = estimate(eng.rb, eng.options.history, scope)
     if need <= left:
         return
     label = f"the HA-off window ('{scope[0].id}' … '{scope[-1].id}')" if in_window else f"step '{step.id}'"
