@@ -225,12 +225,11 @@ def _refuse_superseded(store: RunStore, journal: Journal, *, rollback: bool, for
         return
     rid, lid = journal.run_id, later["run_id"]
     if rollback:
-        instead = ("roll back that run first (`bmupgrade rollback " + lid + "`)"
-                   if later["status"] != PARTLY_ROLLED_BACK else "restore from the backup")
+        instead = (f"Roll back that run first (`bmupgrade rollback {lid}`)"
+                   if later["status"] != PARTLY_ROLLED_BACK else "Restore from the backup")
         raise UsageError(f"run {rid} was followed by run {lid} ({later['status']}) on the same cluster, which "
                          f"changed it: rolling {rid} back would apply its rollback commands over those changes. "
-                         f"{instead[0].upper() + instead[1:]}, or add --force to roll {rid} back anyway. "
-                         "Nothing was changed.")
+                         f"{instead}, or add --force to roll {rid} back anyway. Nothing was changed.")
     raise UsageError(f"run {rid} was followed by run {lid} ({later['status']}) on the same cluster, which changed "
                      f"it: resuming {rid} would send its remaining steps over those changes (a step such as "
                      "post-install could run twice on the cluster). Start a new `bmupgrade run` (its preflight "

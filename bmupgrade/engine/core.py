@@ -340,11 +340,13 @@ class Engine:
         ha_open = self.ha.is_off()
         from bmupgrade.engine.rollback import preview
 
-        undo, cannot = preview(self)
-        nxt = self._next_commands(undo) if exit_code != EXIT_OK and self.mode != Mode.CHECK else []
+        want_next = exit_code != EXIT_OK and self.mode != Mode.CHECK
+        want_cannot = status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED)
+        undo, cannot = preview(self) if want_next or want_cannot else ([], [])  # a success needs neither
+        nxt = self._next_commands(undo) if want_next else []
         if ha_open:
             message += " HA handling is still OFF (maintenance): the cluster will not fail over."
-        cannot = cannot if status in (ROLLED_BACK_RUN, PARTLY_ROLLED_BACK, FAILED_RUN, ABORTED) else []
+        cannot = cannot if want_cannot else []
         logs = [str(self.journal.path)] + ([str(self.audit.jsonl_path)] if self.audit else [])
         return Summary(self.journal.run_id, status, exit_code, message, rows, window, ha_open,
                        self.ha.restore_hint() if ha_open else None, nxt, cannot,
