@@ -25,25 +25,26 @@ def ensure_requirements(eng: "Engine", step: Step) -> None:
     """Every step `step` requires holds where it is done, re-applied if it no longer does. All
     the checks go at once (one round trip per node, the nodes in parallel); once something was
     re-applied, the later required steps are checked again, after it."""
-    where = {rid: eng.journal.nodes_in(rid, DONE) for rid in step.requires}
+    rids = list(step.requires)
+    answers = _still_holds(eng, rids)
+    for i, rid in enumerate(rids):
+        lost = [n for n, r in answers[rid].items() if not r.ok]
+        if lost:
+            _reapply(eng, step, eng.rb.step(rid), lost, answers[rid])
+            answers.update(_still_holds(eng, rids[i + 1:]))
+
+
+def _still_holds(eng: "Engine", rids: list[str]) -> dict[str, dict]:
+    """Each required step's verify where it is done (skipped, or run nowhere: nothing that
+    should hold), all in one round: the answers by step, then node."""
+    where = {rid: eng.journal.nodes_in(rid, DONE) for rid in rids}
     asked: dict[str, list[tuple[str, str, float]]] = {}
-    for rid, nodes in where.items():  # skipped, or not run on any node: nothing that should hold
+    for rid, nodes in where.items():
         required = eng.rb.step(rid)
         for n in nodes:
             asked.setdefault(n, []).append((f"{rid}:still-holds", eng.render(required.verify, n), required.timeout))
     answers = eng.ask_each(asked) if asked else {}
-    reapplied = False
-    for rid, nodes in where.items():
-        required = eng.rb.step(rid)
-        if reapplied:
-            checks = eng.on_each(nodes, lambda n: eng.send(n, eng.render(required.verify, n), timeout=required.timeout,
-                                                           key=f"{required.id}:still-holds", quiet=True))
-        else:
-            checks = {n: answers[n][f"{rid}:still-holds"] for n in nodes}
-        lost = [n for n, r in checks.items() if not r.ok]
-        if lost:
-            _reapply(eng, step, required, lost, checks)
-            reapplied = True
+    return {rid: {n: answers[n][f"{rid}:still-holds"] for n in nodes} for rid, nodes in where.items()}
 
 
 def _said(results: dict, what: str = "exit") -> str:
