@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import functools
 import getpass
 import json
 import os
@@ -49,18 +50,14 @@ PARTLY_ROLLED_BACK = RunState.PARTLY_ROLLED_BACK
 OPEN_STATUSES = {RUNNING, FAILED_RUN, ABORTED, INTERRUPTED, DEADLINE}
 
 
-_NOW: list = [None, ""]  # (whole second, its text): one text per second, as isoformat gives
-
-
 def now() -> str:
-    """Local time with its offset, to the second (every record has one: formatting it through
-    the local zone every time was a tenth of a step's CPU)."""
-    t = time.time()
-    sec = int(t)
-    if _NOW[0] != sec:
-        _NOW[1] = dt.datetime.fromtimestamp(sec, dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-        _NOW[0] = sec
-    return _NOW[1]
+    """Local time with its offset, to the second."""
+    return _iso_at(int(time.time()))
+
+
+@functools.lru_cache(maxsize=2)
+def _iso_at(second: int) -> str:  # every record has one: through the local zone once a second
+    return dt.datetime.fromtimestamp(second, dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def default_state_dir() -> Path:

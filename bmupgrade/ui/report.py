@@ -7,6 +7,7 @@ schedulers and wrappers (`--json`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -111,14 +112,13 @@ def markup_plain(markup: str) -> str:
     return "".join(out)
 
 
-_STAMP: list = [None, ""]  # (whole second, its text)
-
-
 def stamp() -> str:
-    t = int(time.time())
-    if _STAMP[0] != t:
-        _STAMP[:] = [t, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))]
-    return _STAMP[1]
+    return _stamp_at(int(time.time()))
+
+
+@functools.lru_cache(maxsize=2)
+def _stamp_at(second: int) -> str:  # a log writes many lines a second: formatted once
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
 
 
 class ConsoleReporter:
@@ -186,9 +186,14 @@ class ConsoleReporter:
                 with self.console.capture() as cap:
                     self.console.print(*objects, **kw)
                 text = cap.get()
-            prefix = stamp() + " "
-            self.console.file.write("".join(prefix + line + "\n" for line in text.splitlines()))
-            self.console.file.flush()
+            self._write_stamped(text.splitlines())
+
+    def _write_stamped(self, lines: list[str]) -> None:
+        """A log's lines, each after the local time, straight to the console's file (the caller
+        holds _print_lock)."""
+        prefix = stamp() + " "
+        self.console.file.write("".join(prefix + line + "\n" for line in lines))
+        self.console.file.flush()
 
     def _plain_ok(self) -> bool:
         """A console that neither colours, wraps nor replaces emoji codes (a file or a pipe):
@@ -206,8 +211,7 @@ class ConsoleReporter:
         if not (self.timestamps and self._plain_ok()) or "\t" in text or "\n" in text:
             return False
         with self._print_lock:
-            self.console.file.write(f"{stamp()} {text}\n")
-            self.console.file.flush()
+            self._write_stamped([text])
         return True
 
     def _plain(self, objects, kw) -> str | None:
@@ -317,9 +321,7 @@ class ConsoleReporter:
             self.console.out("\n".join(lines), highlight=False)
             return
         with self._print_lock:  # as _print does, without laying 5000 lines out through rich
-            prefix = stamp() + " "
-            self.console.file.write("".join(prefix + line + "\n" for line in lines))
-            self.console.file.flush()
+            self._write_stamped(lines)
 
     def final(self, s: Summary) -> None:
         self.step_end()
