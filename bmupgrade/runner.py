@@ -175,7 +175,7 @@ def _refuse_not_resumable(journal: Journal, *, rollback: bool) -> None:
             raise UsageError(f"run {rid} is running (pid {o.get('pid')} on {o.get('host')})"
                              + ("" if alive else ", as far as this machine can tell")
                              + "; wait for it, or stop it first")
-        return  # its owner is gone (killed, crashed): resumable
+        # its owner is gone (killed, crashed): resumable as it was going — a rollback only backwards
     if status == "refused":
         raise UsageError(f"run {rid} was refused before any change: nothing to "
                          + ("roll back" if rollback else "resume; fix the cause and start a new `bmupgrade run`"))

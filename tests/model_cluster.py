@@ -84,6 +84,7 @@ class Sent:
     safety_ok: bool  # had this invocation's safety checks all passed (per the model) before it?
     tag: str | None
     fencing_ok: bool = False  # had this invocation seen fencing on, or the operator accepted the risk?
+    overlapped: bool = False  # an earlier copy (same run, step, node) was still running on the node
 
 
 @dataclass
@@ -177,8 +178,10 @@ class ModelCluster:
         ok = all(m.safety.get(k) for k in needed) and (fencing_ok or m.mode == "rollback")
         lock = next((v for p, v in self.files.get(call.node, {}).items() if p.endswith("/lock")), "")
         run_id = lock.split('"run_id": "')[1].split('"')[0] if '"run_id": "' in lock else "?"
+        same = call.tag.rsplit(".", 1)[0] if call.tag else None  # run.step.node (or run.rollback:step.node)
+        overlapped = same is not None and any(n == call.node and t.rsplit(".", 1)[0] == same for n, t in self.running)
         m.sent.append(Sent(m.invocation, run_id, call.node, call.command, step, frozenset(m.vip), ok, call.tag,
-                           fencing_ok))
+                           fencing_ok, overlapped))
         fault = next((f for f in m.faults if f.step == (step or "rollback") and f.node in (None, call.node)), None)
         if fault:
             m.faults.remove(fault)

@@ -32,7 +32,7 @@ class SafetyInvariants:
     @invariant()
     def i3_primary_steps_on_the_vip_holder(self):
         for s in self.cluster.m.sent:
-            if s.step in PRIMARY_STEPS and s.tag:
+            if s.step in PRIMARY_STEPS and _forward(s):
                 assert s.vip_holders == {s.node}, f"I3: {s.step} sent to {s.node}; VIP on {set(s.vip_holders)}"
 
     @invariant()
@@ -65,7 +65,8 @@ class SafetyInvariants:
             if not s.tag:
                 continue
             run_id, step, node, attempt = s.tag.split(".")
-            e = runs[run_id]["steps"][step]["nodes"].get(node, {})
+            table = "rollback" if step.startswith("rollback:") else "steps"  # a rollback command's tag
+            e = runs[run_id][table][step.removeprefix("rollback:")]["nodes"].get(node, {})
             assert e.get("state", "pending") != "pending" or e.get("note"), \
                 f"I5: {step} reached {node} but the journal says pending"
             assert e.get("attempts", 0) >= int(attempt), f"I5: attempt {attempt} of {step} on {node} not journaled"
@@ -140,7 +141,7 @@ class SafetyInvariants:
         """Runs that a run started after them has overtaken: the later one sent step commands (as
         the model nodes saw them) and is not rolled back. Taken at the start of each invocation."""
         runs = self._journal_view()
-        sent_by = {s.run_id for s in self.cluster.m.sent if s.tag}
+        sent_by = {s.run_id for s in self.cluster.m.sent if _forward(s)}
         return {x["run_id"] for x in runs for y in runs
                 if y["run_id"] in sent_by and y["status"] != "rolled-back" and started_after(y, x)}
 
@@ -152,13 +153,20 @@ class SafetyInvariants:
                                      f"{s.invocation}), which a later run had overtaken, without --force")
 
     @invariant()
+    def i12_never_again_while_the_first_copy_runs(self):
+        """DESIGN rule 3, for steps and rollback commands alike: nothing is sent again to a node
+        while an earlier copy (whose outcome was lost) still runs there."""
+        for s in self.cluster.m.sent:
+            assert not s.overlapped, f"I12: {s.command} sent to {s.node} while an earlier copy still ran there"
+
+    @invariant()
     def i3b_post_install_on_one_node_per_run(self):
         """Post-install migrates the shared data: in a run's life it reaches one node only, even
         when the public IP moves after it was sent (a person must look, not the tool pick the
         new holder)."""
         where: dict = {}
         for s in self.cluster.m.sent:
-            if s.step == "post-install" and s.tag:
+            if s.step == "post-install" and _forward(s):
                 where.setdefault(s.run_id, set()).add(s.node)
         for run_id, nodes in where.items():
             assert len(nodes) == 1, f"I3: post-install of run {run_id} sent to {sorted(nodes)}"
@@ -176,3 +184,8 @@ class SafetyInvariants:
         for (run_id, step, node), n in counts.items():
             assert n <= 1 + allowed.get(step, 0), f"I2: {step} sent {n} times to {node} in run {run_id}"
 
+
+def _forward(sent) -> bool:
+    """A step's own command (journal-tagged run.step.node.attempt), not a probe, a marker or a
+    rollback command (tagged run.rollback:step.node.attempt)."""
+    return bool(sent.tag) and ".rollback:" not in sent.tag

@@ -541,3 +541,33 @@ def test_ctrl_c_in_json_mode_stops_cleanly(lab, tmp_path):
     j = journal(state)
     assert j["status"] == "interrupted" and j["steps"]["post-install"]["state"] == "done"
     assert count(lab, "bm1", "bm-cli setup upgrade") == 1
+
+
+def test_a_rollback_killed_midway_never_goes_forward_on_resume(lab, tmp_path):
+    """The packages step fails and the unattended policy rolls back; the process is killed as
+    the rollback starts undoing packages. `bmupgrade resume` must not take the run forward
+    again (it did: a dead owner made the run resumable before its direction was looked at):
+    refused, exit 2, nothing sent; `bmupgrade status` says rollback continues, and the
+    rollback command the refusal prints finishes it."""
+    import re
+
+    from tests.e2e import ledger, one_line, run_printed, version
+
+    state = tmp_path / "s"
+    lab.fault("fail", node="bm2", command="apt-get install -y !--download-only", exit_code=100, times=1)
+    r = run_upgrade(lab, state, "--on-failure", "rollback", env={"BMUPGRADE_CRASH_AT": "rollback-started:packages"})
+    lab.clear_faults()
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    j = journal(state)
+    assert j["status"] == "running" and j["direction"] == "rollback"
+    status = one_line(bmupgrade("status", state=state, check_rc=0).stdout)
+    assert "`bmupgrade rollback` continues" in status and "`bmupgrade resume` continues" not in status
+    before = {n: len(ledger(lab, n)) for n in ("bm1", "bm2")}
+    r = bmupgrade("resume", "--yes", "--ack", "backup,prepare", state=state)
+    out = one_line(r.stdout + r.stderr)
+    assert r.returncode == 2 and "was being rolled back: it never goes forward again" in out, out
+    assert {n: len(ledger(lab, n)) for n in ("bm1", "bm2")} == before
+    finish = re.search(r"`(bmupgrade rollback [^`]+)`", out).group(1)
+    r = run_printed(finish + " --yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert journal(state)["status"] == "rolled-back" and version(lab, "bm1") == version(lab, "bm2") == "4.9.2"

@@ -156,13 +156,16 @@ def _undo_step(eng: "Engine", s: Step) -> bool:
         stonith_guard(eng, s, title=f"Rolling back '{s.label}'")  # it turns failover back on
     if todo and s.ha == "enable":
         eng.ha.going_off(s, todo[0], why=f"rollback of {s.id}")  # marker first, as forward
+    _settle_in_doubt(eng, s, todo)
     eng.reporter.step_start(0, 0, f"rollback:{s.id}", f"Roll back: {s.label}", ", ".join(todo or ran))
 
     def undo_on(node: str) -> CommandResult:
-        eng.journal.mark(s.id, [node], STARTED, rollback=True)
+        attempt = eng.journal.step(s.id, rollback=True)["nodes"].get(node, {}).get("attempts", 0) + 1
+        tag = f"{eng.journal.run_id}.rollback:{s.id}.{node}.{attempt}"  # found again if the outcome is lost
+        eng.journal.mark(s.id, [node], STARTED, rollback=True, node_fields={node: {"tag": tag}})
         r = CommandResult(node, "", 0, 0.0)
         for cmd in s.rollback or []:
-            r = eng.send(node, eng.render(cmd, node), timeout=s.timeout, key=f"rollback:{s.id}")
+            r = eng.send(node, eng.render(cmd, node), timeout=s.timeout, key=f"rollback:{s.id}", tag=tag)
             if not r.ok:
                 break
         state = DONE if r.ok else (UNKNOWN if r.exit_code is None and r.sent else FAILED)
@@ -178,6 +181,20 @@ def _undo_step(eng: "Engine", s: Step) -> bool:
     if s.ha == "disable" and eng.ha.is_off():
         eng.ha.back_on(f"rollback:{s.id}")
     return True
+
+
+def _settle_in_doubt(eng: "Engine", s: Step, nodes: list[str]) -> None:
+    """A rollback left `started` by a crash is in doubt, like one whose outcome was lost: its
+    commands (idempotent by contract) are sent again, but never while the first copy may still
+    run on the node."""
+    from bmupgrade.engine.settle import wait_while_running
+
+    crashed = [n for n in nodes if eng.journal.node_state(s.id, n, rollback=True) == STARTED]
+    if crashed:
+        eng.journal.mark(s.id, crashed, UNKNOWN, rollback=True, outcome="the run stopped while it was in flight")
+    in_doubt = [n for n in nodes if eng.journal.node_state(s.id, n, rollback=True) == UNKNOWN]
+    if in_doubt:
+        wait_while_running(eng, s, in_doubt, rollback=True)
 
 
 def _mark_undone(eng: "Engine", s: Step, nodes: list[str]) -> None:

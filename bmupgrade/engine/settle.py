@@ -32,7 +32,7 @@ def settle(eng: "Engine", step: Step) -> None:
     nodes = eng.journal.nodes_in(step.id, UNKNOWN)
     if not nodes:
         return
-    _wait_while_running(eng, step, nodes)
+    wait_while_running(eng, step, nodes)
     if step.verify:
         for node in nodes:
             r = eng.send(node, eng.render(step.verify, node), timeout=step.timeout, key=f"{step.id}:verify")
@@ -62,18 +62,20 @@ def _who(eng: "Engine", how: str) -> dict:
     p = eng.prompter
     return {**whoami(), "how": "prompt" if p.interactive else f"--{how} flag"}
 
-def _wait_while_running(eng: "Engine", step: Step, nodes: list[str]) -> None:
-    """Never decide while the first copy may still run: ask the node (the command's tag)."""
+def wait_while_running(eng: "Engine", step: Step, nodes: list[str], *, rollback: bool = False) -> None:
+    """Never decide while the first copy may still run: ask the node (the command's tag). For
+    the step's commands, or (`rollback`) its rollback commands."""
     from bmupgrade.engine import remote
     from bmupgrade.engine.core import Stop
 
+    key = f"rollback:{step.id}" if rollback else step.id
     while True:
         running = {}
         for n in nodes:
-            tag = eng.journal.step(step.id)["nodes"].get(n, {}).get("tag")
+            tag = eng.journal.step(step.id, rollback=rollback)["nodes"].get(n, {}).get("tag")
             if not tag:
                 continue
-            r = eng.send(n, remote.still_running(tag), timeout=30, key=f"{step.id}:still-running",
+            r = eng.send(n, remote.still_running(tag), timeout=30, key=f"{key}:still-running",
                          capture=True, quiet=True)
             if r.exit_code is None:
                 running[n] = "cannot ask the node (" + (r.error or "no answer") + ")"
@@ -82,10 +84,9 @@ def _wait_while_running(eng: "Engine", step: Step, nodes: list[str]) -> None:
         if not running:
             return
         text = "; ".join(f"{n}: {why}" for n, why in running.items())
-        if eng.prompter.interactive and eng.prompter.still_running(step.id, step.label, text) == WAIT:
+        if eng.prompter.interactive and eng.prompter.still_running(key, step.label, text) == WAIT:
             eng.sleep(5)
             continue
         raise Stop(EXIT_FAILED, ABORTED if eng.prompter.interactive else FAILED_RUN,
-                   f"Step '{step.id}': {text}. Not deciding anything while it runs: wait for it to end, then "
-                   f"`{eng.hint('resume')}`.")
-
+                   f"Step '{key}': {text}. Not deciding anything while it runs: wait for it to end, then "
+                   f"`{eng.hint('rollback' if rollback else 'resume')}`.")

@@ -15,7 +15,8 @@ def shown_status(d: dict) -> str:
         return d.get("status", "?")
     alive = owner_alive(d.get("owner"))
     if alive is False:
-        return "stopped without a trace (owner gone: killed or crashed; `bmupgrade resume` continues)"
+        verb = "rollback" if d.get("direction") == "rollback" else "resume"  # a rollback never goes forward
+        return f"stopped without a trace (owner gone: killed or crashed; `bmupgrade {verb}` continues)"
     o = d.get("owner") or {}
     return f"running (pid {o.get('pid')} on {o.get('host')}" + (")" if alive else ", not checkable from here)")
 
@@ -33,8 +34,9 @@ def render_status(journal: Journal, console, hint=None) -> None:
     ha = d.get("ha", {})
     if ha.get("state") == "off":
         console.print(f"[bold white on red] HA handling OFF since {ha['off_since']} [/bold white on red] — "
-                      + escape(hint(f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` "
-                                    "restores it")))
+                      + escape(hint((f"`bmupgrade rollback {d['run_id']}` restores it" if d.get("direction") == "rollback"
+                                     else f"`bmupgrade resume {d['run_id']}` or `bmupgrade rollback {d['run_id']}` "
+                                     "restores it"))))
     accepted = d.get("fencing_accepted")
     if accepted:
         console.print(f"[bold red]STONITH guard overridden[/bold red] by {accepted.get('user')}@{accepted.get('host')} "
