@@ -318,7 +318,7 @@ import paramiko
 cfg = json.loads(sys.argv[1])
 if cfg["mode"] == "fabric":
     import fabric
-if cfg["mode"] == "paramiko-gcm":  # the cipher bmupgrade prefers (transport/ssh.py _aead_first)
+if cfg["mode"] == "paramiko-gcm":  # the cipher bmupgrade prefers (transport/algorithms.py)
     paramiko.Transport._preferred_ciphers = ("aes128-gcm@openssh.com",) + tuple(
         c for c in paramiko.Transport._preferred_ciphers if c != "aes128-gcm@openssh.com")
 t1 = time.perf_counter()

@@ -191,6 +191,81 @@ def test_aes_gcm_preferred_and_any_other_cipher_still_accepted(bm1, transport, t
         assert t.local_cipher == "aes256-ctr" and other.run("bm1", "true").ok
 
 
+def _ssh_config(tmp_path, name: str, *lines: str) -> str:
+    path = tmp_path / f"{name}_ssh_config"
+    path.write_text("Host *\n" + "".join(f"    {line}\n" for line in lines))
+    return str(path)
+
+
+def test_ssh_config_ciphers_macs_and_kex_algorithms_are_honoured(bm1, tmp_path):
+    """OpenSSH's list syntax (^ first, a plain list replaces); the server's log says what was agreed."""
+    from bmupgrade.transport.ssh import SshTransport
+
+    cfg = _ssh_config(tmp_path, "policy", "Ciphers ^aes192-ctr", "MACs hmac-sha2-512,umac-128@openssh.com",
+                      "KexAlgorithms sntrup761x25519-sha512@openssh.com,diffie-hellman-group14-sha256")
+    with _second_sshd(bm1, tmp_path, "policy", "LogLevel DEBUG1\n") as (port, log), SshTransport() as t:
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        t.connect([bm1.address(port=port, known_hosts=(str(kh),), ssh_config=cfg)])
+        tr = t.connection("bm1").transport
+        assert (tr.local_cipher, tr.local_mac) == ("aes192-ctr", "hmac-sha2-512")
+        assert t.run("bm1", "true").ok
+        text = log.read_text()
+        assert "kex: algorithm: diffie-hellman-group14-sha256" in text, text[-3000:]
+        assert "cipher: aes192-ctr MAC: hmac-sha2-512" in text
+
+
+def test_no_cbc_by_default_and_the_error_says_how_to_allow_it(bm1, tmp_path):
+    """Paramiko alone would fall back to CBC (or 3DES, MD5); OpenSSH's client offers none of them.
+    Against a server that allows only CBC: a one-line error with the ssh_config line that fixes it,
+    and with that line the connection opens."""
+    from bmupgrade.transport.ssh import SshTransport
+
+    with _second_sshd(bm1, tmp_path, "cbc", "Ciphers aes256-cbc\n") as (port, _):
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        with SshTransport() as t, pytest.raises(TransportError) as e:
+            t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+        msg = str(e.value)
+        assert "no Ciphers in common with the server: it offers aes256-cbc; bmupgrade offers aes128-gcm@openssh.com" in msg
+        assert msg.endswith("if your policy allows it, add `Ciphers +aes256-cbc` to the ssh_config") and "\n" not in msg
+        with SshTransport() as t:
+            t.connect([bm1.address(port=port, known_hosts=(str(kh),),
+                                   ssh_config=_ssh_config(tmp_path, "cbc", "Ciphers +aes256-cbc"))])
+            assert t.connection("bm1").transport.local_cipher == "aes256-cbc" and t.run("bm1", "true").ok
+
+
+def test_an_ssh_config_paramiko_cannot_honour_is_refused_before_connecting(bm1, tmp_path):
+    from bmupgrade.transport.ssh import SshTransport
+
+    before = bm1.logins()
+    with SshTransport() as t, pytest.raises(TransportError) as e:
+        t.connect([bm1.address(ssh_config=_ssh_config(tmp_path, "chacha", "Ciphers chacha20-poly1305@openssh.com"))])
+    msg = str(e.value)
+    assert msg.startswith("bm1: ssh_config Ciphers 'chacha20-poly1305@openssh.com' leaves no algorithm bmupgrade's "
+                          "SSH library (Paramiko) implements; it has: aes128-ctr,"), msg
+    assert msg.endswith("(e.g. `Ciphers chacha20-poly1305@openssh.com,aes128-gcm@openssh.com`) or remove it")
+    assert "\n" not in msg
+    assert bm1.logins() == before  # refused before any connection
+
+
+def test_the_cli_says_so_and_changes_nothing(lab, tmp_path):
+    """`check` and `run` with an inventory whose ssh_config cannot be honoured: exit 3, one line, no login."""
+    from tests.e2e import PACEMAKER, bmupgrade, run_printed
+
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(Path(lab.inventory_path).read_text().replace(
+        "\n  known_hosts:", f"\n  ssh_config: {_ssh_config(tmp_path, 'cli', 'Ciphers chacha20-poly1305@openssh.com')}"
+                          "\n  known_hosts:", 1))
+    logins = Path(lab.node("bm1").log).read_text(errors="replace").count("Accepted publickey")
+    for r in (run_printed(f"bmupgrade check {PACEMAKER} -i {inv}"),
+              bmupgrade("run", PACEMAKER, "-i", str(inv), "--yes", "--ack", "backup,prepare", state=tmp_path / "s")):
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "Cannot reach bm1: ssh_config Ciphers 'chacha20-poly1305@openssh.com' leaves no algorithm" in r.stdout
+        assert "Traceback" not in r.stdout + r.stderr
+    assert Path(lab.node("bm1").log).read_text(errors="replace").count("Accepted publickey") == logins
+
+
 def test_aes_gcm_survives_rekeying_mid_command(bm1, tmp_path):
     """A long apt-get log crosses rekeys on a real server (OpenSSH rekeys after gigabytes; this
     sshd every 64 KB): the AES-GCM keys are replaced mid-stream and nothing is lost."""
@@ -281,8 +356,9 @@ def test_proxyjump_hop_is_checked_too(nodes, lab, transport, tmp_path):
             ssh_cfg = tmp_path / "ssh_config"
             ssh_cfg.write_text(
                 f"Host jump\n  HostName {bm1.host}\n  Port {jport}\n  User {lab.user}\n  IdentityFile {lab.client_key}\n"
+                f"  Ciphers aes256-ctr\n"
                 f"Host target\n  HostName {bm2.host}\n  Port {bm2.port}\n  User {lab.user}\n"
-                f"  IdentityFile {lab.client_key}\n  ProxyJump jump\n")
+                f"  IdentityFile {lab.client_key}\n  ProxyJump jump\n  Ciphers ^aes192-ctr\n")
             addr = dict(host="target", port=None, user=None, identity_file=None, ssh_config=str(ssh_cfg))
             # the lab's known_hosts knows bm2, not the jump host on its new port
             with pytest.raises(TransportError, match=rf"^bm2: unknown host key for {re.escape(bm1.host)}:{jport} "):
@@ -294,6 +370,8 @@ def test_proxyjump_hop_is_checked_too(nodes, lab, transport, tmp_path):
             r = transport.run("bm2", "echo $SSH_CONNECTION", capture=True)
             assert r.ok and r.stdout.split()[2:] == [bm2.host, str(bm2.port)]
             assert bm2.logins() - before == 1 and jlog.read_text().count("Accepted publickey") == 1
+            conn = transport.connection("bm2")  # each hop with its own Host block's Ciphers
+            assert (conn.gateway.transport.local_cipher, conn.transport.local_cipher) == ("aes256-ctr", "aes192-ctr")
     finally:
         transport.close()
 

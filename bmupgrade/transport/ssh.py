@@ -16,6 +16,9 @@ Safety decisions made here (see DESIGN.md §3):
   (`AutoAddPolicy`); we load ``~/.ssh/known_hosts``, the ssh config's
   ``UserKnownHostsFile``/``GlobalKnownHostsFile`` and the node's extra files, and refuse
   unknown or changed keys with the fingerprint and the command to accept it.
+* The ssh config's ``Ciphers``, ``MACs`` and ``KexAlgorithms`` apply (Paramiko ignores them),
+  over OpenSSH's client defaults rather than Paramiko's (which still offer CBC, 3DES, MD5):
+  transport/algorithms.py.
 * Dead peers are noticed within about ``keepalive_interval + keepalive_timeout`` seconds
   (25 s by default) while a command waits: TCP keepalives, SSH keepalives, and a
   ``keepalive@openssh.com`` request that must be answered in time.
@@ -43,7 +46,7 @@ from typing import Iterable
 import paramiko
 from fabric import Config, Connection
 
-from bmupgrade.transport import knownhosts
+from bmupgrade.transport import algorithms, knownhosts
 from bmupgrade.transport.base import (
     CommandResult,
     NodeAddress,
@@ -413,7 +416,11 @@ class SshTransport(_TrustAndSudo):
             conn.connect_timeout = int(max(1, self.connect_timeout))
         conn.connect_kwargs.setdefault("banner_timeout", self.connect_timeout)
         conn.connect_kwargs.setdefault("auth_timeout", self.connect_timeout)
-        conn.connect_kwargs.setdefault("transport_factory", _aead_first)
+        try:  # ssh_config's Ciphers, MACs, KexAlgorithms over OpenSSH's defaults, GCM first
+            offers = algorithms.policy(conn.ssh_config)
+        except algorithms.AlgorithmError as e:
+            raise TransportError(address.name, str(e)) from None
+        conn.connect_kwargs.setdefault("transport_factory", algorithms.transport_factory(offers))
         client = conn.client
         kh = knownhosts.load(_known_hosts_files(conn, address.known_hosts), client.get_host_keys())
         self._known_hosts[id(conn)] = kh
@@ -566,20 +573,6 @@ class SshTransport(_TrustAndSudo):
 
 
 # --------------------------------------------------------------------------- helpers
-
-AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-
-
-def _aead_first(sock, **kw) -> paramiko.Transport:
-    """A Paramiko transport that prefers AES-GCM (OpenSSH has offered it since 6.2): one C call
-    seals or opens a packet, where the default aes-ctr + hmac-sha2 pays Python's hmac module on
-    every packet (~10 % of a step's CPU). Only the order changes: a server that refuses GCM
-    still gets the rest of Paramiko's list."""
-    t = paramiko.Transport(sock, **kw)
-    opts = t.get_security_options()
-    opts.ciphers = [c for c in AEAD_CIPHERS if c in opts.ciphers] + [c for c in opts.ciphers if c not in AEAD_CIPHERS]
-    return t
-
 
 def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts: Iterable[str]) -> str:
     """Why a connection failed, in one line, with what to do (host keys: the fingerprint and

@@ -1,0 +1,139 @@
+"""Which SSH algorithms a connection offers: OpenSSH's defaults and the ssh_config's
+`Ciphers`, `MACs` and `KexAlgorithms`, which Fabric and Paramiko on their own ignore.
+
+Paramiko, left alone, offers what no OpenSSH client has offered for years (3des-cbc, the CBC
+modes, hmac-md5, the truncated -96 MACs), and a site's cipher policy in ssh_config would not
+apply. Here the offer starts from OpenSSH's client defaults, restricted to what Paramiko
+implements, with AES-GCM first (one C call seals or opens a packet, where aes-ctr + hmac-sha2
+runs Python's hmac module on every packet: ~10 % of a step's CPU). An ssh_config value is
+read the way ssh_config(5) says: a list replaces the defaults, `+list` appends to them,
+`-list` removes from them, `^list` puts names first; `*` and `?` are wildcards. Names
+Paramiko does not implement (chacha20-poly1305, umac, sntrup761...) are passed over; a value
+that leaves nothing Paramiko can use is an error naming the option and what would work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+
+import paramiko
+
+# ssh_config option (lower case, as Paramiko's SSHConfig keys it) -> (SecurityOptions attribute, defaults)
+DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ciphers": ("ciphers", ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr",
+                            "aes256-ctr")),
+    "macs": ("digests", ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256",
+                         "hmac-sha2-512", "hmac-sha1")),
+    "kexalgorithms": ("kex", paramiko.Transport._preferred_kex),
+}
+NAMES = {"ciphers": "Ciphers", "macs": "MACs", "kexalgorithms": "KexAlgorithms"}
+ALIASES = {"curve25519-sha256": "curve25519-sha256@libssh.org"}  # RFC 8731's name; Paramiko knows the other
+_SUPPORTED = {"ciphers": paramiko.Transport._cipher_info, "macs": paramiko.Transport._mac_info,
+              "kexalgorithms": paramiko.Transport._kex_info}
+
+
+class AlgorithmError(ValueError):
+    """An ssh_config value that leaves no algorithm Paramiko can use (the message says which)."""
+
+
+def supported(option: str) -> tuple[str, ...]:
+    """What Paramiko implements for an option (a wildcard expands in this order)."""
+    return tuple(_SUPPORTED[option])
+
+
+def offer(option: str, value: str | None) -> tuple[str, ...]:
+    """The names offered for one option, given its ssh_config value (None: the defaults)."""
+    able = supported(option)
+    default = tuple(n for n in DEFAULTS[option][1] if n in able)
+    if not value or not value.strip():
+        return default
+    value = value.strip()
+    op, body = (value[0], value[1:]) if value[0] in "+-^" else ("", value)
+    patterns = [p.strip() for p in body.split(",") if p.strip()]
+    if op == "-":
+        names = [n for n in default if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    else:
+        wanted = _expand(patterns, able)
+        names = {"+": list(default) + wanted, "^": wanted + list(default), "": wanted}[op]
+    out = tuple(dict.fromkeys(names))
+    if not out:
+        fix = ("remove that line (it removes every default)" if op == "-" else
+               f"add one of them to that line (e.g. `{NAMES[option]} {value},{(default or able)[0]}`) or remove it")
+        raise AlgorithmError(f"ssh_config {NAMES[option]} {value!r} leaves no algorithm bmupgrade's SSH library "
+                             f"(Paramiko) implements; it has: {', '.join(able)}; {fix}")
+    return out
+
+
+def _expand(patterns: list[str], able: tuple[str, ...]) -> list[str]:
+    """Each pattern's matches among what Paramiko implements, in the pattern's order."""
+    out: list[str] = []
+    for p in (ALIASES.get(p, p) for p in patterns):
+        out += [n for n in able if fnmatch.fnmatchcase(n, p)] if any(c in p for c in "*?") else \
+            [p] if p in able else []
+    return out
+
+
+def policy(ssh_config: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
+    """The offer for every option, by SecurityOptions attribute (AlgorithmError if a value is unusable)."""
+    return {attr: offer(option, _value(ssh_config.get(option))) for option, (attr, _) in DEFAULTS.items()}
+
+
+def _value(v: object) -> str | None:
+    """Paramiko's SSHConfig keeps a repeated option's first value, sometimes as a list."""
+    if isinstance(v, (list, tuple)):
+        v = v[0] if v else None
+    return v if isinstance(v, str) else None
+
+
+def transport_factory(offers: dict[str, tuple[str, ...]]) -> Callable[..., paramiko.Transport]:
+    """For SSHClient.connect(transport_factory=...): a Paramiko transport that offers `offers`."""
+
+    def make(sock, **kw) -> paramiko.Transport:
+        t = _OfferingTransport(sock, **kw)
+        opts = t.get_security_options()
+        for attr, names in offers.items():
+            setattr(opts, attr, names)
+        return t
+
+    return make
+
+
+class _OfferingTransport(paramiko.Transport):
+    """Says what the server offered when nothing matches (Paramiko only says "no acceptable
+    ciphers"), and what to write in ssh_config if the site's policy allows one of those."""
+
+    def _parse_kex_init(self, m):
+        theirs = _server_offer(m)
+        try:
+            return super()._parse_kex_init(m)
+        except paramiko.ssh_exception.IncompatiblePeer as e:
+            raise paramiko.ssh_exception.IncompatiblePeer(mismatch(theirs, self) or str(e)) from None
+
+
+_KEXINIT_LISTS = ("kexalgorithms", "hostkey", "ciphers", "ciphers_s2c", "macs", "macs_s2c")
+
+
+def _server_offer(m: paramiko.Message) -> dict[str, list[str]]:
+    """The server's KEXINIT name-lists (RFC 4253 7.1), read from a copy of the message."""
+    try:
+        peek = paramiko.Message(m.asbytes())
+        peek.get_bytes(16)  # cookie
+        return {k: peek.get_list() for k in _KEXINIT_LISTS}
+    except Exception:  # a malformed KEXINIT: Paramiko's own parser says so
+        return {}
+
+
+def mismatch(theirs: dict[str, list[str]], t: paramiko.Transport) -> str | None:
+    """One line for the first option with nothing in common, with the fix."""
+    ours = {"kexalgorithms": t.preferred_kex, "ciphers": t.preferred_ciphers, "macs": t.preferred_macs}
+    for option in ("kexalgorithms", "ciphers", "macs"):
+        offered = theirs.get(option) or []
+        if not offered or set(offered) & set(ours[option]):
+            continue
+        able = [n for n in offered if n in _SUPPORTED[option]]
+        fix = (f"if your policy allows it, add `{NAMES[option]} +{able[0]}` to the ssh_config" if able else
+               f"Paramiko implements none of them: allow one of bmupgrade's in the server's sshd_config")
+        return (f"no {NAMES[option]} in common with the server: it offers {', '.join(offered)}; bmupgrade "
+                f"offers {', '.join(ours[option])} (OpenSSH's defaults, or the ssh_config's {NAMES[option]}); {fix}")
+    return None
