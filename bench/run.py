@@ -693,6 +693,37 @@ def window_commands(lab: Lab, off: float, on: float) -> tuple[int, int, int]:
     return len(calls), serial, fast
 
 
+ROUND_CAUSES = ("runbook command", "verify", "VIP probe", "requires check", "still-running check")
+
+
+def window_rounds(state: Path) -> dict[str, int]:
+    """The window's serial round trips by cause, from the run's audit trail (first `ha-off`
+    sent → `ha-on` result): a send of the same cause as the one before, to another node, is
+    the same parallel round (a parallel step's verify goes out on each node as its own command
+    ends). The VIP probes and requires checks are bmupgrade's safety rules; the rest, the
+    runbook's own commands."""
+    (audit,) = (state / "runs").glob("*.audit.jsonl")
+    rounds = dict.fromkeys(ROUND_CAUSES, 0)
+    inside, last = False, None
+    for line in audit.read_text().splitlines():
+        rec = json.loads(line)
+        key = rec.get("key", "")
+        inside = inside or (rec["event"] == "sent" and key == "ha-off")
+        if not inside:
+            continue
+        if rec["event"] == "result":
+            if key == "ha-on":
+                break
+            continue
+        cause = ("VIP probe" if key == "vip-probe" else "verify" if key.endswith(":verify") else
+                 "requires check" if key.endswith(":still-holds") else
+                 "still-running check" if key.endswith(":still-running") else "runbook command")
+        if last is None or last[0] != cause or last[1] == rec["node"]:
+            rounds[cause] += 1
+        last = (cause, rec["node"])
+    return rounds
+
+
 def bmlab_is_install(argv: list[str]) -> bool:
     return argv[:1] == ["apt-get"] and "install" in argv and "--download-only" not in argv
 
@@ -722,7 +753,7 @@ def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str], slow: tuple[f
             data[name].append({"wall": wall, "window": window, "printed": float(m.group(1)) if m else None,
                                "install": {k: v[-1] for k, v in installs.items()},
                                "standin_calls_in_window": allc, "serial_standin_calls_in_window": serial,
-                               "serial_fast_probes_in_window": fast})
+                               "serial_fast_probes_in_window": fast, "rounds": window_rounds(state)})
             shutil.rmtree(state)
     lab.clear_faults()
     for name, rs in data.items():
@@ -738,7 +769,8 @@ def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str], slow: tuple[f
                      "window_over_slowest_install": stats([w / s for w, s in zip(windows, slowest)]),
                      "standin_calls_in_window": [r["standin_calls_in_window"] for r in rs],
                      "serial_standin_calls_in_window": [r["serial_standin_calls_in_window"] for r in rs],
-                     "serial_fast_probes_in_window": [r["serial_fast_probes_in_window"] for r in rs]}
+                     "serial_fast_probes_in_window": [r["serial_fast_probes_in_window"] for r in rs],
+                     "serial_rounds_by_cause": {c: statistics.median(r["rounds"][c] for r in rs) for c in ROUND_CAUSES}}
         k = statistics.median(res[name]["serial_standin_calls_in_window"])
         f = statistics.median(res[name]["serial_fast_probes_in_window"])
         over = res[name]["overhead_over_installs"]["median"]
@@ -832,6 +864,11 @@ def _rows_ha(r: dict, rows: Rows) -> None:
                      "%g" % statistics.median(d["serial_fast_probes_in_window"])
                      if "serial_fast_probes_in_window" in d else "?", sp["lab_standin_startup_s"] * 1000,
                      sp["rest_s (bmupgrade + ssh + shell)"] * 1000))
+        if "serial_rounds_by_cause" in d:
+            by = d["serial_rounds_by_cause"]
+            rows.append(("6 HA-off window", name + ": serial round trips", "", "%g" % sum(by.values()), "", "",
+                         ", ".join("%s %g" % (c, by[c]) for c in ROUND_CAUSES if by[c]) +
+                         " (audit trail; VIP probes and requires checks are bmupgrade's safety rules)"))
 
 
 def build_table(r: dict) -> list[tuple]:
