@@ -351,14 +351,11 @@ def test_pacemaker_runbook_upgrades_the_real_cluster(cluster, state):
     assert cluster.run("bm2", "systemctl is-active bluemind.target").stdout.strip() == "inactive"
 
 
-@pytest.mark.parametrize("side", ["real", pytest.param("standin", marks=pytest.mark.xfail(strict=True, reason=(
-    "the stand-in apt-get pins every bm-* dependency to the bm-full version asked for; real apt takes "
-    "the candidates and refuses: the bundled runbook's packages rollback (bm-full=FROM alone) cannot "
-    "work on a real node. To change together with that runbook (issue 13), or the stand-in e2e "
-    "rollback tests break")))])
+@pytest.mark.parametrize("side", ["real", "standin"])
 def test_downgrading_bm_full_alone_is_refused_by_real_apt(cluster, lab_factory, side):
-    """At 4.9.3, `apt-get install --allow-downgrades bm-full=4.9.2` (the runbook's rollback):
-    real apt keeps the candidate 4.9.3 for bm-core & co and exits 100 (unmet dependencies)."""
+    """At 4.9.3, `apt-get install --allow-downgrades bm-full=4.9.2` (the bundled runbooks' first
+    packages rollback): real apt keeps the candidate 4.9.3 for bm-core & co and exits 100 (unmet
+    dependencies), and so does the stand-in apt-get (it used to take every bm-* down with bm-full)."""
     cmd = "apt-get install -s -y -q --allow-downgrades bm-full=4.9.2"
     if side == "real":
         r = cluster.run("bm1", cmd)

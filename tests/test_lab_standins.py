@@ -102,8 +102,9 @@ def test_apt_prompt_downgrade_held_and_usage(lab, batch):
               "apt-get install -y bm-full=4.9.3",
               "apt-mark unhold bm-core",
               "apt-get install -y bm-full=4.9.3",
-              "apt-get install -y bm-full=4.9.2",
-              "apt-get install -y --allow-downgrades bm-full=4.9.2",
+              "apt-get install -y " + " ".join(p + "=4.9.2" for p in BM),
+              "apt-get install -y --allow-downgrades bm-full=4.9.2",  # alone: the others stay at their candidate
+              "apt-get install -y --allow-downgrades " + " ".join(p + "=4.9.2" for p in BM),
               "apt-get install -y bm-core=4.9.3",
               "apt-mark hold bm-nope")
     assert r[1].rc == 1 and "Do you want to continue? [Y/n] Abort." in r[1].out
@@ -116,9 +117,10 @@ def test_apt_prompt_downgrade_held_and_usage(lab, batch):
     assert r[8].out == "Canceled hold on bm-core.\n"
     assert r[9].rc == 0
     assert r[10].rc == 100 and "E: Packages were downgraded and -y was used without --allow-downgrades." in r[10].err
-    assert r[11].rc == 0 and versions(bm1)["bm-node"] == "4.9.2"
-    assert r[12].rc == 100 and "held broken packages" in r[12].err  # bm-core alone breaks bm-full's pin
-    assert r[13].rc == 100
+    assert r[11].rc == 100 and " bm-full : Depends: bm-core (= 4.9.2) but 4.9.3 is to be installed" in r[11].out
+    assert r[12].rc == 0 and versions(bm1) == {p: "4.9.2" for p in BM}
+    assert r[13].rc == 100 and "held broken packages" in r[13].err  # bm-core alone breaks bm-full's pin
+    assert r[14].rc == 100
 
 
 def test_apt_no_lists_needed_for_upgrade_with_answer(lab):

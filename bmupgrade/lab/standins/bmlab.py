@@ -1021,6 +1021,12 @@ def pkg_versions(st: dict, p: str) -> list[str]:
     return sorted((v for v in st["known_versions"] if v in repo), key=_vkey, reverse=True)
 
 
+def apt_candidate(st: dict, p: str) -> str | None:
+    """The version apt installs for `p` when none is named: the newest it knows, the installed
+    one included (apt never picks a lower version on its own)."""
+    return vmax([v for v in pkg_versions(st, p)[:1] + [st["installed"].get(p)] if v])
+
+
 def apt_install(ctx: Ctx, o: AptOpts, op: str, pkgs: list[str]):
     """apt-get install / upgrade / dist-upgrade / full-upgrade: resolve, show the plan, ask, then
     download, unpack and configure (one helper per phase, in the order apt runs them)."""
@@ -1111,15 +1117,31 @@ def apt_unmet(ctx: Ctx, lines: list[str]):
 
 def apt_resolve(ctx: Ctx, st: dict, op: str, requested: dict,
                 candidate: str | None) -> tuple[dict, list[str], str | None]:
-    """The resolver: bm-full pins PINNED to its own version; core_dependents need bm-core (= their
-    version) and are removed when no version of theirs fits. Returns (changes: package -> (old,
-    new), removals, bm-full's target version)."""
+    """The resolver: bm-full depends on PINNED (= its own version); core_dependents need bm-core
+    (= their version) and are removed when no version of theirs fits. Returns (changes: package
+    -> (old, new), removals, bm-full's target version).
+
+    As real apt: a dependency not named on the command line goes to its candidate (the newest
+    version), never down; `install bm-full=OLD` alone at a newer version is refused (unmet
+    dependencies), the whole set must be named."""
     installed = st["installed"]
     targets = dict(installed)
     full = requested.get(BM_FULL, candidate if op != "install" else installed.get(BM_FULL))
-    for p in [BM_FULL] + PINNED:
-        if op != "install" or BM_FULL in requested:
+    if op != "install":
+        for p in [BM_FULL] + PINNED:
             targets[p] = full
+    elif BM_FULL in requested:
+        targets[BM_FULL] = full
+        unmet = []
+        for p in (p for p in PINNED if p not in requested and installed.get(p) != full):
+            cand = apt_candidate(st, p)
+            if cand == full:
+                targets[p] = full
+            else:
+                unmet.append(" %s : Depends: %s (= %s) but %s" % (
+                    BM_FULL, p, full, "%s is to be installed" % cand if cand else "it is not installable"))
+        if unmet:
+            apt_unmet(ctx, unmet)
     dependents = [d for d in st.get("core_dependents", EXTRAS) if d in installed]
     for p, v in requested.items():
         if p in PINNED and v != full:
@@ -1136,8 +1158,8 @@ def apt_resolve(ctx: Ctx, st: dict, op: str, requested: dict,
             continue
         if d in requested:
             apt_unmet(ctx, [" %s : Depends: bm-core (= %s) but %s is to be installed" % (d, targets[d], core)])
-        if core in pkg_versions(st, d):
-            targets[d] = core  # apt's resolver installs the candidate that fits
+        if apt_candidate(st, d) == core:
+            targets[d] = core  # its candidate fits
         else:
             removals.append(d)  # no version of d fits the new bm-core: apt removes it
             targets.pop(d)
