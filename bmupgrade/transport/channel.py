@@ -39,7 +39,7 @@ class ChannelRun:
         self.reconnected, self.start, self.open_timeout = reconnected, start, open_timeout
         self.out = Collector(node, capture, on_output, password)
         self.pid_line = PidLine()
-        self.sudo_filter = SudoFilter()
+        self.sudo_filter = SudoFilter() if password is not None else None  # its markers come with a password only
         self.chan: paramiko.Channel | None = None
         self.finished = False
 
@@ -93,9 +93,14 @@ class ChannelRun:
             self.out.feed("stdout", chan.recv(READ_CHUNK))
             got = True
         while chan.recv_stderr_ready():
-            self.out.feed("stderr", self.sudo_filter.feed(self.pid_line.feed(chan.recv_stderr(READ_CHUNK))))
+            self.out.feed("stderr", self._stderr(self.pid_line.feed(chan.recv_stderr(READ_CHUNK))))
             got = True
         return got
+
+    def _stderr(self, data: bytes, final: bool = False) -> bytes:
+        """stderr without sudo's prompt and start marker (when a password went to sudo)."""
+        f = self.sudo_filter
+        return data if f is None else f.feed(data) + (f.flush() if final else b"")
 
     def _wait(self) -> bool:
         """Stream output until exit status + EOF, the timeout, or loss. True if timed out."""
@@ -135,7 +140,7 @@ class ChannelRun:
         told apart), connection lost (outcome unknown), or killed without a status."""
         chan, t, n = self.chan, self.t, self.n
         self._read()
-        self.out.feed("stderr", self.sudo_filter.feed(self.pid_line.flush()) + self.sudo_filter.flush())
+        self.out.feed("stderr", self._stderr(self.pid_line.flush(), final=True))
         self.out.finish()
         common = dict(output_tail=self.out.tail, stdout=self.out.stdout if self.capture else "",
                       stdout_truncated=self.out.stdout_truncated)
@@ -150,7 +155,7 @@ class ChannelRun:
         if status != -1:
             self.finished = True
             res = self.result(exit_code=status, **common)
-            if self.use_sudo and self.password is not None and self.sudo_filter.rejected(status):
+            if self.use_sudo and self.sudo_filter is not None and self.sudo_filter.rejected(status):
                 res.error = "sudo rejected the password"  # the command did not run
                 res.sudo_rejected, res.sent = True, False
             return res
