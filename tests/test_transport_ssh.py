@@ -286,6 +286,83 @@ def test_aes_gcm_survives_rekeying_mid_command(bm1, tmp_path):
         assert log.read_text().count("rekeying out") >= 10  # sshd's own account of the new keys
 
 
+# --------------------------------------------------------------------------- sessions opened ahead
+
+@pytest.fixture
+def opens(monkeypatch):
+    """Who opened each session: the command's own thread, or the node's opener (transport/spare.py)."""
+    import paramiko
+
+    seen: list[str] = []
+    real = paramiko.Transport.open_session
+
+    def open_session(self, *a, **kw):
+        seen.append("ahead" if threading.current_thread().name.startswith("bmupgrade-spare-") else "command")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(paramiko.Transport, "open_session", open_session)
+    return seen
+
+
+def _until(cond, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def test_a_command_goes_out_on_the_session_opened_ahead(bm1, transport, opens):
+    """One round trip per command instead of two: while a command's exec is on the wire, the
+    next command's session is opened; only the first command opens its own."""
+    transport.connect([bm1.address()])
+    spare = transport._get("bm1").spare
+    for i in range(4):
+        r = transport.run("bm1", f"echo {i}", capture=True)
+        assert r.ok and r.stdout == f"{i}\n"
+        _until(spare.ready, "a session opened ahead")
+    assert opens.count("command") == 1 and opens.count("ahead") == 4, opens
+
+
+def test_a_closed_session_ahead_is_not_used_and_a_refused_one_sends_the_command_once(bm1, transport, opens,
+                                                                                      tmp_path):
+    """A session opened ahead that was closed meanwhile (a server closing idle channels, a lost
+    connection) is never used: the command opens its own. A session refused at exec (a close
+    crossing our request; no CHANNEL_SUCCESS, so the command never started) sends the command
+    once more, on a new session: it runs exactly once."""
+    import paramiko
+
+    transport.connect([bm1.address()])
+    spare = transport._get("bm1").spare
+    out = tmp_path / "ran"
+    assert transport.run("bm1", "true").ok
+    _until(spare.ready, "a session opened ahead")
+    spare._chan.close()
+    before = opens.count("command")
+    assert transport.run("bm1", f"echo once >> {out}").ok and out.read_text() == "once\n"
+    assert opens.count("command") == before + 1
+    _until(spare.ready, "a session opened ahead")
+
+    def refused(*a, **kw):
+        raise paramiko.SSHException("Channel closed.")
+
+    spare._chan.exec_command = refused
+    r = transport.run("bm1", f"echo twice >> {out}")
+    assert r.ok and out.read_text() == "once\ntwice\n" and opens.count("command") == before + 2
+
+
+def test_a_server_allowing_one_session_gets_none_ahead(bm1, tmp_path, opens):
+    from bmupgrade.transport.ssh import SshTransport
+
+    with _second_sshd(bm1, tmp_path, "one", "MaxSessions 1\n") as (port, _), SshTransport() as t:
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+        results = [t.run("bm1", "sleep 1; echo ok", capture=True) for _ in range(3)]
+        assert [(r.ok, r.stdout) for r in results] == [(True, "ok\n")] * 3
+        # asked only once the command holds the one session: refused, and not asked again
+        assert opens == ["command", "ahead", "command", "command"], opens
+
+
 def test_nodes_connect_in_parallel(nodes, transport):
     before = {n: nodes[n].logins() for n in nodes}
     transport.connect([nodes["bm1"].address(), nodes["bm2"].address()])

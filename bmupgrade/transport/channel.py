@@ -13,6 +13,7 @@ import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from bmupgrade.transport.base import CommandResult, OutputSink
+from bmupgrade.transport.spare import close_quietly
 from bmupgrade.transport.streams import Collector, PidLine, SudoFilter
 
 log = logging.getLogger("bmupgrade.transport.ssh")
@@ -28,7 +29,7 @@ def one_line(e: BaseException) -> str:
 
 class ChannelRun:
     """A command on `node` (SshTransport's per-node record: `where`, `lost`, `seen()`,
-    `mark_lost()`) over the Paramiko transport `t`. `wire` is the command line as sent
+    `mark_lost()`, `spare`) over the Paramiko transport `t`. `wire` is the command line as sent
     (sudo-wrapped, pid-announcing)."""
 
     def __init__(self, n, t: paramiko.Transport, node: str, command: str, wire: str, *, password: str | None,
@@ -56,8 +57,23 @@ class ChannelRun:
 
     # ------------------------------------------------------------------ start
     def _start(self) -> CommandResult | None:
-        """Open a session and send the command (password on stdin, then EOF). A result if that
+        """Send the command on a session: the one opened ahead during an earlier command
+        (transport/spare.py), else a new one; then the password on stdin. A result if that
         failed (saying whether the command may have been sent), else None."""
+        self.chan = self.n.spare.take(self.t)
+        if self.chan is not None:
+            self.n.spare.ask(self.t)
+            failed = self._exec()
+            if failed is None or not self.t.is_active():
+                return failed or self._send_password()
+            # no CHANNEL_SUCCESS came: the server had closed the idle session (ChannelTimeout)
+            # and never started the command; it goes out once more, on a new session
+            log.debug("%s: the session opened ahead was refused (%s); opening another", self.node, failed.error)
+            close_quietly(self.chan)
+        return self._open() or self._exec() or self._send_password()
+
+    def _open(self) -> CommandResult | None:
+        """A new session for the command (then the next one is opened ahead), or why not."""
         n, t = self.n, self.t
         try:
             # longer than the watchdog bound: a dead peer is reported as lost, not as "cannot open"
@@ -67,6 +83,11 @@ class ChannelRun:
                 n.mark_lost(f"connection to {n.where} lost")
                 return self.result(connection_lost=True, sent=False, error=f"{n.lost} (before the command was sent)")
             return self.result(sent=False, error=f"cannot open a session: {one_line(e)}")
+        n.spare.ask(t)
+        return None
+
+    def _exec(self) -> CommandResult | None:
+        n, t = self.n, self.t
         try:
             self.chan.exec_command(self.wire)
         except Exception as e:
@@ -76,6 +97,9 @@ class ChannelRun:
                                    error=f"{n.lost} while starting the command; its outcome is unknown")
             return self.result(sent=False, error=f"the server refused the command: {one_line(e)}")
         n.seen()
+        return None
+
+    def _send_password(self) -> None:
         if self.password is None:
             return None  # the wire itself made stdin /dev/null (streams.announcing_pid)
         try:
@@ -147,7 +171,7 @@ class ChannelRun:
         if timed_out:
             send_signal(chan, "TERM")
             pid = self.pid_line.pid
-            stopped = pid is not None and terminate_group(t, pid)
+            stopped = pid is not None and terminate_group(t, pid, n.spare.take(t))
             return self.result(timed_out=True, error=f"timed out after {self.timeout:g}s; " + (
                 f"SIGTERM sent to its process group (pid {pid}); it may still be running if it ignores SIGTERM"
                 if stopped else "the command was sent SIGTERM and may still be running"), **common)
@@ -177,11 +201,11 @@ class ChannelRun:
             pass
 
 
-def terminate_group(t: paramiko.Transport, pid: int) -> bool:
-    """SIGTERM to a timed-out command's process group, over a new channel of the same
-    connection (best effort, a few seconds at most). True if the kill command ran."""
+def terminate_group(t: paramiko.Transport, pid: int, spare: paramiko.Channel | None = None) -> bool:
+    """SIGTERM to a timed-out command's process group, over the session opened ahead or a new
+    one on the same connection (best effort, a few seconds at most). True if the kill ran."""
     try:
-        chan = t.open_session(timeout=5)
+        chan = spare or t.open_session(timeout=5)
         try:
             chan.settimeout(5)
             chan.exec_command(f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; true")

@@ -59,6 +59,7 @@ from bmupgrade.transport.base import (
 
 from bmupgrade.transport.channel import ChannelRun, one_line
 from bmupgrade.transport.liveness import Watchdog
+from bmupgrade.transport.spare import SpareSession
 from bmupgrade.transport.streams import MAX_SUDO_ATTEMPTS, announcing_pid, sudo_wrap
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ class _Node:
         self.probe_started: float | None = None
         self.probe_transport: paramiko.Transport | None = None  # the probe's connection
         self.state_lock = threading.Lock()
+        self.spare = SpareSession(address.name, timeout=30.0)  # the next command's session, opened ahead
 
     @property
     def where(self) -> str:
@@ -375,6 +377,7 @@ class SshTransport(_TrustAndSudo):
         with self._password_lock:
             self._passwords.clear()  # the sudo password lives no longer than the run needs it
         for node in list(self._nodes.values()):
+            node.spare.close()  # a reconnect keeps it: a session of the old connection is never used
             self._close_node(node)
 
     def connection(self, node: str) -> Connection:
