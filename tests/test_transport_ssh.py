@@ -350,6 +350,26 @@ def test_a_closed_session_ahead_is_not_used_and_a_refused_one_sends_the_command_
     assert r.ok and out.read_text() == "once\ntwice\n" and opens.count("command") == before + 2
 
 
+def test_a_timed_out_command_is_killed_through_the_session_opened_ahead(bm1, tmp_path, opens):
+    """At MaxSessions 2 the command and the session opened ahead use both: the kill of the
+    timed-out command's process group goes out on the latter (a new one would be refused)."""
+    from bmupgrade.transport.ssh import SshTransport
+
+    with _second_sshd(bm1, tmp_path, "two", "MaxSessions 2\n") as (port, _), SshTransport() as t:
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+        pid = []
+        r = t.run("bm1", "echo $$; exec sleep 30", timeout=1, on_output=lambda n, s, text: pid.append(int(text)))
+        try:
+            assert opens == ["command", "ahead"], opens  # no third session was asked for
+            assert r.timed_out and f"SIGTERM sent to its process group (pid {pid[0]})" in r.error, r.error
+            assert _gone_within(pid[0], 3.0)
+        finally:
+            for p in pid:
+                _kill(p)
+
+
 def test_a_server_allowing_one_session_gets_none_ahead(bm1, tmp_path, opens):
     from bmupgrade.transport.ssh import SshTransport
 
