@@ -780,6 +780,33 @@ def bench_ha(lab: Lab, work: Path, reps: int, variants: list[str], slow: tuple[f
     return res
 
 
+def bench_ha_rtt(lab: Lab, work: Path, reps: int, rtt_ms: float, slow: tuple[float, float]) -> dict:
+    """The bundled runbook's HA-off window through the delaying proxy (section 3's): a WAN link
+    between the admin and the nodes, where each serial round trip costs the RTT."""
+    book = ha_variants(work)["prefetch+parallel (as is)"]
+    rs = []
+    for rep in range(reps):
+        lab.up(reset=True)
+        lab.fault("slow-apt", download=slow[0], install=slow[1])
+        proc, pinv, _, _ = proxy_setup(lab, work, rtt_ms)
+        state = work / ("state-ha-rtt-%d" % rep)
+        try:
+            bm_run(book, pinv, state, "--ack", "backup,prepare")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        j = journal_data(state)
+        if j["status"] != "succeeded":
+            raise SystemExit("HA run through the proxy did not succeed: %s" % j["status"])
+        slowest = max(nd.calls("apt-get install !--download-only")[-1]["duration"] for nd in lab.nodes)
+        rs.append({"window": j["ha"]["on_t"] - j["ha"]["off_t"], "slowest": slowest, "rounds": window_rounds(state)})
+        shutil.rmtree(state)
+    lab.clear_faults()
+    return {"rtt_ms": rtt_ms, "window": stats([r["window"] for r in rs]), "slowest_install": stats([r["slowest"] for r in rs]),
+            "overhead_over_installs": stats([r["window"] - r["slowest"] for r in rs]),
+            "serial_rounds_by_cause": {c: statistics.median(r["rounds"][c] for r in rs) for c in ROUND_CAUSES}}
+
+
 # =========================================================================== report
 def _ms(x: float) -> str:
     return "%.1f ms" % (x * 1000)
@@ -871,6 +898,19 @@ def _rows_ha(r: dict, rows: Rows) -> None:
                          " (audit trail; VIP probes and requires checks are bmupgrade's safety rules)"))
 
 
+def _rows_ha_rtt(r: dict, rows: Rows) -> None:
+    d = r.get("ha_rtt")
+    if not d:
+        return
+    name = "through the %g ms proxy" % d["rtt_ms"]
+    rows.add("6 HA-off window", name + ": window", d["window"], note="prefetch+parallel (as is); a WAN link")
+    rows.add("6 HA-off window", name + ": overhead", d["overhead_over_installs"], "ms",
+             note="over the slowest install (%.3f s)" % d["slowest_install"]["median"])
+    by = d["serial_rounds_by_cause"]
+    rows.append(("6 HA-off window", name + ": serial round trips", "", "%g" % sum(by.values()), "", "",
+                 ", ".join("%s %g" % (c, by[c]) for c in ROUND_CAUSES if by[c])))
+
+
 def build_table(r: dict) -> list[tuple]:
     rows = Rows()
     _rows_steps(r, rows)
@@ -882,6 +922,7 @@ def build_table(r: dict) -> list[tuple]:
         rows.add("5 streaming", name + ": peak RSS", d["peak_rss_mb"], "MB", note="stdout -> /dev/null")
         rows.add("5 streaming", name + ": wall", d["wall"], note="%.1f MB/s" % d["throughput_mb_s"])
     _rows_ha(r, rows)
+    _rows_ha_rtt(r, rows)
     judged = not r["config"]["quick"]
     for t in r.get("targets", []):
         verdict = ("MET" if t["met"] else "MISSED") if judged else "not judged (--quick)"
@@ -1020,6 +1061,9 @@ def run_sections(a, lab: Lab, work: Path, r: dict) -> None:
         variants = list(ha_variants(work))[: 1 if a.quick else None]
         log("6. HA-off window, slow apt (%d variants x %d reps)" % (len(variants), reps))
         r["ha"] = bench_ha(lab, work, reps, variants, (0.3, 0.2) if a.quick else (3, 2))
+        if a.rtt:
+            log("6b. HA-off window through the %g ms proxy (%d reps)" % (a.rtt, reps))
+            r["ha_rtt"] = bench_ha_rtt(lab, work, reps, a.rtt, (0.3, 0.2) if a.quick else (3, 2))
 
 
 def main() -> int:
