@@ -290,14 +290,14 @@ def test_aes_gcm_survives_rekeying_mid_command(bm1, tmp_path):
 
 @pytest.fixture
 def opens(monkeypatch):
-    """Who opened each session: the command's own thread, or the node's opener (transport/spare.py)."""
+    """Every session a command had to open itself (one opened ahead is requested without it)."""
     import paramiko
 
-    seen: list[str] = []
+    seen: list[int] = []
     real = paramiko.Transport.open_session
 
     def open_session(self, *a, **kw):
-        seen.append("ahead" if threading.current_thread().name.startswith("bmupgrade-spare-") else "command")
+        seen.append(1)
         return real(self, *a, **kw)
 
     monkeypatch.setattr(paramiko.Transport, "open_session", open_session)
@@ -311,16 +311,23 @@ def _until(cond, what: str) -> None:
         time.sleep(0.01)
 
 
+def _ahead(t, node="bm1"):
+    """The session opened ahead on the node, once confirmed."""
+    spare = t._get(node).spare
+    _until(spare.ready, "a session opened ahead")
+    return spare._pending[1]
+
+
 def test_a_command_goes_out_on_the_session_opened_ahead(bm1, transport, opens):
-    """One round trip per command instead of two: while a command's exec is on the wire, the
-    next command's session is opened; only the first command opens its own."""
+    """One round trip per command instead of two: with a command's exec request, the next
+    command's session is requested; only the first command opens its own."""
     transport.connect([bm1.address()])
-    spare = transport._get("bm1").spare
     for i in range(4):
         r = transport.run("bm1", f"echo {i}", capture=True)
         assert r.ok and r.stdout == f"{i}\n"
-        _until(spare.ready, "a session opened ahead")
-    assert opens.count("command") == 1 and opens.count("ahead") == 4, opens
+        nxt = _ahead(transport)
+        assert nxt is not None and nxt.active and not nxt.closed
+    assert len(opens) == 1
 
 
 def test_a_closed_session_ahead_is_not_used_and_a_refused_one_sends_the_command_once(bm1, transport, opens,
@@ -332,22 +339,33 @@ def test_a_closed_session_ahead_is_not_used_and_a_refused_one_sends_the_command_
     import paramiko
 
     transport.connect([bm1.address()])
-    spare = transport._get("bm1").spare
     out = tmp_path / "ran"
     assert transport.run("bm1", "true").ok
-    _until(spare.ready, "a session opened ahead")
-    spare._chan.close()
-    before = opens.count("command")
+    _ahead(transport).close()
     assert transport.run("bm1", f"echo once >> {out}").ok and out.read_text() == "once\n"
-    assert opens.count("command") == before + 1
-    _until(spare.ready, "a session opened ahead")
+    assert len(opens) == 2
 
     def refused(*a, **kw):
         raise paramiko.SSHException("Channel closed.")
 
-    spare._chan.exec_command = refused
+    _ahead(transport).exec_command = refused
     r = transport.run("bm1", f"echo twice >> {out}")
-    assert r.ok and out.read_text() == "once\ntwice\n" and opens.count("command") == before + 2
+    assert r.ok and out.read_text() == "once\ntwice\n" and len(opens) == 3
+
+
+def test_a_server_allowing_one_session_gets_none_ahead(bm1, tmp_path, opens):
+    from bmupgrade.transport.ssh import SshTransport
+
+    with _second_sshd(bm1, tmp_path, "one", "MaxSessions 1\n") as (port, _), SshTransport() as t:
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+        results = [t.run("bm1", "echo ok", capture=True) for _ in range(3)]
+        assert [(r.ok, r.stdout) for r in results] == [(True, "ok\n")] * 3
+        # asked only once the command holds the one session: refused, and not asked again
+        spare = t._get("bm1").spare
+        assert spare._refused_by is t.connection("bm1").transport and spare._pending is None
+        assert len(opens) == 3
 
 
 def test_a_timed_out_command_is_killed_through_the_session_opened_ahead(bm1, tmp_path, opens):
@@ -362,25 +380,12 @@ def test_a_timed_out_command_is_killed_through_the_session_opened_ahead(bm1, tmp
         pid = []
         r = t.run("bm1", "echo $$; exec sleep 30", timeout=1, on_output=lambda n, s, text: pid.append(int(text)))
         try:
-            assert opens == ["command", "ahead"], opens  # no third session was asked for
+            assert len(opens) == 1  # the command's own; the kill went out on the one opened ahead
             assert r.timed_out and f"SIGTERM sent to its process group (pid {pid[0]})" in r.error, r.error
             assert _gone_within(pid[0], 3.0)
         finally:
             for p in pid:
                 _kill(p)
-
-
-def test_a_server_allowing_one_session_gets_none_ahead(bm1, tmp_path, opens):
-    from bmupgrade.transport.ssh import SshTransport
-
-    with _second_sshd(bm1, tmp_path, "one", "MaxSessions 1\n") as (port, _), SshTransport() as t:
-        kh = tmp_path / "kh"
-        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
-        t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
-        results = [t.run("bm1", "sleep 1; echo ok", capture=True) for _ in range(3)]
-        assert [(r.ok, r.stdout) for r in results] == [(True, "ok\n")] * 3
-        # asked only once the command holds the one session: refused, and not asked again
-        assert opens == ["command", "ahead", "command", "command"], opens
 
 
 def test_nodes_connect_in_parallel(nodes, transport):

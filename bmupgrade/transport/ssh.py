@@ -377,7 +377,6 @@ class SshTransport(_TrustAndSudo):
         with self._password_lock:
             self._passwords.clear()  # the sudo password lives no longer than the run needs it
         for node in list(self._nodes.values()):
-            node.spare.close()  # a reconnect keeps it: a session of the old connection is never used
             self._close_node(node)
 
     def connection(self, node: str) -> Connection:
