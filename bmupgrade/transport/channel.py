@@ -66,8 +66,8 @@ class ChannelRun:
             failed = self._exec()
             if failed is None or not self.t.is_active():
                 return failed or self._send_password()
-            # no CHANNEL_SUCCESS came: the server had closed the idle session (ChannelTimeout)
-            # and never started the command; it goes out once more, on a new session
+            # no CHANNEL_SUCCESS came, the connection is up: the server closed that session
+            # meanwhile and never started the command; it goes out once more, on a new session
             log.debug("%s: the session opened ahead was refused (%s); opening another", self.node, failed.error)
             close_quietly(self.chan)
         return self._open() or self._exec() or self._send_password()

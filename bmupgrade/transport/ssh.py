@@ -190,7 +190,8 @@ class _Node:
         self.probe_started: float | None = None
         self.probe_transport: paramiko.Transport | None = None  # the probe's connection
         self.state_lock = threading.Lock()
-        self.spare = SpareSession(address.name, timeout=30.0)  # the next command's session, opened ahead
+        # the next command's session, opened ahead; 30 s: about the bound a command's own open waits
+        self.spare = SpareSession(address.name, timeout=30.0)
 
     @property
     def where(self) -> str:
