@@ -181,6 +181,30 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _line(rec: dict[str, Any]) -> bytes:
+    return json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+
+
+def _create_whole(path: Path, first: bytes) -> int:
+    """A new journal that appears with its first record already in it (written and synced in a
+    temp file, then hard-linked into place: FileExistsError if the name is taken, as O_EXCL);
+    the descriptor to append to it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, first)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    _fsync_dir(path.parent)
+    return fd
+
+
 def _clean_stale_temps(runs: Path, older_than: float = 600.0) -> None:
     """Temp files of compactions a crash interrupted (`.RUN.journal.jsonl.XXXX`): the journal
     itself is intact (rename is atomic), so they are only litter."""
@@ -257,20 +281,25 @@ class Journal:
         runs = private_dir(Path(state_dir) / "runs")
         _clean_stale_temps(runs)
         run_id = run_id or new_run_id(state_dir)
-        try:
-            fd = open_private(runs / f"{run_id}{SUFFIX}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-        except FileExistsError:
-            raise BmError(f"{runs / run_id}{SUFFIX} exists already: another run took the same id; start "
-                          "again") from None
         data = {"format": FORMAT, "run_id": run_id, "status": RUNNING.value, "created_at": now(),
                 "updated_at": now(), "by": whoami(), "owner": owner_record(), "captured": {}, "facts": [],
                 "preflight": None, "rollback": {}, "ha": {"off_since": None, "on_at": None}, "resumes": [],
                 "exit": None, **header}
         data["steps"] = {sid: {"state": PENDING.value, "nodes": {}} for sid in header.get("step_ids", [])}
         data.pop("step_ids", None)
+        begin = {"r": "begin", "data": data}
+        try:  # never seen empty: `status` in another terminal, a second run, read it at any moment
+            fd = _create_whole(runs / f"{run_id}{SUFFIX}", _line(begin))
+        except FileExistsError:
+            raise BmError(f"{runs / run_id}{SUFFIX} exists already: another run took the same id; start "
+                          "again") from None
+        except OSError as exc:
+            raise BmError(f"cannot create the journal in {runs}: {exc.strerror or exc} (disk full?); nothing "
+                          "was sent") from None
         journal = cls(runs / f"{run_id}{SUFFIX}", data, fd)
-        journal._write({"r": "begin", "data": data})
-        _fsync_dir(runs)
+        hook = journal.after_write or Journal.after_write_hook
+        if hook:
+            hook(begin)
         return journal
 
     @classmethod
@@ -336,7 +365,7 @@ class Journal:
 
     # ---------------------------------------------------------------- persistence
     def _write(self, rec: dict[str, Any], sync: bool = True) -> None:
-        line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        line = _line(rec)
         fd = self._open_for_append()
         try:
             os.write(fd, line)

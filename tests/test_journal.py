@@ -152,3 +152,25 @@ def test_two_runs_started_in_the_same_second_get_two_journals_in_start_order(tmp
                                                                           "name": "t"}).run_id)
     assert ids == ["20261202-100000-ffe0", "20261202-100000-ffe1", "20261202-100000-ffe2"]
     assert [p.name[:20] for p in RunStore(tmp_path / "state").paths()] == ids
+
+
+def test_a_new_journal_is_never_seen_empty(tmp_path, monkeypatch):
+    """`bmupgrade status`, `runs` or a second run may read the state dir at any moment: a journal
+    appears with its first record in it (it used to exist empty until that record was written,
+    and read as "empty or damaged")."""
+    import bmupgrade.journal as jmod
+
+    seen = []
+    real_write = os.write
+
+    def write(fd, data):  # every moment the journal code writes is a moment a reader may look
+        runs = tmp_path / "state" / "runs"
+        for p in runs.glob("*.journal.jsonl") if fd > 2 and runs.exists() else []:
+            seen.append(RunStore(tmp_path / "state").find(None).status if p.stat().st_size else "empty")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(jmod.os, "write", write)
+    j = _journal(tmp_path)
+    j.mark("a", ["bm1"], "started")
+    assert "empty" not in seen and seen and set(seen) == {"running"}, seen
+    assert [p.name for p in (tmp_path / "state" / "runs").iterdir()] == [j.path.name]  # no temp left

@@ -77,7 +77,7 @@ class ChannelRun:
         n, t = self.n, self.t
         try:
             # longer than the watchdog bound: a dead peer is reported as lost, not as "cannot open"
-            self.chan = t.open_session(timeout=self.open_timeout)
+            self.chan = open_session(t, self.open_timeout)
         except Exception as e:
             if not t.is_active():
                 n.mark_lost(f"connection to {n.where} lost")
@@ -199,6 +199,23 @@ class ChannelRun:
             chan.close()
         except Exception:
             pass
+
+
+SESSION_REFUSED_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds: ~1.5 s in all
+
+
+def open_session(t: paramiko.Transport, timeout: float) -> paramiko.Channel:
+    """A new session; refused (CHANNEL_OPEN_FAILURE) means nothing was sent, so it is asked
+    again for a moment: at `MaxSessions`, the previous command's session may not be freed yet
+    when the next one is asked for (sshd frees it once it has reaped the command)."""
+    for delay in SESSION_REFUSED_RETRIES:
+        try:
+            return t.open_session(timeout=timeout)
+        except paramiko.ChannelException:
+            if not t.is_active():
+                raise
+            time.sleep(delay)
+    return t.open_session(timeout=timeout)
 
 
 def terminate_group(t: paramiko.Transport, pid: int, spare: paramiko.Channel | None = None) -> bool:
