@@ -197,17 +197,28 @@ def _create_whole(path: Path, first: bytes) -> int:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, path)
+        try:
+            os.link(tmp, path)
+            linked = True
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: created, then written, as before
+            linked = False
     finally:
         os.unlink(tmp)
-    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    if linked:
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    else:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        os.write(fd, first)
+        os.fdatasync(fd)
     _fsync_dir(path.parent)
     return fd
 
 
 def _clean_stale_temps(runs: Path, older_than: float = 600.0) -> None:
-    """Temp files of compactions a crash interrupted (`.RUN.journal.jsonl.XXXX`): the journal
-    itself is intact (rename is atomic), so they are only litter."""
+    """Temp files of compactions or creations a crash interrupted (`.RUN.journal.jsonl.XXXX`):
+    the journal itself is intact (rename and link are atomic), so they are only litter."""
     import time
 
     for p in runs.glob(".*" + SUFFIX + ".*"):

@@ -174,3 +174,18 @@ def test_a_new_journal_is_never_seen_empty(tmp_path, monkeypatch):
     j.mark("a", ["bm1"], "started")
     assert "empty" not in seen and seen and set(seen) == {"running"}, seen
     assert [p.name for p in (tmp_path / "state" / "runs").iterdir()] == [j.path.name]  # no temp left
+
+
+def test_a_file_system_without_hard_links_still_gets_its_journal(tmp_path, monkeypatch):
+    import errno
+
+    import bmupgrade.journal as jmod
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(jmod.os, "link", no_links)
+    j = _journal(tmp_path)
+    j.mark("a", ["bm1"], "started")
+    assert Journal.load(j.path).data["steps"]["a"]["nodes"]["bm1"]["state"] == "started"
+    assert [p.name for p in (tmp_path / "state" / "runs").iterdir()] == [j.path.name]
