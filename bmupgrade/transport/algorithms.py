@@ -16,36 +16,42 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import paramiko
 
-# ssh_config option (lower case, as Paramiko's SSHConfig keys it) -> (SecurityOptions attribute, defaults)
-DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ciphers": ("ciphers", ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr",
-                            "aes256-ctr")),
-    "macs": ("digests", ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256",
-                         "hmac-sha2-512", "hmac-sha1")),
-    "kexalgorithms": ("kex", paramiko.Transport._preferred_kex),
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # as ssh_config(5) spells it
+    attr: str  # Paramiko's SecurityOptions attribute
+    preferred: str  # the Transport property: what it offers (disabled_algorithms applied)
+    known: Mapping[str, object]  # what Paramiko implements, in the order a wildcard expands
+    defaults: tuple[str, ...]  # OpenSSH's client defaults, AES-GCM first
+
+
+# keyed by the option in lower case, as Paramiko's SSHConfig keys it
+OPTIONS = {
+    "ciphers": Option("Ciphers", "ciphers", "preferred_ciphers", paramiko.Transport._cipher_info,
+                      ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr")),
+    "macs": Option("MACs", "digests", "preferred_macs", paramiko.Transport._mac_info,
+                   ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256",
+                    "hmac-sha2-512", "hmac-sha1")),
+    "kexalgorithms": Option("KexAlgorithms", "kex", "preferred_kex", paramiko.Transport._kex_info,
+                            paramiko.Transport._preferred_kex),
 }
-NAMES = {"ciphers": "Ciphers", "macs": "MACs", "kexalgorithms": "KexAlgorithms"}
 ALIASES = {"curve25519-sha256": "curve25519-sha256@libssh.org"}  # RFC 8731's name; Paramiko knows the other
-_SUPPORTED = {"ciphers": paramiko.Transport._cipher_info, "macs": paramiko.Transport._mac_info,
-              "kexalgorithms": paramiko.Transport._kex_info}
 
 
 class AlgorithmError(ValueError):
     """An ssh_config value that leaves no algorithm Paramiko can use (the message says which)."""
 
 
-def supported(option: str) -> tuple[str, ...]:
-    """What Paramiko implements for an option (a wildcard expands in this order)."""
-    return tuple(_SUPPORTED[option])
-
-
 def offer(option: str, value: str | None) -> tuple[str, ...]:
     """The names offered for one option, given its ssh_config value (None: the defaults)."""
-    able = supported(option)
-    default = tuple(n for n in DEFAULTS[option][1] if n in able)
+    o = OPTIONS[option]
+    able = tuple(o.known)
+    default = tuple(n for n in o.defaults if n in able)
     if not value or not value.strip():
         return default
     value = value.strip()
@@ -59,8 +65,8 @@ def offer(option: str, value: str | None) -> tuple[str, ...]:
     out = tuple(dict.fromkeys(names))
     if not out:
         fix = ("remove that line (it removes every default)" if op == "-" else
-               f"add one of them to that line (e.g. `{NAMES[option]} {value},{(default or able)[0]}`) or remove it")
-        raise AlgorithmError(f"ssh_config {NAMES[option]} {value!r} leaves no algorithm bmupgrade's SSH library "
+               f"add one of them to that line (e.g. `{o.name} {value},{(default or able)[0]}`) or remove it")
+        raise AlgorithmError(f"ssh_config {o.name} {value!r} leaves no algorithm bmupgrade's SSH library "
                              f"(Paramiko) implements; it has: {', '.join(able)}; {fix}")
     return out
 
@@ -76,7 +82,7 @@ def _expand(patterns: list[str], able: tuple[str, ...]) -> list[str]:
 
 def policy(ssh_config: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
     """The offer for every option, by SecurityOptions attribute (AlgorithmError if a value is unusable)."""
-    return {attr: offer(option, _value(ssh_config.get(option))) for option, (attr, _) in DEFAULTS.items()}
+    return {o.attr: offer(option, _value(ssh_config.get(option))) for option, o in OPTIONS.items()}
 
 
 def _value(v: object) -> str | None:
@@ -126,14 +132,14 @@ def _server_offer(m: paramiko.Message) -> dict[str, list[str]]:
 
 def mismatch(theirs: dict[str, list[str]], t: paramiko.Transport) -> str | None:
     """One line for the first option with nothing in common, with the fix."""
-    ours = {"kexalgorithms": t.preferred_kex, "ciphers": t.preferred_ciphers, "macs": t.preferred_macs}
     for option in ("kexalgorithms", "ciphers", "macs"):
-        offered = theirs.get(option) or []
-        if not offered or set(offered) & set(ours[option]):
+        o, offered = OPTIONS[option], theirs.get(option) or []
+        ours = getattr(t, o.preferred)
+        if not offered or set(offered) & set(ours):
             continue
-        able = [n for n in offered if n in _SUPPORTED[option]]
-        fix = (f"if your policy allows it, add `{NAMES[option]} +{able[0]}` to the ssh_config" if able else
+        able = [n for n in offered if n in o.known]
+        fix = (f"if your policy allows it, add `{o.name} +{able[0]}` to the ssh_config" if able else
                f"Paramiko implements none of them: allow one of bmupgrade's in the server's sshd_config")
-        return (f"no {NAMES[option]} in common with the server: it offers {', '.join(offered)}; bmupgrade "
-                f"offers {', '.join(ours[option])} (OpenSSH's defaults, or the ssh_config's {NAMES[option]}); {fix}")
+        return (f"no {o.name} in common with the server: it offers {', '.join(offered)}; bmupgrade "
+                f"offers {', '.join(ours)} (OpenSSH's defaults, or the ssh_config's {o.name}); {fix}")
     return None
