@@ -195,10 +195,7 @@ class ChannelRun:
             return
         if not self.finished and not chan.closed:
             log.debug("%s: closing channel of an unfinished command", self.node)
-        try:
-            chan.close()
-        except Exception:
-            pass
+        close_quietly(chan)
 
 
 SESSION_REFUSED_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds: ~1.5 s in all
