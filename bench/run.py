@@ -698,12 +698,15 @@ ROUND_CAUSES = ("runbook command", "verify", "VIP probe", "requires check", "sti
 
 def window_rounds(state: Path) -> dict[str, int]:
     """The window's serial round trips by cause, from the run's audit trail (first `ha-off`
-    sent → `ha-on` result): a send of the same cause as the one before, to another node, is
-    the same parallel round (a parallel step's verify goes out on each node as its own command
-    ends). The VIP probes and requires checks are bmupgrade's safety rules; the rest, the
-    runbook's own commands."""
+    sent → `ha-on` result). Commands joined in one round trip share a `round` id: one round,
+    named after what it carried besides a VIP probe (a probe that rode along with a verify or a
+    requires check costs no round of its own). Otherwise a send of the same cause as the one
+    before, to another node, is the same parallel round (a parallel step's verify goes out on
+    each node as its own command ends). The VIP probes and requires checks are bmupgrade's
+    safety rules; the rest, the runbook's own commands."""
     (audit,) = (state / "runs").glob("*.audit.jsonl")
     rounds = dict.fromkeys(ROUND_CAUSES, 0)
+    joined: dict[int, str] = {}  # round id -> the cause it is counted under
     inside, last = False, None
     for line in audit.read_text().splitlines():
         rec = json.loads(line)
@@ -718,10 +721,24 @@ def window_rounds(state: Path) -> dict[str, int]:
         cause = ("VIP probe" if key == "vip-probe" else "verify" if key.endswith(":verify") else
                  "requires check" if key.endswith(":still-holds") else
                  "still-running check" if key.endswith(":still-running") else "runbook command")
-        if last is None or last[0] != cause or last[1] == rec["node"]:
+        if "round" in rec:
+            _count_joined(rounds, joined, rec["round"], cause)
+        elif last is None or last[0] != cause or last[1] == rec["node"]:
             rounds[cause] += 1
         last = (cause, rec["node"])
     return rounds
+
+
+def _count_joined(rounds: dict[str, int], joined: dict[int, str], round_id: int, cause: str) -> None:
+    """One round per id, under its first cause other than the VIP probe it may carry."""
+    was = joined.get(round_id)
+    if was is None:
+        joined[round_id] = cause
+        rounds[cause] += 1
+    elif was == "VIP probe" and cause != "VIP probe":
+        rounds[was] -= 1
+        rounds[cause] += 1
+        joined[round_id] = cause
 
 
 def bmlab_is_install(argv: list[str]) -> bool:

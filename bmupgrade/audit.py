@@ -58,15 +58,17 @@ class AuditLog:
         self._last: tuple[str, str] | None = None  # whose output the log shows right now
         self._synced_at = float("-inf")
 
-    def begin(self, node: str, key: str, command: str) -> None:
+    def begin(self, node: str, key: str, command: str, round_id: int | None = None) -> None:
+        """`round_id`: the commands that went out in one round trip (one per node, joined) share it."""
         command = self._redact(command)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         with self._lock:
             self._written[(node, key)] = 0
             stream = getattr(self._redact, "stream", None)
             self._streams[(node, key)] = stream() if stream else None
-            self._jsonl.write(json.dumps({"event": "sent", "node": node, "key": key, "command": command,
-                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+            rec = {"event": "sent", "node": node, "key": key, "command": command,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self._jsonl.write(json.dumps(rec if round_id is None else {**rec, "round": round_id}) + "\n")
             self._jsonl.flush()
             if time.monotonic() - self._synced_at >= SYNC_EVERY:
                 os.fsync(self._jsonl.fileno())

@@ -281,3 +281,43 @@ def test_stonith_disabled_goes_on_only_with_the_flag_and_says_so(lab, tmp_path):
     assert_upgraded(lab, "bm1")
     st = " ".join(bmupgrade("status", state=tmp_path / "s").stdout.split())
     assert "STONITH guard overridden by" in st and "(--allow-no-stonith): fencing (STONITH) is NOT enabled" in st
+
+
+CARRIED_PROBE = """\
+version: 1
+name: carried probe
+cluster:
+  public_ip: 192.0.2.10
+  nodes:
+    - {name: bm1, host: bm1.example.org}
+    - {name: bm2, host: bm2.example.org}
+  vip_probe: 'echo "$$ probe" >> {{ node.state_dir }}/shells; ip -o addr show to {{ cluster.public_ip }}'
+steps:
+  - id: stop-passive
+    on: secondary
+    idempotent: true
+    run: 'echo "$$ run" >> {{ node.state_dir }}/shells'
+    verify: 'echo "$$ verify" >> {{ node.state_dir }}/shells; echo passive is stopped'
+  - id: on-holder
+    on: primary
+    run: 'echo "$$ holder" >> {{ node.state_dir }}/shells'
+"""
+
+
+def test_the_vip_probe_rides_in_the_previous_verifys_exec_on_real_sshd(lab, tmp_path):
+    """The probe of a step on the VIP holder travels in the exec of the previous step's verify
+    (one round trip less), after the verify, and the step runs where that probe found the VIP.
+    `$$` names the shell sshd started for an exec: the same for every command one exec carries."""
+    lab.failover("bm1")
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(CARRIED_PROBE)
+    r = bmupgrade("run", str(rb), "-i", str(lab.inventory_path), "--yes", state=tmp_path / "state", check_rc=0)
+    assert "bm2 │ passive is stopped" in r.stdout  # the verify's output is shown as when it goes alone
+    shells = {n: [line.split() for line in (lab.node(n).state_dir / "shells").read_text().splitlines()]
+              for n in ("bm1", "bm2")}
+    bm2 = shells["bm2"]
+    after_run = bm2[[what for _, what in bm2].index("run") + 1:]
+    assert [what for _, what in after_run] == ["verify", "probe"]  # nothing else reached bm2
+    assert after_run[0][0] == after_run[1][0] != bm2[[w for _, w in bm2].index("run")][0]  # one exec, not the run's
+    bm1 = [what for _, what in shells["bm1"]]
+    assert bm1[-2:] == ["probe", "holder"] and bm1.count("holder") == 1  # no probe round of its own

@@ -1,5 +1,6 @@
 """Engine logic on the in-memory transport: order, targets, journal-first, failures, resume."""
 
+import json
 import time
 import re
 
@@ -972,3 +973,90 @@ def test_requirements_are_checked_at_once_and_before_the_one_vip_probe(tmp_path)
     before = calls[since + 1:cut]
     assert sorted(before) == ["check-a", "check-b"] + ["ip -o addr show to 192.0.2.10"] * 2
     assert [c.startswith("ip ") for c in before] == [False, False, True, True]  # the probe is the last look
+
+
+# ------------------------------------------------------------------ the VIP probe carried by the round trip before
+# a step with a verify on the passive node, then post-install on the VIP holder
+CARRIED = MINIMAL.replace(
+    "  - id: post-install\n    on: primary\n",
+    "  - id: stop-passive\n    on: secondary\n    idempotent: true\n    run: stop-it\n    verify: check-stopped\n"
+    "  - id: post-install\n    on: primary\n")
+
+
+def _between(calls, first, last):
+    """The (node, command) calls after the one `first` and before the one `last`."""
+    cmds = [c for _, c in calls]
+    return calls[cmds.index(first) + 1:cmds.index(last)]
+
+
+def test_the_previous_steps_verify_carries_the_vip_probe_of_a_step_on_the_holder(tmp_path):
+    """No probe round of its own: each node's probe went out after the passive node's command
+    returned, on the passive node after its verify, and it is what chose post-install's node."""
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(CARRIED)
+    t = sim("bm1")
+    s = start_run(rb, session(tmp_path, t))
+    assert s.exit_code == 0, s.message
+    between = _between(t.calls, "stop-it", "bm-cli setup upgrade --password hunter2secret")
+    probe = "ip -o addr show to 192.0.2.10"
+    assert sorted(between) == [("bm1", probe), ("bm2", "check-stopped"), ("bm2", probe)]
+    assert [c for n, c in between if n == "bm2"] == ["check-stopped", probe]  # the probe is the last look
+    assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm1"]
+    sent = [json.loads(line) for line in next((tmp_path / "state" / "runs").glob("*.audit.jsonl")).read_text()
+            .splitlines()]
+    rounds = {r.get("round") for r in sent if r["event"] == "sent" and r["key"] in ("stop-passive:verify", "vip-probe")
+              and r["time"] and sent.index(r) > [x.get("command") for x in sent].index("stop-it")}
+    assert len(rounds) == 1 and None not in rounds  # one round trip, recorded as one in the audit trail
+
+
+@pytest.mark.parametrize("between", ["manual", "command"])
+def test_a_carried_probe_is_not_used_after_a_manual_step_or_a_command(tmp_path, between):
+    """A manual step can hold the run for minutes; a command can move the VIP: either way the
+    step on the holder probes afresh, right before it."""
+    extra = ("  - id: look\n    manual: Look at the cluster\n" if between == "manual" else
+             "  - id: touch\n    on: bm2\n    idempotent: true\n    run: touch-it\n")
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(CARRIED.replace("  - id: post-install\n", extra + "  - id: post-install\n"))
+    t = sim("bm1")
+
+    class SlowReader(PolicyPrompter):
+        def ack_manual(self, step_id, title, text):
+            t.state.update(vip={"bm2"})  # the VIP moves while the person reads
+            return True
+
+    s = start_run(rb, session(tmp_path, t, prompter=SlowReader(interactive=False)))
+    assert s.exit_code == 0, s.message
+    if between == "command":
+        after = _between(t.calls, "touch-it", "bm-cli setup upgrade --password hunter2secret")
+        assert sorted(after) == [("bm1", "ip -o addr show to 192.0.2.10"), ("bm2", "ip -o addr show to 192.0.2.10")]
+    else:
+        assert [n for n, c in t.calls if c.startswith("bm-cli")] == ["bm2"]  # followed, not the carried bm1
+
+
+class _Counter:
+    sends = 0
+
+
+def test_a_carried_probe_stands_in_once_only_while_nothing_was_sent_and_it_is_fresh():
+    from bmupgrade.engine.carried import FRESH_FOR, KEY, CarriedProbe
+    from bmupgrade.transport.base import CommandResult
+
+    now = [100.0]
+    sender = _Counter()
+    carried = CarriedProbe(sender, ["bm1", "bm2"], clock=lambda: now[0])
+    holds = {"bm1": {KEY: CommandResult("bm1", "ip", 0, 0.0, stdout="inet 192.0.2.10")},
+             "bm2": {KEY: CommandResult("bm2", "ip", 0, 0.0, stdout="")}}
+
+    carried.keep(holds)
+    assert carried.take().single_holder("192.0.2.10") == "bm1"
+    assert carried.take() is None  # once
+    carried.keep(holds)
+    sender.sends += 1  # anything sent since, to any node
+    assert carried.take() is None
+    carried.keep(holds)
+    now[0] += FRESH_FOR + 0.01  # a person or something slow came between
+    assert carried.take() is None
+    carried.keep({"bm1": holds["bm1"]})  # a node missing
+    assert carried.take() is None
+    carried.keep({**holds, "bm2": {KEY: CommandResult("bm2", "ip", None, 0.0, error="connection lost")}})
+    assert carried.take() is None  # a lost answer is asked again (the step's own probe may reconnect)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from bmupgrade.engine.carried import CarriedProbe
 from bmupgrade.engine.guards import HaDebt, Signals
 from bmupgrade.engine.phases import CHANGING, PHASES, SUCCESS, Mode
 from bmupgrade.errors import EXIT_DEADLINE, EXIT_FAILED, EXIT_HA_OFF, EXIT_INTERRUPTED, EXIT_OK, BmError
@@ -71,6 +72,7 @@ class Engine:
         self.ha = HaDebt(self)
         self.locked: list[str] = []
         self.lock_probe: VipProbe | None = None  # sent with the lock, in its round trip (see phases.lock)
+        self.carried = CarriedProbe(self.sender, rb.node_names)  # a probe sent with the round trip before a step
         self.in_flight: dict[str, list[str]] = {}  # step id -> nodes whose command is being sent
         self.run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
         self.fencing_accepted = False
@@ -191,7 +193,8 @@ class Engine:
         return self.lock_probe or self.probe()
 
     def resolve(self, target: str, *, probe: VipProbe | None = None) -> list[str]:
-        """Concrete nodes for a target. primary/secondary re-probe the VIP now (safety rule 1)."""
+        """Concrete nodes for a target. primary/secondary re-probe the VIP now (safety rule 1), or
+        use the probe that the round trip just before carried (engine/carried.py)."""
         if target == "all":
             return list(self.rb.node_names)
         if target.startswith("where:"):
@@ -201,7 +204,7 @@ class Engine:
             return ran
         if target in ("primary", "secondary"):
             try:
-                holder = (probe or self.probe()).single_holder(self.rb.cluster.public_ip)
+                holder = (probe or self.carried.take() or self.probe()).single_holder(self.rb.cluster.public_ip)
             except BmError as exc:
                 raise Stop(EXIT_FAILED, FAILED_RUN, str(exc).replace("`bmupgrade resume`", f"`{self.hint('resume')}`")) from None
             return [holder] if target == "primary" else [n for n in self.rb.node_names if n != holder]

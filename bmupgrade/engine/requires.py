@@ -24,26 +24,34 @@ if TYPE_CHECKING:
 def ensure_requirements(eng: "Engine", step: Step) -> None:
     """Every step `step` requires holds where it is done, re-applied if it no longer does. All
     the checks go at once (one round trip per node, the nodes in parallel); once something was
-    re-applied, the later required steps are checked again, after it."""
+    re-applied, the later required steps are checked again, after it. A step on the VIP holder
+    gets its probe in the same round (engine/carried.py)."""
     rids = list(step.requires)
-    answers = _still_holds(eng, rids)
+    carry = step.on in ("primary", "secondary")
+    answers = _still_holds(eng, rids, carry)
     for i, rid in enumerate(rids):
         lost = [n for n, r in answers[rid].items() if not r.ok]
         if lost:
             _reapply(eng, step, eng.rb.step(rid), lost, answers[rid])
-            answers.update(_still_holds(eng, rids[i + 1:]))
+            answers.update(_still_holds(eng, rids[i + 1:], carry))
 
 
-def _still_holds(eng: "Engine", rids: list[str]) -> dict[str, dict]:
+def _still_holds(eng: "Engine", rids: list[str], carry_probe: bool) -> dict[str, dict]:
     """Each required step's verify where it is done (skipped, or run nowhere: nothing that
-    should hold), all in one round: the answers by step, then node."""
+    should hold), all in one round: the answers by step, then node. `carry_probe`: the VIP
+    probe of a step on primary/secondary goes in the same round, after the checks."""
     where = {rid: eng.journal.nodes_in(rid, DONE) for rid in rids}
     asked: dict[str, list[tuple[str, str, float]]] = {}
     for rid, nodes in where.items():
         required = eng.rb.step(rid)
         for n in nodes:
             asked.setdefault(n, []).append((f"{rid}:still-holds", eng.render(required.verify, n), required.timeout))
+    if asked and carry_probe:  # the step's VIP probe, last on each node (engine/carried.py)
+        for n, probe in eng.carried.asked(eng.probe_command).items():
+            asked.setdefault(n, []).extend(probe)
     answers = eng.ask_each(asked) if asked else {}
+    if asked and carry_probe:
+        eng.carried.keep(answers)
     return {rid: {n: answers[n][f"{rid}:still-holds"] for n in nodes} for rid, nodes in where.items()}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from bmupgrade.engine.carried import ask_with_probe, wanted_after
 from bmupgrade.engine.guards import check_deadline, stonith_guard
 from bmupgrade.engine.requires import ensure_requirements
 from bmupgrade.errors import EXIT_FAILED
@@ -53,6 +54,7 @@ def detail(r: CommandResult) -> str:
 class StepRunner:
     def __init__(self, eng: "Engine"):
         self.eng = eng
+        self._last_node: str | None = None  # the last node of the sequential step being sent
 
     # ------------------------------------------------------------------ one step
     def run(self, seq: int, total: int, step: Step) -> None:
@@ -182,6 +184,7 @@ class StepRunner:
             self._record(step, results)
             return results
         results = {}
+        self._last_node = nodes[-1]
         for n in nodes:
             self._start(step, [n])
             results[n] = self._attempt(step, n)
@@ -216,7 +219,7 @@ class StepRunner:
             if step.ha == "enable":
                 eng.run_ended[(step.id, node)] = time.time()
             if step.verify:
-                v = eng.send(node, eng.render(step.verify, node), timeout=step.timeout, key=f"{step.id}:verify")
+                v = self._verify(step, node)
                 if not v.ok:
                     v.error = v.error or f"verify failed (exit {v.exit_code})"
                     v.command = step.verify
@@ -225,6 +228,15 @@ class StepRunner:
                     result = v
         result.duration = time.monotonic() - t0
         return result
+
+    def _verify(self, step: Step, node: str) -> CommandResult:
+        """The step's verify on the node; with the next step's VIP probe when it is the step's
+        last node and the next step probes first thing (engine/carried.py)."""
+        eng = self.eng
+        command, key = eng.render(step.verify, node), f"{step.id}:verify"
+        if step.parallel or node != self._last_node or not wanted_after(eng.rb, step):
+            return eng.send(node, command, timeout=step.timeout, key=key)
+        return ask_with_probe(eng, node, key, command, step.timeout)
 
     def _record(self, step: Step, results: dict[str, CommandResult]) -> None:
         eng = self.eng
