@@ -65,3 +65,17 @@ def test_policy_reads_what_paramiko_parses_from_an_ssh_config():
     got = policy(cfg)
     assert got["ciphers"] == ("aes256-gcm@openssh.com",)  # the first match wins, as in ssh(1)
     assert got["digests"] == ("hmac-sha2-512",) and got["kex"] == offer("kexalgorithms", None)
+
+
+def test_host_key_algorithms_default_to_openssh_s_and_never_offer_certificates():
+    """OpenSSH's client defaults without certificates (known_hosts' @cert-authority is not
+    implemented, so a certificate could not be checked) and without SHA-1 ssh-rsa."""
+    assert offer("hostkeyalgorithms", None) == ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                                                "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256")
+    assert offer("hostkeyalgorithms", "ssh-ed25519-cert-v01@openssh.com,ssh-rsa,ecdsa-sha2-nistp256") == \
+        ("ecdsa-sha2-nistp256",)
+    assert offer("hostkeyalgorithms", "-ecdsa*") == ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
+    with pytest.raises(AlgorithmError, match=r"^ssh_config HostKeyAlgorithms 'ssh-ed25519-cert-v01@openssh.com' "):
+        offer("hostkeyalgorithms", "ssh-ed25519-cert-v01@openssh.com")
+    cfg = paramiko.SSHConfig.from_text("Host *\n  HostKeyAlgorithms ^rsa-sha2-256\n").lookup("bm1")
+    assert policy(cfg)["key_types"][0] == "rsa-sha2-256"

@@ -235,6 +235,60 @@ def test_no_cbc_by_default_and_the_error_says_how_to_allow_it(bm1, tmp_path):
             assert t.connection("bm1").transport.local_cipher == "aes256-cbc" and t.run("bm1", "true").ok
 
 
+def _two_host_keys(bm1, tmp_path) -> tuple[str, str]:
+    """The sshd_config lines for the lab node's ed25519 host key plus a new ECDSA one, and the
+    ECDSA key's known_hosts entry body ('ecdsa-sha2-nistp256 AAAA...')."""
+    ecdsa = tmp_path / "host_ecdsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-C", "", "-f", str(ecdsa)], check=True)
+    return (f"HostKey {bm1.lab_node.host_key}\nHostKey {ecdsa}\nLogLevel DEBUG1\n",
+            _entry(ecdsa.with_suffix(".pub")))
+
+
+def test_ssh_config_host_key_algorithms_are_honoured_over_the_known_type_first(bm1, tmp_path):
+    """Paramiko's SSHClient puts the first known_hosts key's type first, allowed or not: the
+    site's HostKeyAlgorithms still decides (the server's log says which was agreed)."""
+    from bmupgrade.transport.ssh import SshTransport
+
+    extra, ecdsa_entry = _two_host_keys(bm1, tmp_path)
+    with _second_sshd(bm1, tmp_path, "hka", extra) as (port, log):
+        kh = tmp_path / "kh"
+        kh.write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n[{bm1.host}]:{port} {ecdsa_entry}\n")
+        with SshTransport() as t:
+            t.connect([bm1.address(port=port, known_hosts=(str(kh),))])
+            assert t.run("bm1", "true").ok
+        assert "kex: host key algorithm: ssh-ed25519" in log.read_text()  # no policy: the known type first
+        cfg = _ssh_config(tmp_path, "hka", "HostKeyAlgorithms ecdsa-sha2-nistp256")
+        with SshTransport() as t:
+            t.connect([bm1.address(port=port, known_hosts=(str(kh),), ssh_config=cfg)])
+            assert t.run("bm1", "true").ok
+        assert log.read_text().count("kex: host key algorithm: ecdsa-sha2-nistp256") == 1
+
+
+def test_a_host_key_type_known_hosts_lacks_is_refused_saying_so_and_the_printed_fix_works(bm1, tmp_path,
+                                                                                          isolated_home):
+    """known_hosts has the ed25519 key, the policy allows only ECDSA: refused as ssh(1) refuses it
+    (not "HOST KEY CHANGED"), in one line whose ssh-keyscan command works as printed."""
+    from bmupgrade.transport.ssh import SshTransport
+
+    extra, _ = _two_host_keys(bm1, tmp_path)
+    cfg = _ssh_config(tmp_path, "hka", "HostKeyAlgorithms ecdsa-sha2-nistp256")
+    with _second_sshd(bm1, tmp_path, "hka", extra) as (port, _):
+        (isolated_home / ".ssh" / "known_hosts").write_text(f"[{bm1.host}]:{port} {bm1.host_entry}\n")
+        before = bm1.logins()
+        with SshTransport() as t, pytest.raises(TransportError) as e:
+            t.connect([bm1.address(port=port, known_hosts=(), ssh_config=cfg)])
+        msg = str(e.value)
+        assert msg.startswith(f"bm1: no ecdsa-sha2-nistp256 host key is known for {bm1.host}:{port} (known_hosts "
+                              f"has ssh-ed25519 {bm1.host_fingerprint}), and host keys are checked strictly"), msg
+        assert "CHANGED" not in msg and "\n" not in msg and bm1.logins() == before
+        assert "`HostKeyAlgorithms +ssh-ed25519`" in msg
+        printed = msg[msg.index("ssh-keyscan "):]
+        subprocess.run(["bash", "-c", printed], check=True, capture_output=True)  # HOME is this test's
+        with SshTransport() as t:
+            t.connect([bm1.address(port=port, known_hosts=(), ssh_config=cfg)])
+            assert t.run("bm1", "true").ok
+
+
 def test_an_ssh_config_paramiko_cannot_honour_is_refused_before_connecting(bm1, tmp_path):
     from bmupgrade.transport.ssh import SshTransport
 

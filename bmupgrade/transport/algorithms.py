@@ -1,5 +1,6 @@
 """Which SSH algorithms a connection offers: OpenSSH's defaults and the ssh_config's
-`Ciphers`, `MACs` and `KexAlgorithms`, which Fabric and Paramiko on their own ignore.
+`Ciphers`, `MACs`, `KexAlgorithms` and `HostKeyAlgorithms`, which Fabric and Paramiko on their
+own ignore.
 
 Paramiko, left alone, offers what no OpenSSH client has offered for years (3des-cbc, the CBC
 modes, hmac-md5, the truncated -96 MACs), and a site's cipher policy in ssh_config would not
@@ -10,6 +11,11 @@ read the way ssh_config(5) says: a list replaces the defaults, `+list` appends t
 `-list` removes from them, `^list` puts names first; `*` and `?` are wildcards. Names
 Paramiko does not implement (chacha20-poly1305, umac, sntrup761...) are passed over; a value
 that leaves nothing Paramiko can use is an error naming the option and what would work.
+
+Host keys: Paramiko's SSHClient puts the type of the host's first known_hosts key first (as
+OpenSSH prefers known types), even one HostKeyAlgorithms leaves out; the offer is filtered
+again after that, so the site's list is what goes out. Host certificates are not offered:
+known_hosts' @cert-authority is not implemented here, so a certificate could not be checked.
 """
 
 from __future__ import annotations
@@ -28,18 +34,25 @@ class Option:
     preferred: str  # the Transport property: what it offers (disabled_algorithms applied)
     known: Mapping[str, object]  # what Paramiko implements, in the order a wildcard expands
     defaults: tuple[str, ...]  # OpenSSH's client defaults, AES-GCM first
+    wire: str  # the name-list of the server's KEXINIT it is matched against (RFC 4253 7.1)
 
 
 # keyed by the option in lower case, as Paramiko's SSHConfig keys it
 OPTIONS = {
     "ciphers": Option("Ciphers", "ciphers", "preferred_ciphers", paramiko.Transport._cipher_info,
-                      ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr")),
+                      ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"),
+                      "ciphers"),
     "macs": Option("MACs", "digests", "preferred_macs", paramiko.Transport._mac_info,
                    ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256",
-                    "hmac-sha2-512", "hmac-sha1")),
+                    "hmac-sha2-512", "hmac-sha1"), "macs"),
     "kexalgorithms": Option("KexAlgorithms", "kex", "preferred_kex", paramiko.Transport._kex_info,
-                            paramiko.Transport._preferred_kex),
+                            paramiko.Transport._preferred_kex, "kexalgorithms"),
+    # no -cert- names: known_hosts' @cert-authority is not implemented, a certificate could not be checked
+    "hostkeyalgorithms": Option("HostKeyAlgorithms", "key_types", "preferred_keys",
+                                {k: v for k, v in paramiko.Transport._key_info.items() if "-cert-" not in k},
+                                paramiko.Transport._preferred_keys, "hostkey"),
 }
+RSA_SHA2 = ("rsa-sha2-512", "rsa-sha2-256")  # what an ssh-rsa known_hosts key is checked with
 ALIASES = {"curve25519-sha256": "curve25519-sha256@libssh.org"}  # RFC 8731's name; Paramiko knows the other
 
 
@@ -100,6 +113,9 @@ def transport_factory(offers: dict[str, tuple[str, ...]]) -> Callable[..., param
         opts = t.get_security_options()
         for attr, names in offers.items():
             setattr(opts, attr, names)
+        policy = t.host_key_policy = offers.get("key_types")
+        if policy is not None:  # SSHClient raises a bare Exception for a known ssh-rsa key without these
+            opts.key_types = tuple(dict.fromkeys((*policy, *RSA_SHA2)))  # start_client filters them again
         return t
 
     return make
@@ -108,6 +124,16 @@ def transport_factory(offers: dict[str, tuple[str, ...]]) -> Callable[..., param
 class _OfferingTransport(paramiko.Transport):
     """Says what the server offered when nothing matches (Paramiko only says "no acceptable
     ciphers"), and what to write in ssh_config if the site's policy allows one of those."""
+
+    host_key_policy: "tuple[str, ...] | None" = None
+
+    def start_client(self, event=None, timeout=None):
+        """SSHClient moved the known_hosts key's type to the front, allowed or not: keep its
+        order (known type first, as OpenSSH does) but only what the policy allows."""
+        if self.host_key_policy is not None:
+            opts = self.get_security_options()
+            opts.key_types = [k for k in opts.key_types if k in self.host_key_policy] or self.host_key_policy
+        return super().start_client(event=event, timeout=timeout)
 
     def _parse_kex_init(self, m):
         theirs = _server_offer(m)
@@ -132,8 +158,9 @@ def _server_offer(m: paramiko.Message) -> dict[str, list[str]]:
 
 def mismatch(theirs: dict[str, list[str]], t: paramiko.Transport) -> str | None:
     """One line for the first option with nothing in common, with the fix."""
-    for option in ("kexalgorithms", "ciphers", "macs"):
-        o, offered = OPTIONS[option], theirs.get(option) or []
+    for option in ("kexalgorithms", "hostkeyalgorithms", "ciphers", "macs"):
+        o = OPTIONS[option]
+        offered = theirs.get(o.wire) or []
         ours = getattr(t, o.preferred)
         if not offered or set(offered) & set(ours):
             continue

@@ -603,6 +603,8 @@ def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts:
             for f in _known_hosts_files(conn, extra_known_hosts)
             if os.path.isfile(f) and _load_host_keys([f]).lookup(entry)
         ]
+        if got.get_name() != expected.get_name():
+            return _other_key_type(host, port, got, expected)
         remove = " && ".join(
             f"ssh-keygen -R {shlex.quote(entry)}" + ("" if f == os.path.expanduser("~/.ssh/known_hosts") else f" -f {shlex.quote(f)}")
             for f in files
@@ -634,6 +636,17 @@ def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts:
     if isinstance(e, OSError):
         return f"cannot connect to {where}: {e.strerror or one_line(e)}"
     return f"cannot connect to {where}: {type(e).__name__}: {one_line(e)}"
+
+
+def _other_key_type(host: str, port: int, got, expected) -> str:
+    """The server's key is of a type known_hosts has no key of (HostKeyAlgorithms, or the
+    server, ruled the known type out): refused, as ssh(1) with strict checking refuses it."""
+    known = "rsa-sha2-512" if expected.get_name() == "ssh-rsa" else expected.get_name()
+    return (f"no {got.get_name()} host key is known for {host}:{port} (known_hosts has {expected.get_name()} "
+            f"{fingerprint(expected)}), and host keys are checked strictly: allow the known type "
+            f"(`HostKeyAlgorithms +{known}` in the ssh_config, if your policy allows it), or add the server's "
+            f"{got.get_name()} key {fingerprint(got)} once verified out of band: "
+            f"ssh-keyscan -t {_keyscan_type(got.get_name())} -p {port} {host} >> ~/.ssh/known_hosts")
 
 
 def _direct_socket(conn: Connection) -> socket.socket | None:
