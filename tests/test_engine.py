@@ -1037,13 +1037,17 @@ class _Counter:
     sends = 0
 
 
-def test_a_carried_probe_stands_in_once_only_while_nothing_was_sent_and_it_is_fresh():
+def test_a_carried_probe_stands_in_once_only_while_nothing_was_sent_and_it_is_fresh(tmp_path):
     from bmupgrade.engine.carried import FRESH_FOR, KEY, CarriedProbe
     from bmupgrade.transport.base import CommandResult
 
     now = [100.0]
     sender = _Counter()
-    carried = CarriedProbe(sender, ["bm1", "bm2"], clock=lambda: now[0])
+    (tmp_path / "rb.yaml").write_text(CARRIED)
+    rb = load_runbook(tmp_path / "rb.yaml")
+    carried = CarriedProbe(sender, rb, clock=lambda: now[0])
+    # the step before each one on primary/secondary (post-install's `requires` would carry its own)
+    assert [s.id for s in rb.steps if carried.wanted_after(s)] == ["packages", "stop-passive", "post-install"]
     holds = {"bm1": {KEY: CommandResult("bm1", "ip", 0, 0.0, stdout="inet 192.0.2.10")},
              "bm2": {KEY: CommandResult("bm2", "ip", 0, 0.0, stdout="")}}
 

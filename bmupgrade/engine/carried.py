@@ -33,9 +33,15 @@ KEY = "vip-probe"
 
 
 class CarriedProbe:
-    def __init__(self, sender: "AuditedSender", nodes: list[str], clock: Callable[[], float] = time.monotonic):
-        self.sender, self.nodes, self.clock = sender, list(nodes), clock
+    def __init__(self, sender: "AuditedSender", rb: "Runbook", clock: Callable[[], float] = time.monotonic):
+        self.sender, self.nodes, self.clock = sender, list(rb.node_names), clock
         self._held: tuple[VipProbe, int, float] | None = None
+        self._probes_first = {s.id: _probes_first(nxt) for s, nxt in zip(rb.steps, rb.steps[1:])}
+
+    def wanted_after(self, step: "Step") -> bool:
+        """Will the step that follows `step` probe first thing? A wrong guess costs one unused
+        read-only probe, never a stale one."""
+        return self._probes_first.get(step.id, False)
 
     def asked(self, probe_command: Callable[[str], str]) -> dict[str, list[tuple[str, str, float]]]:
         """The probe for every node, as `ask_each` entries (callers put their own commands first)."""
@@ -60,16 +66,10 @@ class CarriedProbe:
         return probe
 
 
-def wanted_after(rb: "Runbook", step: "Step") -> bool:
-    """Will the step that follows `step` probe first thing? (One on primary/secondary without
-    `requires`: a step with requires carries its probe with its own checks.) A wrong guess costs
-    one unused read-only probe, never a stale one."""
-    ids = [s.id for s in rb.steps]
-    i = ids.index(step.id) + 1
-    if i >= len(rb.steps):
-        return False
-    nxt = rb.steps[i]
-    return nxt.manual is None and nxt.on in ("primary", "secondary") and not nxt.requires
+def _probes_first(step: "Step") -> bool:
+    """A step on primary/secondary probes before anything else, unless it has `requires` (it
+    carries its probe with its own checks) or is manual."""
+    return step.manual is None and step.on in ("primary", "secondary") and not step.requires
 
 
 def ask_with_probe(eng: "Engine", node: str, key: str, command: str, timeout: float) -> "CommandResult":

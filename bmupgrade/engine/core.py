@@ -72,7 +72,7 @@ class Engine:
         self.ha = HaDebt(self)
         self.locked: list[str] = []
         self.lock_probe: VipProbe | None = None  # sent with the lock, in its round trip (see phases.lock)
-        self.carried = CarriedProbe(self.sender, rb.node_names)  # a probe sent with the round trip before a step
+        self.carried = CarriedProbe(self.sender, rb)  # a probe sent with the round trip before a step
         self.in_flight: dict[str, list[str]] = {}  # step id -> nodes whose command is being sent
         self.run_ended: dict[tuple[str, str], float] = {}  # (step, node) -> when its run commands returned
         self.fencing_accepted = False

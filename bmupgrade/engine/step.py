@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from bmupgrade.engine.carried import ask_with_probe, wanted_after
+from bmupgrade.engine.carried import ask_with_probe
 from bmupgrade.engine.guards import check_deadline, stonith_guard
 from bmupgrade.engine.requires import ensure_requirements
 from bmupgrade.errors import EXIT_FAILED
@@ -234,7 +234,7 @@ class StepRunner:
         last node and the next step probes first thing (engine/carried.py)."""
         eng = self.eng
         command, key = eng.render(step.verify, node), f"{step.id}:verify"
-        if step.parallel or node != self._last_node or not wanted_after(eng.rb, step):
+        if step.parallel or node != self._last_node or not eng.carried.wanted_after(step):
             return eng.send(node, command, timeout=step.timeout, key=key)
         return ask_with_probe(eng, node, key, command, step.timeout)
 
