@@ -72,15 +72,22 @@ def _probes_first(step: "Step") -> bool:
     return step.manual is None and step.on in ("primary", "secondary") and not step.requires
 
 
-def ask_with_probe(eng: "Engine", node: str, key: str, command: str, timeout: float) -> "CommandResult":
-    """A read-only command (a verify) on `node` and the VIP probe on every node in one round
-    trip, the probe after the command on `node`; the probe is kept for the next step, the
-    command's output shown as when it is sent alone."""
-    asked = eng.carried.asked(eng.probe_command)
-    asked[node].insert(0, (key, command, timeout))
+def ask_carrying_probe(eng: "Engine", asked: dict[str, list[tuple[str, str, float]]]) -> dict[str, dict]:
+    """`eng.ask_each(asked)` with the VIP probe last on every node (in the same round trip),
+    kept for the next step; the answers by node, then key."""
+    asked = {n: list(asked.get(n, [])) for n in dict.fromkeys([*asked, *eng.carried.nodes])}
+    for n, probe in eng.carried.asked(eng.probe_command).items():
+        asked[n].extend(probe)
     answers = eng.ask_each(asked)
     eng.carried.keep(answers)
-    result = answers[node][key]
+    return answers
+
+
+def ask_with_probe(eng: "Engine", node: str, key: str, command: str, timeout: float) -> "CommandResult":
+    """A read-only command (a verify) on `node` and the VIP probe on every node in one round
+    trip, the probe after the command on `node`; the command's output shown as when it is sent
+    alone."""
+    result = ask_carrying_probe(eng, {node: [(key, command, timeout)]})[node][key]
     if result.output_tail.strip():
         eng.reporter.output(node, "stdout", eng.redact(result.output_tail))
     return result

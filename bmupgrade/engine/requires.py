@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from bmupgrade.engine.carried import ask_carrying_probe
 from bmupgrade.errors import EXIT_FAILED
 from bmupgrade.journal import DONE, FAILED_RUN
 from bmupgrade.runbook import Step
@@ -46,12 +47,12 @@ def _still_holds(eng: "Engine", rids: list[str], carry_probe: bool) -> dict[str,
         required = eng.rb.step(rid)
         for n in nodes:
             asked.setdefault(n, []).append((f"{rid}:still-holds", eng.render(required.verify, n), required.timeout))
-    if asked and carry_probe:  # the step's VIP probe, last on each node (engine/carried.py)
-        for n, probe in eng.carried.asked(eng.probe_command).items():
-            asked.setdefault(n, []).extend(probe)
-    answers = eng.ask_each(asked) if asked else {}
-    if asked and carry_probe:
-        eng.carried.keep(answers)
+    if not asked:
+        answers = {}
+    elif carry_probe:  # the step's VIP probe, last on each node (engine/carried.py)
+        answers = ask_carrying_probe(eng, asked)
+    else:
+        answers = eng.ask_each(asked)
     return {rid: {n: answers[n][f"{rid}:still-holds"] for n in nodes} for rid, nodes in where.items()}
 
 

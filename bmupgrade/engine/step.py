@@ -54,7 +54,6 @@ def detail(r: CommandResult) -> str:
 class StepRunner:
     def __init__(self, eng: "Engine"):
         self.eng = eng
-        self._last_node: str | None = None  # the last node of the sequential step being sent
 
     # ------------------------------------------------------------------ one step
     def run(self, seq: int, total: int, step: Step) -> None:
@@ -184,10 +183,9 @@ class StepRunner:
             self._record(step, results)
             return results
         results = {}
-        self._last_node = nodes[-1]
         for n in nodes:
             self._start(step, [n])
-            results[n] = self._attempt(step, n)
+            results[n] = self._attempt(step, n, last=n == nodes[-1])
             self._record(step, {n: results[n]})
             if not results[n].ok:
                 break  # do not carry a failing step to the next node
@@ -204,8 +202,9 @@ class StepRunner:
         eng.journal.mark(step.id, nodes, STARTED, node_fields=fields)
         eng.in_flight[step.id] = list(nodes)
 
-    def _attempt(self, step: Step, node: str) -> CommandResult:
-        """All the step's commands, then its verify. The last result (a failure stops early)."""
+    def _attempt(self, step: Step, node: str, last: bool = False) -> CommandResult:
+        """All the step's commands, then its verify. The last result (a failure stops early).
+        `last`: the last node of a sequential step (its verify may carry the next VIP probe)."""
         eng = self.eng
         tag = eng.journal.step(step.id)["nodes"][node].get("tag")
         t0 = time.monotonic()
@@ -219,7 +218,7 @@ class StepRunner:
             if step.ha == "enable":
                 eng.run_ended[(step.id, node)] = time.time()
             if step.verify:
-                v = self._verify(step, node)
+                v = self._verify(step, node, last)
                 if not v.ok:
                     v.error = v.error or f"verify failed (exit {v.exit_code})"
                     v.command = step.verify
@@ -229,12 +228,12 @@ class StepRunner:
         result.duration = time.monotonic() - t0
         return result
 
-    def _verify(self, step: Step, node: str) -> CommandResult:
+    def _verify(self, step: Step, node: str, last: bool) -> CommandResult:
         """The step's verify on the node; with the next step's VIP probe when it is the step's
         last node and the next step probes first thing (engine/carried.py)."""
         eng = self.eng
         command, key = eng.render(step.verify, node), f"{step.id}:verify"
-        if step.parallel or node != self._last_node or not eng.carried.wanted_after(step):
+        if step.parallel or not last or not eng.carried.wanted_after(step):
             return eng.send(node, command, timeout=step.timeout, key=key)
         return ask_with_probe(eng, node, key, command, step.timeout)
 

@@ -16,8 +16,8 @@ Safety decisions made here (see DESIGN.md §3):
   (`AutoAddPolicy`); we load ``~/.ssh/known_hosts``, the ssh config's
   ``UserKnownHostsFile``/``GlobalKnownHostsFile`` and the node's extra files, and refuse
   unknown or changed keys with the fingerprint and the command to accept it.
-* The ssh config's ``Ciphers``, ``MACs`` and ``KexAlgorithms`` apply (Paramiko ignores them),
-  over OpenSSH's client defaults rather than Paramiko's (which still offer CBC, 3DES, MD5):
+* The ssh config's ``Ciphers``, ``MACs``, ``KexAlgorithms`` and ``HostKeyAlgorithms`` apply
+  (Paramiko ignores them), over OpenSSH's client defaults rather than Paramiko's (which still offer CBC, 3DES, MD5):
   transport/algorithms.py.
 * Dead peers are noticed within about ``keepalive_interval + keepalive_timeout`` seconds
   (25 s by default) while a command waits: TCP keepalives, SSH keepalives, and a
@@ -597,14 +597,14 @@ def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts:
                 gw = gw.gateway
             port = gw.port if isinstance(gw, Connection) else 22
         got, expected = e.key, e.expected_key
+        if got.get_name() != expected.get_name():
+            return _other_key_type(host, port, got, expected)
         entry = _hostkey_name(host, port)
         files = [
             f
             for f in _known_hosts_files(conn, extra_known_hosts)
             if os.path.isfile(f) and _load_host_keys([f]).lookup(entry)
         ]
-        if got.get_name() != expected.get_name():
-            return _other_key_type(host, port, got, expected)
         remove = " && ".join(
             f"ssh-keygen -R {shlex.quote(entry)}" + ("" if f == os.path.expanduser("~/.ssh/known_hosts") else f" -f {shlex.quote(f)}")
             for f in files
@@ -641,7 +641,7 @@ def explain_connect_error(conn: Connection, e: BaseException, extra_known_hosts:
 def _other_key_type(host: str, port: int, got, expected) -> str:
     """The server's key is of a type known_hosts has no key of (HostKeyAlgorithms, or the
     server, ruled the known type out): refused, as ssh(1) with strict checking refuses it."""
-    known = "rsa-sha2-512" if expected.get_name() == "ssh-rsa" else expected.get_name()
+    known = algorithms.RSA_SHA2[0] if expected.get_name() == "ssh-rsa" else expected.get_name()
     return (f"no {got.get_name()} host key is known for {host}:{port} (known_hosts has {expected.get_name()} "
             f"{fingerprint(expected)}), and host keys are checked strictly: allow the known type "
             f"(`HostKeyAlgorithms +{known}` in the ssh_config, if your policy allows it), or add the server's "
